@@ -1,0 +1,168 @@
+//! The admin listener: health, readiness, metrics, reload, secret refresh, active config.
+//!
+//! Separate address, loopback by default. Anything that changes state needs the bearer
+//! token from `[admin].token` (a secret reference), compared in constant time; without a
+//! configured token those endpoints are off (403).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::proxy::{ProxyBody, full};
+use crate::reload::Gateway;
+use crate::telemetry::metrics;
+
+/// Serve the admin API until shutdown.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(error = %e, "admin accept failed"); continue; }
+            },
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, gw).await) }
+            });
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                debug!(peer = %peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(v.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Route one admin request.
+pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "alive"})),
+        (Method::GET, "/readyz") => {
+            let snap = gw.current();
+            json_response(
+                StatusCode::OK,
+                json!({"status": "ready", "config_hash": snap.config.content_hash, "routes": snap.routes.len()}),
+            )
+        }
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(full(metrics().encode()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        (Method::GET, "/config") => {
+            let snap = gw.current();
+            json_response(StatusCode::OK, active_config(&snap.config))
+        }
+        (Method::POST, "/reload") => {
+            if let Some(denied) = authorize(&req, &gw) {
+                return denied;
+            }
+            drain(req).await;
+            match gw.reload("admin API").await {
+                Ok(hash) => json_response(StatusCode::OK, json!({"status": "applied", "config_hash": hash})),
+                Err(errs) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"status": "refused", "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
+                ),
+            }
+        }
+        (Method::POST, "/secrets/refresh") => {
+            if let Some(denied) = authorize(&req, &gw) {
+                return denied;
+            }
+            drain(req).await;
+            match gw.refresh_secrets().await {
+                Ok(()) => json_response(StatusCode::OK, json!({"status": "refreshed"})),
+                Err(errs) => json_response(StatusCode::BAD_GATEWAY, json!({"status": "partial", "errors": errs})),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/secrets/refresh") => {
+            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method_not_allowed"}))
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+    }
+}
+
+async fn drain(req: Request<Incoming>) {
+    let _ = http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await;
+}
+
+/// `None` when the request carries the admin token; otherwise the response to send.
+fn authorize(req: &Request<Incoming>, gw: &Gateway) -> Option<Response<ProxyBody>> {
+    let snap = gw.current();
+    let Some(template) = &snap.admin_token else {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "admin_token_not_configured", "detail": "set [admin].token to enable this endpoint"}),
+        ));
+    };
+    let secrets = snap.secrets.snapshot();
+    let expected = match template.render(&secrets) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, "admin token unavailable");
+            return Some(json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "admin_token_unavailable"})));
+        }
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if constant_time_eq(presented, expected.expose()) {
+        None
+    } else {
+        let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(r)
+    }
+}
+
+/// Constant-time equality: the time taken does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    #[allow(deprecated)]
+    ring::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// The active configuration as JSON: what each file says (secrets appear only as the
+/// references written there; a literal admin token is masked) and the content hash.
+fn active_config(cfg: &crate::config::Config) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = cfg
+        .sources
+        .iter()
+        .map(|s| {
+            let mut table: toml::Table = toml::from_str(&s.text).unwrap_or_default();
+            if let Some(toml::Value::Table(admin)) = table.get_mut("admin")
+                && let Some(toml::Value::String(tok)) = admin.get_mut("token")
+                && crate::secrets::Template::parse(tok).map(|t| t.is_literal()).unwrap_or(true)
+            {
+                *tok = "[redacted]".to_string();
+            }
+            json!({"path": s.path.display().to_string(), "config": table})
+        })
+        .collect();
+    json!({"config_hash": cfg.content_hash, "files": files})
+}

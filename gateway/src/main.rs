@@ -1,0 +1,184 @@
+//! `warden`: the command line. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use warden::config;
+use warden::reload::{Gateway, build_snapshot};
+use warden::telemetry::{LogFormat, init_logging};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Wasm-extensible policy and secrets gateway")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "WARDEN_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        /// Gateway config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate config, routes, plugins and secret references; list every error.
+    Check {
+        /// Gateway config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Build, inspect, precompile and test policy plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: warden::policy::PluginCommand,
+    },
+    /// Inspect secret references (never values).
+    Secrets {
+        #[command(subcommand)]
+        cmd: warden::secrets::SecretsCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // One process-wide crypto provider for every rustls user (upstream TLS, Vault client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.cmd {
+        Cmd::Run { config } => run(&config),
+        Cmd::Check { config } => check(&config),
+        Cmd::Plugin { cmd } => block_on(None, warden::policy::run_cli(cmd)),
+        Cmd::Secrets { cmd } => block_on(None, warden::secrets::run_cli(cmd)),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build()
+}
+
+fn block_on(workers: Option<usize>, f: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    match runtime(workers).map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_errors(errs: &config::ConfigErrors) {
+    for e in &errs.0 {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error(s)", errs.0.len());
+}
+
+fn check(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            print_errors(&errs);
+            return ExitCode::from(2);
+        }
+    };
+    block_on(None, async move {
+        let host = match warden::policy::PolicyHost::new(&cfg.policy, &cfg.base_dir) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {}: policy: {e:#}", cfg.path.display());
+                return Ok(ExitCode::from(2));
+            }
+        };
+        match build_snapshot(cfg, &host, None, false).await {
+            Ok(snap) => {
+                let c = &snap.config;
+                println!(
+                    "ok: {} ({} routes, {} upstreams, {} plugins, {} secret references)",
+                    c.path.display(),
+                    c.routes.len(),
+                    c.upstreams.len(),
+                    c.plugins.len(),
+                    c.secret_refs().len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errs) => {
+                print_errors(&errs);
+                Ok(ExitCode::from(2))
+            }
+        }
+    })
+}
+
+fn run(path: &Path) -> ExitCode {
+    // Bad options fail before the first socket is opened.
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            print_errors(&errs);
+            return ExitCode::from(2);
+        }
+    };
+    let workers = cfg.gateway.worker_threads;
+    let path = path.to_path_buf();
+    block_on(workers, async move {
+        let gw = match Gateway::start(&path, cfg).await {
+            Ok(gw) => gw,
+            Err(errs) => {
+                print_errors(&errs);
+                return Ok(ExitCode::from(2));
+            }
+        };
+        serve(gw).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn serve(gw: Arc<Gateway>) -> anyhow::Result<()> {
+    let snap = gw.current();
+    let proxy = tokio::net::TcpListener::bind(snap.config.gateway.listen)
+        .await
+        .with_context(|| format!("binding gateway.listen {}", snap.config.gateway.listen))?;
+    let admin = tokio::net::TcpListener::bind(snap.config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", snap.config.admin.listen))?;
+    info!(addr = %admin.local_addr()?, "admin listening");
+    info!(addr = %proxy.local_addr()?, tls = snap.tls.is_some(), routes = snap.routes.len(), "proxy listening");
+    drop(snap);
+
+    gw.spawn_reload_triggers();
+    let shutdown: CancellationToken = gw.shutdown.clone();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+            shutdown.cancel();
+        }
+    });
+    let admin_task = tokio::spawn(warden::admin::serve(admin, gw.clone(), shutdown.clone()));
+    warden::proxy::serve(proxy, gw.clone(), shutdown).await;
+    admin_task.abort();
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! The reverse proxy: accept loop, per-request pipeline, forwarding.
+//!
+//! Pipeline for one request: route → policy chain → secret injection → upstream → stream
+//! the response back. One config snapshot and one secret snapshot are taken when the
+//! request arrives and used until it ends, so a reload or rotation never changes a request
+//! half-way through.
+
+mod body;
+mod error;
+mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::policy::{Decision, PolicyRequest};
+use crate::reload::{Gateway, RouteRuntime, Snapshot};
+use crate::routing::RouteMatch;
+use crate::telemetry::{MethodClass, RequestLabels, RouteLabel, UpstreamLabel, metrics};
+pub use body::{BoxError, ProxyBody, full};
+pub use error::ProxyError;
+pub use headers::is_hop_by_hop;
+
+/// Who is calling: the TCP peer and, over TLS, what the handshake proved.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// SNI the client sent.
+    pub sni: Option<String>,
+    /// URI SANs of the verified client certificate (e.g. `spiffe://sophia/sophia-api`).
+    pub uri_sans: Vec<String>,
+    /// DNS SANs of the verified client certificate.
+    pub dns_sans: Vec<String>,
+}
+
+/// Serve the proxy listener until `shutdown` fires, then drain in-flight requests for up
+/// to the configured grace period.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let snap = gw.current();
+        let gw = gw.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            metrics().active_connections.inc();
+            serve_connection(stream, peer, snap, gw, watcher).await;
+            metrics().active_connections.dec();
+        });
+    }
+    let grace = gw.current().config.gateway.shutdown_grace;
+    info!(grace = ?grace, "proxy listener closed; draining in-flight requests");
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => info!("all connections drained"),
+        Err(_) => warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    snap: Arc<Snapshot>,
+    gw: Arc<Gateway>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let g = &snap.config.gateway;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(g.header_read_timeout)
+        // hyper refuses buffers under 8 KiB.
+        .max_buf_size((g.max_header_bytes as usize).max(8192))
+        .max_headers(g.max_headers)
+        .keep_alive(true);
+    let h2 = &g.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(g.max_header_bytes.min(u32::MAX as u64) as u32)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(Duration::from_secs(20));
+
+    match snap.tls.clone() {
+        None => {
+            let client = Arc::new(ClientInfo { addr: peer, tls: false, sni: None, uri_sans: vec![], dns_sans: vec![] });
+            let svc = service(gw, client);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                debug!(peer = %peer, error = %e, "connection ended with error");
+            }
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let handshake = tokio::time::timeout(g.header_read_timeout, acceptor.accept(stream)).await;
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics().tls_handshake_failures.inc();
+                    debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics().tls_handshake_failures.inc();
+                    debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls_stream.get_ref();
+            let sni = conn.server_name().map(str::to_string);
+            let ids = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(crate::tls::peer_identities)
+                .unwrap_or_default();
+            let h2_only = conn.alpn_protocol() == Some(b"h2");
+            let client =
+                Arc::new(ClientInfo { addr: peer, tls: true, sni, uri_sans: ids.uris, dns_sans: ids.dns });
+            let svc = service(gw, client);
+            if h2_only {
+                builder = builder.http2_only();
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                debug!(peer = %peer, error = %e, "connection ended with error");
+            }
+        }
+    }
+}
+
+fn service(
+    gw: Arc<Gateway>,
+    client: Arc<ClientInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        let snap = gw.current();
+        let client = client.clone();
+        async move { Ok(handle(req, snap, client).await) }
+    })
+}
+
+/// What the access log and metrics need about one request.
+struct Exchange {
+    request_id: HeaderValue,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    method: Method,
+    path: String,
+    started: Instant,
+    upstream_time: Option<Duration>,
+    verdict: &'static str,
+}
+
+/// Handle one request end to end. Never fails: every problem becomes a response.
+pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, client: Arc<ClientInfo>) -> Response<ProxyBody> {
+    let request_id = headers::request_id(req.headers());
+    let mut ex = Exchange {
+        request_id: request_id.clone(),
+        route: None,
+        upstream: None,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        started: Instant::now(),
+        upstream_time: None,
+        verdict: "none",
+    };
+    let mut resp = match pipeline(req, &snap, &client, &mut ex).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.is_upstream_failure() {
+                if let Some(u) = &ex.upstream {
+                    let label = UpstreamLabel { upstream: u.to_string() };
+                    match e {
+                        ProxyError::UpstreamTimeout => metrics().upstream_timeouts.get_or_create(&label).inc(),
+                        _ => metrics().upstream_connect_errors.get_or_create(&label).inc(),
+                    };
+                }
+            }
+            e.log(&ex.request_id, ex.route.as_deref());
+            e.into_response(&ex.request_id, ex.route.as_deref())
+        }
+    };
+    resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    let status = resp.status();
+    let route_label = ex.route.as_deref().unwrap_or("none").to_string();
+    metrics()
+        .requests
+        .get_or_create(&RequestLabels { route: route_label.clone(), method: MethodClass::of(&ex.method), status: status.as_u16() })
+        .inc();
+    metrics()
+        .request_duration
+        .get_or_create(&RouteLabel { route: route_label })
+        .observe(ex.started.elapsed().as_secs_f64());
+    let log = body::AccessLog {
+        request_id: ex.request_id.to_str().unwrap_or("-").to_string(),
+        route: ex.route,
+        upstream: ex.upstream,
+        method: ex.method,
+        path: ex.path,
+        status: status.as_u16(),
+        started: ex.started,
+        upstream_time: ex.upstream_time,
+        verdict: ex.verdict,
+    };
+    resp.map(|b| body::observed(b, log))
+}
+
+async fn pipeline(
+    mut req: Request<Incoming>,
+    snap: &Snapshot,
+    client: &ClientInfo,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(vec![]));
+    }
+    let path = req.uri().path();
+    if headers::has_dot_segments(path) {
+        return Err(ProxyError::BadRequest("path has dot segments"));
+    }
+    let host = headers::request_host(&req);
+    let route_idx = match snap.router.route(host.as_deref(), path, req.method()) {
+        RouteMatch::Found(i) => i,
+        RouteMatch::NotFound => return Err(ProxyError::NoRoute),
+        RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
+    };
+    let route: &RouteRuntime = &snap.routes[route_idx];
+    ex.route = Some(route.name.clone());
+    ex.upstream = Some(route.upstream.name.clone());
+
+    // Refuse a declared body over the limit before anything is sent upstream.
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > route.max_body
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
+
+    // One secret snapshot for the whole request: the policy chain's comparisons and the
+    // injected headers see the same values.
+    let secrets = snap.secrets.snapshot();
+
+    let mut response_headers: Vec<(http::HeaderName, HeaderValue)> = Vec::new();
+    if !route.chain.is_empty() {
+        let preq = PolicyRequest {
+            route: &route.name,
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            client,
+        };
+        match route.chain.evaluate(&preq, &secrets).await {
+            Decision::Allow(changes) => {
+                ex.verdict = "allow";
+                let h = req.headers_mut();
+                for name in &changes.remove_headers {
+                    h.remove(name);
+                }
+                for (name, value) in changes.set_headers {
+                    h.insert(name, value);
+                }
+                response_headers = changes.response_headers;
+            }
+            Decision::Deny { status, body, headers } => {
+                ex.verdict = "deny";
+                let mut resp = Response::new(full(body));
+                *resp.status_mut() = status;
+                for (n, v) in headers {
+                    resp.headers_mut().append(n, v);
+                }
+                return Ok(resp);
+            }
+        }
+    }
+
+    let upstream = &route.upstream;
+    let upgrade = headers::upgrade_requested(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let original_host = headers::authority_of(&parts);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(&mut parts.headers, client, original_host.as_ref(), &snap.trusted_proxies);
+    parts.headers.insert(headers::X_REQUEST_ID, ex.request_id.clone());
+
+    // Injected headers replace whatever the client sent under the same name: a client can
+    // neither spoof nor read them. Rendering is an in-memory lookup; the request path never
+    // waits on a provider.
+    for (name, template) in route.inject.iter() {
+        parts.headers.remove(name);
+        match template.render_header(&secrets) {
+            Ok(v) => {
+                parts.headers.insert(name.clone(), v);
+            }
+            Err(e) => return Err(ProxyError::SecretUnavailable(e.to_string())),
+        }
+    }
+
+    parts.uri = upstream.target_uri(&parts.uri)?;
+    match upstream.host_header(original_host.as_ref()) {
+        Some(h) => {
+            parts.headers.insert(HOST, h);
+        }
+        None => {
+            parts.headers.remove(HOST);
+        }
+    }
+    parts.version = if upstream.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    if upstream.http2 {
+        // HTTP/2 carries the authority in :authority; a Host header next to it is redundant.
+        parts.headers.remove(HOST);
+    }
+
+    let limited = http_body_util::Limited::new(body, route.max_body as usize);
+    let out = Request::from_parts(parts, limited.map_err(BoxError::from).boxed());
+
+    let sent = Instant::now();
+    let result = tokio::time::timeout(route.timeout, upstream.client.request(out)).await;
+    ex.upstream_time = Some(sent.elapsed());
+    metrics()
+        .upstream_duration
+        .get_or_create(&UpstreamLabel { upstream: upstream.name.to_string() })
+        .observe(sent.elapsed().as_secs_f64());
+    let mut resp = match result {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => return Err(ProxyError::from_client_error(e)),
+        Ok(Ok(r)) => r,
+    };
+
+    if let Some(down) = downstream_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(down, up) {
+                    Ok((d, u)) => {
+                        let mut d = TokioIo::new(d);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+            let (mut parts, _) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
+        // The upstream refused the upgrade. Anything the client sent after its request
+        // head belongs to the protocol it asked for, so it must never be read as another
+        // HTTP request: close the connection after this response.
+        let (mut parts, b) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(Response::from_parts(parts, b.map_err(BoxError::from).boxed()));
+    }
+
+    let (mut parts, b) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    for (n, v) in response_headers {
+        parts.headers.append(n, v);
+    }
+    Ok(Response::from_parts(parts, b.map_err(BoxError::from).boxed()))
+}
+
+/// Strip a port from an authority for host matching.
+pub(crate) fn host_without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split(']').next().map(|h| &authority[..h.len() + 1]).unwrap_or(authority);
+    }
+    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+}
+
+/// Parse a header-safe JSON error body.
+pub(crate) fn json_body(value: serde_json::Value) -> ProxyBody {
+    full(Bytes::from(value.to_string()))
+}

@@ -1,0 +1,134 @@
+//! Proxy errors and their one mapping to HTTP responses.
+
+use http::{HeaderValue, Method, StatusCode};
+use serde_json::json;
+use tracing::{debug, warn};
+
+use super::body::ProxyBody;
+
+/// Everything that can stop a request short of the upstream's own answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched.
+    #[error("no route")]
+    NoRoute,
+    /// A route matched host and path but not the method.
+    #[error("method not allowed")]
+    MethodNotAllowed(Vec<Method>),
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body is over the route's limit.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The upstream did not answer in time (connect or response head).
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream refused, reset, or failed TLS verification.
+    #[error("upstream connection failed: {0}")]
+    UpstreamConnect(String),
+    /// The upstream broke the exchange after connecting.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// A secret the route injects is missing or past `max_stale`. The message names the
+    /// reference, never a value; it goes to the log, not to the client.
+    #[error("secret unavailable: {0}")]
+    SecretUnavailable(String),
+}
+
+impl ProxyError {
+    /// Status code for each error, in one place.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::SecretUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Short machine-readable code for the error body.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamConnect(_) => "upstream_unavailable",
+            ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::SecretUnavailable(_) => "credentials_unavailable",
+        }
+    }
+
+    /// Whether this counts as an upstream failure for metrics.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(self, ProxyError::UpstreamTimeout | ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_))
+    }
+
+    pub(crate) fn log(&self, request_id: &HeaderValue, route: Option<&str>) {
+        let rid = request_id.to_str().unwrap_or("-");
+        match self {
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed(_) | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => {
+                debug!(request_id = rid, route, error = %self, "request refused")
+            }
+            _ => warn!(request_id = rid, route, error = %self, "request failed"),
+        }
+    }
+
+    /// The client-facing response: a small JSON body with the code and request id. The
+    /// detail (addresses, reference names, library messages) stays in the log.
+    pub fn into_response(self, request_id: &HeaderValue, route: Option<&str>) -> http::Response<ProxyBody> {
+        let status = self.status();
+        let mut body = json!({ "error": self.code(), "request_id": request_id.to_str().unwrap_or("-") });
+        if let Some(r) = route {
+            body["route"] = json!(r);
+        }
+        if let ProxyError::BadRequest(why) = &self {
+            body["detail"] = json!(why);
+        }
+        let mut resp = http::Response::new(super::json_body(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ProxyError::MethodNotAllowed(methods) = &self {
+            let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(http::header::ALLOW, v);
+            }
+        }
+        resp
+    }
+
+    /// Classify a client error: timeouts, connection failures (including TLS
+    /// verification) and body-limit breaches each get their own status.
+    pub fn from_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ProxyError::BodyTooLarge;
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return ProxyError::UpstreamTimeout;
+            }
+            src = s.source();
+        }
+        let detail = error_chain(&e);
+        if e.is_connect() { ProxyError::UpstreamConnect(detail) } else { ProxyError::Upstream(detail) }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,620 @@
+//! The snapshot, the store that owns providers, and the background refresh tasks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::agefile::AgeProvider;
+use super::dir::DirProvider;
+use super::vault::VaultProvider;
+use super::watch;
+use super::{ProviderConfig, SecretBytes, SecretRef, SecretsError, header_unsafe, validate_refs};
+use crate::telemetry::{ProviderLabel, metrics};
+
+// ---------------------------------------------------------------------------------------
+// Clock
+// ---------------------------------------------------------------------------------------
+
+/// Milliseconds on a monotonic clock (staleness must not jump with wall-clock changes).
+fn mono_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+const NEVER: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------------------
+// Snapshot
+// ---------------------------------------------------------------------------------------
+
+/// Freshness of one reference, shared by every snapshot that holds its value (so a
+/// successful re-read that finds the same value does not need a new snapshot).
+#[derive(Debug)]
+pub(super) struct RefHealth {
+    max_stale_ms: Option<u64>,
+    /// `mono_ms()` of the last successful read, `NEVER` before the first.
+    last_ok_ms: AtomicU64,
+    /// Unix seconds of the last successful read.
+    last_ok_unix: AtomicU64,
+    /// Provider version of the value (Vault KV v2 metadata version), 0 when none.
+    version: AtomicU64,
+    /// The last refresh error for this reference (value-free), cleared on success.
+    last_error: Mutex<Option<String>>,
+}
+
+impl RefHealth {
+    fn new(max_stale: Option<Duration>) -> Self {
+        RefHealth {
+            max_stale_ms: max_stale.map(|d| d.as_millis() as u64),
+            last_ok_ms: AtomicU64::new(NEVER),
+            last_ok_unix: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn mark_ok(&self, version: Option<u64>) {
+        self.last_ok_ms.store(mono_ms(), Ordering::Release);
+        self.last_ok_unix.store(unix_secs(), Ordering::Relaxed);
+        self.version.store(version.unwrap_or(0), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn mark_err(&self, e: &SecretsError) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+
+    fn age_ms(&self) -> Option<u64> {
+        let last = self.last_ok_ms.load(Ordering::Acquire);
+        (last != NEVER).then(|| mono_ms().saturating_sub(last))
+    }
+
+    fn is_stale(&self) -> bool {
+        match (self.max_stale_ms, self.age_ms()) {
+            (Some(max), Some(age)) => age > max,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: SecretBytes,
+    health: Arc<RefHealth>,
+}
+
+/// An immutable view of every secret value. A request loads one `Arc<SecretSnapshot>` and
+/// uses it from start to end, so all its headers come from the same generation.
+#[derive(Debug, Default)]
+pub struct SecretSnapshot {
+    entries: HashMap<SecretRef, Arc<Entry>>,
+}
+
+impl SecretSnapshot {
+    /// A snapshot with no values.
+    pub fn empty() -> Self {
+        SecretSnapshot::default()
+    }
+
+    /// A snapshot from fixed values that never go stale — for tests and benchmarks of code
+    /// that renders templates (the proxy, plugins).
+    pub fn from_values(values: impl IntoIterator<Item = (SecretRef, SecretBytes)>) -> Self {
+        let entries = values
+            .into_iter()
+            .map(|(r, value)| {
+                let health = Arc::new(RefHealth::new(None));
+                health.mark_ok(None);
+                (r, Arc::new(Entry { value, health }))
+            })
+            .collect();
+        SecretSnapshot { entries }
+    }
+
+    /// The value of a reference. Fails with [`SecretsError::Stale`] once its provider has
+    /// been failing for longer than `max_stale`, and with [`SecretsError::NotLoaded`] for
+    /// a reference the store was not started with.
+    pub fn get(&self, r: &SecretRef) -> Result<&SecretBytes, SecretsError> {
+        let e = self.entries.get(r).ok_or_else(|| SecretsError::NotLoaded { reference: r.to_string() })?;
+        if e.health.max_stale_ms.is_some() && e.health.is_stale() {
+            return Err(SecretsError::Stale { reference: r.to_string() });
+        }
+        Ok(&e.value)
+    }
+
+    /// Whether the snapshot holds a value for the reference (stale or not).
+    pub fn contains(&self, r: &SecretRef) -> bool {
+        self.entries.contains_key(r)
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Provider plumbing
+// ---------------------------------------------------------------------------------------
+
+/// One value as read from a provider.
+pub(super) struct Fetched {
+    pub value: SecretBytes,
+    /// Provider version (Vault KV v2 metadata version).
+    pub version: Option<u64>,
+    /// Lease TTL, when the provider gave one (KV v1 `ttl`): refresh at about 2/3 of it.
+    pub ttl: Option<Duration>,
+}
+
+/// What one refresh round read: per name, a value or a value-free reason; or a reason
+/// the whole provider failed (unreadable file, bad identity, login refused …).
+pub(super) type FetchAll = Result<Vec<(String, Result<Fetched, String>)>, String>;
+
+enum Backend {
+    Vault(VaultProvider),
+    Age(AgeProvider),
+    Dir(DirProvider),
+}
+
+impl Backend {
+    async fn fetch(&self, names: &[String]) -> FetchAll {
+        match self {
+            Backend::Vault(v) => v.fetch(names).await,
+            Backend::Age(a) => a.fetch(names),
+            Backend::Dir(d) => d.fetch(names),
+        }
+    }
+}
+
+struct ProviderRt {
+    name: String,
+    kind: &'static str,
+    backend: Backend,
+    /// Names referenced in this provider, sorted.
+    names: Vec<String>,
+    /// One refresh at a time per provider (background, manual and SIGHUP may race).
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// Whether the last round failed (to log recovery once).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+struct Inner {
+    current: ArcSwap<SecretSnapshot>,
+    providers: Vec<Arc<ProviderRt>>,
+    health: BTreeMap<SecretRef, Arc<RefHealth>>,
+    /// Serializes read-modify-write of `current` across providers.
+    swap_lock: Mutex<()>,
+}
+
+/// Outcome of one provider round.
+struct Round {
+    errors: Vec<SecretsError>,
+    /// Shortest lease TTL seen, if any.
+    min_ttl: Option<Duration>,
+}
+
+impl Inner {
+    async fn refresh_provider(&self, p: &ProviderRt, initial: bool) -> Round {
+        let _guard = p.fetch_lock.lock().await;
+        let fetched = p.backend.fetch(&p.names).await;
+        self.apply(p, fetched, initial)
+    }
+
+    /// Fold one round into the snapshot: changed, header-safe values are swapped in; any
+    /// failure keeps the old value and is logged naming the reference, never the value.
+    fn apply(&self, p: &ProviderRt, fetched: FetchAll, initial: bool) -> Round {
+        let mut errors = Vec::new();
+        let mut ok: Vec<(SecretRef, Option<u64>)> = Vec::new();
+        let mut changed: Vec<(SecretRef, SecretBytes)> = Vec::new();
+        let mut min_ttl: Option<Duration> = None;
+        let current = self.current.load();
+        match fetched {
+            Err(reason) => {
+                for n in &p.names {
+                    let r = SecretRef::new(&p.name, n);
+                    let e = SecretsError::Unresolved { reference: r.to_string(), reason: reason.clone() };
+                    errors.push((r, e));
+                }
+            }
+            Ok(items) => {
+                for (name, res) in items {
+                    let r = SecretRef::new(&p.name, name);
+                    match res {
+                        Err(reason) => {
+                            let e = SecretsError::Unresolved { reference: r.to_string(), reason };
+                            errors.push((r, e));
+                        }
+                        Ok(f) => {
+                            if let Some(reason) = header_unsafe(f.value.expose()) {
+                                let e = SecretsError::InvalidValue { reference: r.to_string(), reason: reason.into() };
+                                errors.push((r, e));
+                                continue;
+                            }
+                            if let Some(ttl) = f.ttl {
+                                min_ttl = Some(min_ttl.map_or(ttl, |m| m.min(ttl)));
+                            }
+                            let same = current.entries.get(&r).is_some_and(|e| e.value == f.value);
+                            if !same {
+                                changed.push((r.clone(), f.value));
+                            }
+                            ok.push((r, f.version));
+                        }
+                    }
+                }
+            }
+        }
+        drop(current);
+
+        if !changed.is_empty() {
+            let _l = self.swap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let cur = self.current.load_full();
+            let mut entries = cur.entries.clone();
+            for (r, value) in &changed {
+                let health = self.health[r].clone();
+                entries.insert(r.clone(), Arc::new(Entry { value: value.clone(), health }));
+            }
+            self.current.store(Arc::new(SecretSnapshot { entries }));
+        }
+        for (r, version) in &ok {
+            self.health[r].mark_ok(*version);
+        }
+        for (r, e) in &errors {
+            if let Some(h) = self.health.get(r) {
+                h.mark_err(e);
+            }
+        }
+
+        let label = ProviderLabel { provider: p.name.clone() };
+        let m = metrics();
+        if errors.is_empty() {
+            m.secret_refresh_success.get_or_create(&label).inc();
+            m.secret_last_success.get_or_create(&label).set(unix_secs() as i64);
+            if p.failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(provider = %p.name, "secret provider recovered");
+            }
+        } else {
+            m.secret_refresh_failure.get_or_create(&label).inc();
+            p.failing.store(true, Ordering::Relaxed);
+        }
+        if !initial {
+            for (r, _) in &changed {
+                let version = self.health[r].version.load(Ordering::Relaxed);
+                tracing::info!(provider = %p.name, reference = %r, version, "secret value rotated");
+            }
+            for (_, e) in &errors {
+                match e {
+                    SecretsError::InvalidValue { .. } => {
+                        tracing::error!(provider = %p.name, error = %e, "new secret value refused; keeping the previous value")
+                    }
+                    _ => tracing::warn!(provider = %p.name, error = %e, "secret refresh failed; keeping the last-known-good value"),
+                }
+            }
+        }
+        Round { errors: errors.into_iter().map(|(_, e)| e).collect(), min_ttl }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Store
+// ---------------------------------------------------------------------------------------
+
+/// What `status` reports about one reference — never its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefStatus {
+    /// `${provider:name}`.
+    pub reference: String,
+    /// Provider name.
+    pub provider: String,
+    /// `vault`, `age` or `dir`.
+    pub kind: String,
+    /// Whether a value is loaded.
+    pub resolved: bool,
+    /// Provider version of the value (Vault KV v2 metadata version).
+    pub version: Option<u64>,
+    /// Seconds since the value was last read successfully.
+    pub age_seconds: Option<u64>,
+    /// Unix time of the last successful read.
+    pub last_success_unix: Option<u64>,
+    /// Whether the value is past `max_stale` (requests needing it get 503).
+    pub stale: bool,
+    /// The last refresh error, if the last refresh failed (value-free).
+    pub last_error: Option<String>,
+}
+
+/// Owns the providers, the current snapshot and the background refresh tasks. Dropping it
+/// (or calling [`shutdown`](Self::shutdown)) stops the tasks and file watchers; a config
+/// reload builds a new store and drops the old one.
+pub struct SecretStore {
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore").field("refs", &self.inner.health.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for SecretStore {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl SecretStore {
+    /// Resolve every reference once — failing with one error per unresolvable reference,
+    /// named by its `${provider:name}` text — then, if `background`, start refresh tasks
+    /// (Vault timers, file watchers). Providers that no reference uses are not contacted.
+    /// Relative paths in `providers` are resolved against `base_dir`.
+    pub async fn start(
+        providers: &BTreeMap<String, ProviderConfig>,
+        base_dir: &Path,
+        refs: Vec<SecretRef>,
+        background: bool,
+    ) -> Result<Arc<SecretStore>, Vec<SecretsError>> {
+        let mut refs = refs;
+        refs.sort();
+        refs.dedup();
+        let errs = validate_refs(providers, &refs);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        let mut by_provider: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for r in &refs {
+            by_provider.entry(r.provider.as_str()).or_default().push(r.name.clone());
+        }
+        let mut errors = Vec::new();
+        let mut rts = Vec::new();
+        let mut health = BTreeMap::new();
+        for (pname, names) in by_provider {
+            let mut cfg = providers[pname].clone();
+            cfg.resolve_paths(base_dir);
+            let backend = match &cfg {
+                ProviderConfig::Vault(v) => VaultProvider::new(pname, v.clone()).map(Backend::Vault),
+                ProviderConfig::Age(a) => Ok(Backend::Age(AgeProvider::new(a.clone()))),
+                ProviderConfig::Dir(d) => Ok(Backend::Dir(DirProvider::new(d.clone()))),
+            };
+            let backend = match backend {
+                Ok(b) => b,
+                Err(reason) => {
+                    for n in &names {
+                        let reference = SecretRef::new(pname, n).to_string();
+                        errors.push(SecretsError::Unresolved { reference, reason: reason.clone() });
+                    }
+                    continue;
+                }
+            };
+            for n in &names {
+                health.insert(SecretRef::new(pname, n), Arc::new(RefHealth::new(cfg.max_stale())));
+            }
+            rts.push((
+                cfg,
+                Arc::new(ProviderRt {
+                    name: pname.to_string(),
+                    kind: providers[pname].kind(),
+                    backend,
+                    names,
+                    fetch_lock: tokio::sync::Mutex::new(()),
+                    failing: Default::default(),
+                }),
+            ));
+        }
+
+        let inner = Arc::new(Inner {
+            current: ArcSwap::from_pointee(SecretSnapshot::empty()),
+            providers: rts.iter().map(|(_, p)| p.clone()).collect(),
+            health,
+            swap_lock: Mutex::new(()),
+        });
+        let rounds =
+            futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, true))).await;
+        let mut ttls = Vec::new();
+        for round in rounds {
+            errors.extend(round.errors);
+            ttls.push(round.min_ttl);
+        }
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| a.reference().cmp(&b.reference()));
+            return Err(errors);
+        }
+
+        let cancel = CancellationToken::new();
+        if background {
+            for ((cfg, p), ttl) in rts.into_iter().zip(ttls) {
+                let inner = inner.clone();
+                let cancel = cancel.clone();
+                match cfg {
+                    ProviderConfig::Vault(v) => {
+                        tokio::spawn(vault_loop(inner, p, v.refresh, ttl, cancel));
+                    }
+                    ProviderConfig::Age(a) => {
+                        let mut dirs = vec![parent(&a.file), parent(&a.identity_file)];
+                        dirs.dedup();
+                        tokio::spawn(file_loop(inner, p, dirs, poll_interval(a.max_stale), cancel));
+                    }
+                    ProviderConfig::Dir(d) => {
+                        tokio::spawn(file_loop(inner, p, vec![d.path.clone()], poll_interval(d.max_stale), cancel));
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(SecretStore { inner, cancel }))
+    }
+
+    /// The current snapshot (cheap: one atomic load and an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<SecretSnapshot> {
+        self.inner.current.load_full()
+    }
+
+    /// Re-read every provider now (`POST /secrets/refresh`, SIGHUP). Failures keep the old
+    /// values and are returned (value-free).
+    pub async fn refresh(&self) -> Result<(), Vec<SecretsError>> {
+        let inner = &self.inner;
+        let rounds = futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, false))).await;
+        let errors: Vec<SecretsError> = rounds.into_iter().flat_map(|r| r.errors).collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// One entry per reference: resolved?, version, age, stale?, last error. Never a value.
+    pub fn status(&self) -> Vec<RefStatus> {
+        let snap = self.snapshot();
+        let kinds: HashMap<&str, &'static str> =
+            self.inner.providers.iter().map(|p| (p.name.as_str(), p.kind)).collect();
+        self.inner
+            .health
+            .iter()
+            .map(|(r, h)| {
+                let version = h.version.load(Ordering::Relaxed);
+                let last_unix = h.last_ok_unix.load(Ordering::Relaxed);
+                RefStatus {
+                    reference: r.to_string(),
+                    provider: r.provider.clone(),
+                    kind: kinds.get(r.provider.as_str()).copied().unwrap_or("").to_string(),
+                    resolved: snap.contains(r),
+                    version: (version != 0).then_some(version),
+                    age_seconds: h.age_ms().map(|ms| ms / 1000),
+                    last_success_unix: (last_unix != 0).then_some(last_unix),
+                    stale: h.is_stale(),
+                    last_error: h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every reference has a value that is not stale (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        let snap = self.snapshot();
+        self.inner.health.iter().all(|(r, h)| snap.contains(r) && !h.is_stale())
+    }
+
+    /// Stop background tasks and watchers (also done on drop).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Files are re-read on every change event; the poll is the safety net for file systems
+/// without working notifications, and what keeps `max_stale` meaningful for files.
+fn poll_interval(max_stale: Option<Duration>) -> Duration {
+    let base = Duration::from_secs(30);
+    match max_stale {
+        Some(m) => base.min(m / 3).max(Duration::from_millis(200)),
+        None => base,
+    }
+}
+
+/// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped, times a random factor in
+/// [0.5, 1.0) so that many gateways do not retry in lockstep.
+pub(super) fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let d = base.min(cap);
+    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// Next fixed refresh, brought forward to ~2/3 of the shortest lease TTL.
+fn next_refresh(refresh: Duration, ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(t) if !t.is_zero() => refresh.min(t.mul_f64(2.0 / 3.0)).max(Duration::from_millis(200)),
+        _ => refresh,
+    }
+}
+
+async fn vault_loop(
+    inner: Arc<Inner>,
+    p: Arc<ProviderRt>,
+    refresh: Duration,
+    ttl: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    let Backend::Vault(vault) = &p.backend else { return };
+    let cap = refresh.min(Duration::from_secs(60)).max(Duration::from_secs(1));
+    let mut failures = 0u32;
+    let mut next_fetch = tokio::time::Instant::now() + next_refresh(refresh, ttl);
+    loop {
+        let wake = match vault.renew_at().await {
+            Some(r) => next_fetch.min(tokio::time::Instant::from_std(r)),
+            None => next_fetch,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if tokio::time::Instant::now() >= next_fetch {
+            let round = inner.refresh_provider(&p, false).await;
+            if round.errors.is_empty() {
+                failures = 0;
+                next_fetch = tokio::time::Instant::now() + next_refresh(refresh, round.min_ttl);
+            } else {
+                failures += 1;
+                let delay = backoff(failures, cap);
+                tracing::debug!(provider = %p.name, failures, retry_in = ?delay, "vault refresh failed; backing off");
+                next_fetch = tokio::time::Instant::now() + delay;
+            }
+        } else {
+            // Token renewal (or re-login) only; values are read on the fetch timer.
+            let _guard = p.fetch_lock.lock().await;
+            if let Err(reason) = vault.maintain_token().await {
+                tracing::warn!(provider = %p.name, error = %reason, "vault token renewal failed; will retry");
+            }
+        }
+    }
+}
+
+async fn file_loop(
+    inner: Arc<Inner>,
+    p: Arc<ProviderRt>,
+    dirs: Vec<PathBuf>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut watcher = watch::watch_dirs(&p.name, &dirs, notify.clone());
+    let mut poll_tick = tokio::time::interval(poll);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll_tick.tick().await; // the first tick is immediate; the initial read already happened
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = notify.notified() => {
+                // Debounce: writers often truncate, write and rename in several steps.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = notify.notified() => {
+                            if tokio::time::Instant::now() >= deadline { break; }
+                        }
+                        _ = tokio::time::sleep(watch::DEBOUNCE) => break,
+                    }
+                }
+                tracing::debug!(provider = %p.name, "secret files changed; re-reading");
+            }
+            _ = poll_tick.tick() => {
+                if watcher.is_none() {
+                    watcher = watch::watch_dirs(&p.name, &dirs, notify.clone());
+                }
+            }
+        }
+        inner.refresh_provider(&p, false).await;
+    }
+}

@@ -1,0 +1,176 @@
+//! `"Bearer ${vault:ml/inference#api_key}"`: literal text and references.
+
+use http::HeaderValue;
+
+use super::{SecretBytes, SecretRef, SecretSnapshot, SecretsError, header_unsafe};
+
+/// A string made of literal text and `${provider:name}` references; `$$` is a literal `$`.
+///
+/// Parsing never echoes the template (it may contain literal credentials): errors name the
+/// offending reference or a byte offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Ref(SecretRef),
+}
+
+impl std::fmt::Debug for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Literal text may itself be a credential someone pasted into the config.
+            Part::Lit(s) => write!(f, "Lit([{} bytes])", s.len()),
+            Part::Ref(r) => write!(f, "Ref({r})"),
+        }
+    }
+}
+
+/// Provider names are TOML keys of `[secrets.NAME]`.
+fn valid_provider(p: &str) -> bool {
+    !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Parse the inside of `${…}`.
+pub(super) fn parse_ref(inner: &str) -> Result<SecretRef, SecretsError> {
+    let bad = |reason: String| SecretsError::Template { reason };
+    if inner.is_empty() {
+        return Err(bad("empty reference ${}; write ${provider:name}".into()));
+    }
+    let Some((provider, name)) = inner.split_once(':') else {
+        return Err(bad(format!("reference ${{{inner}}} has no provider; write ${{provider:name}}")));
+    };
+    if provider.is_empty() {
+        return Err(bad(format!("reference ${{{inner}}} has an empty provider name")));
+    }
+    if !valid_provider(provider) {
+        return Err(bad(format!(
+            "reference ${{{inner}}}: provider name {provider:?} may only contain letters, digits, '_' and '-'"
+        )));
+    }
+    if name.is_empty() {
+        return Err(bad(format!("reference ${{{inner}}} has an empty secret name")));
+    }
+    if name.chars().any(|c| c.is_control() || c == '$' || c == '{') {
+        return Err(bad(format!("reference ${{{provider}:…}}: the name contains a control character, '$' or '{{'")));
+    }
+    Ok(SecretRef { provider: provider.to_string(), name: name.to_string() })
+}
+
+impl Template {
+    /// Parse a template. Errors: an unterminated `${`, an empty reference or name, a
+    /// reference without `provider:`, a provider name with invalid characters.
+    pub fn parse(s: &str) -> Result<Template, SecretsError> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                lit.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(end) = body.find('}') else {
+                    let offset = s.len() - rest.len() + i;
+                    return Err(SecretsError::Template {
+                        reason: format!("unterminated ${{ at byte {offset} (missing '}}'); write $$ for a literal $"),
+                    });
+                };
+                let r = parse_ref(&body[..end])?;
+                if !lit.is_empty() {
+                    parts.push(Part::Lit(std::mem::take(&mut lit)));
+                }
+                parts.push(Part::Ref(r));
+                rest = &body[end + 1..];
+            } else {
+                // A lone `$` (e.g. "costs $5") is literal.
+                lit.push('$');
+                rest = after;
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The references in this template, in order (duplicates kept).
+    pub fn refs(&self) -> Vec<SecretRef> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Ref(r) => Some(r.clone()),
+                Part::Lit(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether the template has no references.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Lit(_)))
+    }
+
+    /// Render into secret bytes (for compare-only use, e.g. a plugin checking a presented
+    /// API key, or the admin token). Fails when a reference is stale or not loaded.
+    pub fn render(&self, snap: &SecretSnapshot) -> Result<SecretBytes, SecretsError> {
+        // Single reference, no literal text: the common `token = "${file:x}"` case.
+        if let [Part::Ref(r)] = self.parts.as_slice() {
+            return Ok(snap.get(r)?.clone());
+        }
+        // Size exactly first, so the buffer never reallocates (a reallocation would leave an
+        // un-zeroized copy behind).
+        let mut len = 0;
+        for p in &self.parts {
+            len += match p {
+                Part::Lit(s) => s.len(),
+                Part::Ref(r) => snap.get(r)?.len(),
+            };
+        }
+        let mut out = Vec::with_capacity(len);
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                Part::Ref(r) => out.extend_from_slice(snap.get(r)?.expose()),
+            }
+        }
+        Ok(SecretBytes::new(out))
+    }
+
+    /// Render as a header value, marked sensitive (never indexed by HPACK, redacted by
+    /// `HeaderValue`'s `Debug`) when it contains a secret.
+    pub fn render_header(&self, snap: &SecretSnapshot) -> Result<HeaderValue, SecretsError> {
+        let mut hv = match self.parts.as_slice() {
+            [] => HeaderValue::from_static(""),
+            [Part::Lit(s)] => return literal_header(s),
+            [Part::Ref(r)] => header_from(r, snap.get(r)?.expose())?,
+            _ => {
+                let bytes = self.render(snap)?;
+                let r = self.refs().into_iter().next().unwrap_or_else(|| SecretRef::new("", ""));
+                header_from(&r, bytes.expose())?
+            }
+        };
+        hv.set_sensitive(!self.is_literal());
+        Ok(hv)
+    }
+}
+
+fn literal_header(s: &str) -> Result<HeaderValue, SecretsError> {
+    HeaderValue::from_str(s).map_err(|_| SecretsError::Template {
+        reason: "literal text is not a valid header value (control characters?)".into(),
+    })
+}
+
+fn header_from(r: &SecretRef, bytes: &[u8]) -> Result<HeaderValue, SecretsError> {
+    // Values are checked when they enter the snapshot; this is the belt to those braces
+    // (and covers literal text around references).
+    if let Some(reason) = header_unsafe(bytes) {
+        return Err(SecretsError::InvalidValue { reference: r.to_string(), reason: reason.into() });
+    }
+    HeaderValue::from_bytes(bytes)
+        .map_err(|_| SecretsError::InvalidValue { reference: r.to_string(), reason: "it is not a valid header value".into() })
+}

@@ -172,9 +172,6 @@ pub struct GatewayConfig {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "defaults::shutdown_grace", deserialize_with = "de::duration")]
     pub shutdown_grace: Duration,
-    /// Idle keep-alive timeout for downstream connections.
-    #[serde(default = "defaults::idle_timeout", deserialize_with = "de::duration")]
-    pub idle_timeout: Duration,
     /// HTTP/2 server limits.
     #[serde(default)]
     pub http2: Http2Limits,
@@ -223,9 +220,6 @@ mod defaults {
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)
-    }
-    pub fn idle_timeout() -> Duration {
-        Duration::from_secs(90)
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
@@ -509,8 +503,8 @@ impl Config {
                 }
             }
             for (i, p) in r.policies.iter().enumerate() {
-                for (k, t) in policy_secret_templates(p) {
-                    out.push((src.file, format!("{}.policies[{i}].secrets.{k}", src.key), t));
+                for (k, t) in p.secret_templates().0 {
+                    out.push((src.file, format!("{}.policies[{i}].{k}", src.key), t));
                 }
             }
         }
@@ -727,7 +721,23 @@ impl Loader {
             hex::encode(ctx.finish())
         };
 
-        let (gateway, admin, policy) = (gateway?, admin?, policy?);
+        // A section that failed to parse is replaced by its defaults so that the rest of
+        // the file is still validated and every error is reported in one pass; the
+        // recorded errors make `load` fail regardless.
+        let gateway = gateway.unwrap_or_else(|| GatewayConfig {
+            listen: "127.0.0.1:0".parse().expect("valid literal"),
+            tls: None,
+            worker_threads: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: defaults::header_read_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+            max_body: defaults::max_body(),
+            shutdown_grace: defaults::shutdown_grace(),
+            http2: Http2Limits::default(),
+        });
+        let admin = admin.unwrap_or_default();
+        let policy = policy.unwrap_or_default();
         let cfg = Config {
             path,
             base_dir,
@@ -766,7 +776,7 @@ impl Loader {
                 continue;
             }
             if let Some(mut p) = self.item::<PluginConfig>(file, &key, v) {
-                resolve_plugin_paths(&mut p, dir);
+                p.resolve_paths(dir);
                 plugins.insert(name.clone(), p);
                 plugin_sources.insert(name, ItemSource { file, key });
             }
@@ -914,28 +924,20 @@ impl Loader {
         }
         for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
             for (i, p) in r.policies.iter().enumerate() {
-                for fe in policy_secret_errors(p, &cfg.secrets) {
-                    let key = join_key(&format!("{}.policies[{i}]", src.key), &fe.key);
-                    errs.push(cfg.sources[src.file].error(&key, fe.reason));
+                let prefix = format!("{}.policies[{i}]", src.key);
+                let (templates, parse_errs) = p.secret_templates();
+                for fe in parse_errs {
+                    errs.push(cfg.sources[src.file].error(&join_key(&prefix, &fe.key), fe.reason));
+                }
+                for (key, t) in templates {
+                    for e in crate::secrets::validate_refs(&cfg.secrets, &t.refs()) {
+                        errs.push(cfg.sources[src.file].error(&join_key(&prefix, &key), e.to_string()));
+                    }
                 }
             }
         }
         self.errors.extend(errs);
     }
-}
-
-// Integration points with the policy module, kept here so the config loader has one place
-// that knows which plugin fields are paths and which carry secret references.
-fn resolve_plugin_paths(p: &mut PluginConfig, dir: &Path) {
-    p.file = dir.join(&p.file);
-}
-
-fn policy_secret_templates(_p: &PolicyConfig) -> Vec<(String, Template)> {
-    Vec::new()
-}
-
-fn policy_secret_errors(_p: &PolicyConfig, _providers: &BTreeMap<String, ProviderConfig>) -> Vec<FieldError> {
-    Vec::new()
 }
 
 fn list_or_none(items: &[&str]) -> String {

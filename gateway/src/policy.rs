@@ -1,102 +1,48 @@
 //! The WebAssembly policy host.
 //!
-//! INTERFACE STUB — owned by the plugin work; signatures here are what the rest of the
-//! gateway calls.
+//! Security teams write policies as WebAssembly components against the contract in
+//! `sdk/wit/policy.wit` (`warden:policy@0.1.0`). This module runs them:
+//!
+//! * [`PolicyHost`] is process-wide: one wasmtime `Engine` (component model, async, epoch
+//!   interruption driven by a ticker thread, pooling allocator) and the on-disk cache of
+//!   precompiled artifacts (keyed by content hash and engine, so a restart never
+//!   recompiles). It outlives config reloads.
+//! * [`PolicyHost::load`] compiles one config snapshot's `[plugins.*]` into a [`PluginSet`],
+//!   checking the sha256 pin, the optional Ed25519 signature and the component's world.
+//! * [`Chain::build`] builds one route's ordered policy chain, calling each plugin's
+//!   `configure` export with its per-route config, so a bad config fails at `warden check`
+//!   and reload — never at request time.
+//! * [`Chain::evaluate`] runs the chain for one request. Wasm runs with `call_async` and
+//!   yields to the tokio runtime at every epoch tick, so a looping plugin delays only its
+//!   own request until its deadline traps it.
+//!
+//! Plugins get no filesystem, network, environment, arguments or stdio, and their clocks
+//! and randomness are fixed: if a component imports WASI (Rust's std for `wasm32-wasip2`
+//! does), those imports are satisfied by a WASI context that grants nothing.
 
-use serde::Deserialize;
+mod chain;
+mod cli;
+mod config;
+mod host;
+#[cfg(test)]
+mod tests;
 
-use crate::proxy::ClientInfo;
-use crate::secrets::SecretSnapshot;
+pub use chain::{Chain, Changes, Decision, PolicyRequest};
+pub use cli::{PluginCommand, run_cli};
+pub use config::{
+    Isolation, Limits, MAX_PLUGIN_MEMORY, Mode, OnError, PluginConfig, PolicyConfig, PolicySettings, PoolSettings,
+    SENSITIVE_HEADERS,
+};
+pub use host::{ComponentInfo, PluginSet, PolicyHost, inspect_component};
 
-/// One `[plugins.NAME]` table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// Component file.
-    pub file: std::path::PathBuf,
-    /// Optional pin.
-    pub sha256: Option<String>,
-}
-
-/// One `[[routes.policies]]` entry.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Plugin name.
-    pub plugin: String,
-    /// Plugin config.
-    #[serde(default)]
-    pub config: toml::Table,
-}
-
-/// `[policy]`: settings for the plugin host as a whole.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySettings {}
-
-/// What a plugin sees of a request.
-pub struct PolicyRequest<'a> {
-    /// Route name.
-    pub route: &'a str,
-    /// Method.
-    pub method: &'a http::Method,
-    /// Path.
-    pub path: &'a str,
-    /// Raw query string.
-    pub query: Option<&'a str>,
-    /// Request headers.
-    pub headers: &'a http::HeaderMap,
-    /// The client.
-    pub client: &'a ClientInfo,
-}
-
-/// Header changes from a chain that allowed.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Request headers to set (replace).
-    pub set_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Request headers to remove.
-    pub remove_headers: Vec<http::HeaderName>,
-    /// Response headers to add.
-    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-}
-
-/// Outcome of a chain.
-#[derive(Debug)]
-pub enum Decision {
-    /// Forward, with changes.
-    Allow(Changes),
-    /// Answer directly.
-    Deny {
-        /// Status.
-        status: http::StatusCode,
-        /// Body.
-        body: bytes::Bytes,
-        /// Headers.
-        headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    },
-}
-
-/// The per-route policy chain.
-#[derive(Default)]
-pub struct Chain {}
-
-impl Chain {
-    /// True when the route has no policies.
-    pub fn is_empty(&self) -> bool {
-        true
-    }
-    /// Evaluate the chain.
-    pub async fn evaluate(&self, _req: &PolicyRequest<'_>, _secrets: &SecretSnapshot) -> Decision {
-        Decision::Allow(Changes::default())
-    }
-}
-
-/// `warden plugin …` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum PluginCommand {}
-
-/// Run a `warden plugin …` subcommand.
-pub async fn run_cli(_cmd: PluginCommand) -> anyhow::Result<std::process::ExitCode> {
-    Ok(std::process::ExitCode::SUCCESS)
+/// Errors of the policy domain, outside of configuration (which reports
+/// [`FieldError`](crate::config::FieldError)s).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The engine could not be configured.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// A file could not be read or is not a usable plugin.
+    #[error("{0}")]
+    Plugin(String),
 }

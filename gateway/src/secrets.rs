@@ -92,7 +92,7 @@ pub struct VaultConfig {
 
 /// `auth = { method = … }` of a Vault provider.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
 pub enum VaultAuth {
     /// A token read from a file (e.g. written by Vault Agent); re-read when renewal fails.
     Token {

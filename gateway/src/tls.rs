@@ -88,9 +88,9 @@ pub fn server_config(cfg: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>,
     Ok(Arc::new(sc))
 }
 
-/// Build an upstream client config. Verification is always on: system roots plus the
+/// Build an upstream client config (ALPN unset). Verification is always on: system roots plus the
 /// optional CA file.
-pub fn client_config(tls: Option<&UpstreamTlsConfig>, http2: bool) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(tls: Option<&UpstreamTlsConfig>) -> Result<rustls::ClientConfig, TlsError> {
     let default = UpstreamTlsConfig::default();
     let tls = tls.unwrap_or(&default);
     let mut roots = RootCertStore::empty();
@@ -112,13 +112,14 @@ pub fn client_config(tls: Option<&UpstreamTlsConfig>, http2: bool) -> Result<rus
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_root_certificates(roots);
-    let mut cc = match (&tls.client_cert_file, &tls.client_key_file) {
+    let cc = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(c), Some(k)) => builder
             .with_client_auth_cert(load_certs(c)?, load_key(k)?)
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", k.display())))?,
         _ => builder.with_no_client_auth(),
     };
-    cc.alpn_protocols = if http2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    // ALPN is left to the connector, which offers h2 or http/1.1 from the upstream's
+    // `http2` setting.
     Ok(cc)
 }
 

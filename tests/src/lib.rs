@@ -1,1 +1,246 @@
-//! placeholder
+//! Test harness for Warden's end-to-end tests: the real `warden` binary as a child
+//! process, real upstream servers on `127.0.0.1:0`, real certificates.
+//!
+//! Everything started here is stopped on `Drop`, so a failing test leaves nothing behind.
+
+pub mod certs;
+pub mod openbao;
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The release `warden` binary (built by `scripts/test.sh` before the tests run).
+pub fn warden_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARDEN_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("release/warden");
+    assert!(p.exists(), "{} not found: run `cargo build --release -p warden` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A built example plugin: `plugins/target/wasm32-wasip2/release/{name}.wasm`.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let p = repo_root().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} not found: run scripts/build-plugins.sh", p.display());
+    p
+}
+
+/// Install the ring crypto provider for rustls users in the test process.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A reqwest client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    init_crypto();
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// A running `warden run` process.
+pub struct Gateway {
+    /// Proxy listener address.
+    pub addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Config file path.
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Write `config_toml` to `dir/warden.toml` and start the gateway on it. The config
+    /// must use `127.0.0.1:0` listeners; the real ports are read from the log.
+    pub async fn start(dir: &Path, config_toml: &str) -> Gateway {
+        Self::try_start(dir, config_toml).await.unwrap_or_else(|logs| panic!("gateway did not start:\n{logs}"))
+    }
+
+    /// Like [`Gateway::start`], returning the logs when the gateway exits or never
+    /// becomes ready.
+    pub async fn try_start(dir: &Path, config_toml: &str) -> Result<Gateway, String> {
+        let config_path = dir.join("warden.toml");
+        std::fs::write(&config_path, config_toml).expect("write config");
+        Self::spawn(&config_path, &[]).await
+    }
+
+    /// Start on an existing config file, with extra environment variables.
+    pub async fn spawn(config_path: &Path, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        let mut cmd = Command::new(warden_bin());
+        cmd.arg("run").arg("--config").arg(config_path);
+        cmd.env("RUST_LOG", std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn warden");
+        let logs = Arc::new(Mutex::new(String::new()));
+        for stream in [child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)]
+        .into_iter()
+        .flatten()
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("WARDEN_TEST_ECHO").is_some() {
+                        eprintln!("[warden] {line}");
+                    }
+                    let mut l = logs.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let mut gw = Gateway {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin_addr: "0.0.0.0:0".parse().unwrap(),
+            config_path: config_path.to_path_buf(),
+            child: Some(child),
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = gw.logs();
+            let proxy = find_addr(&text, "proxy listening");
+            let admin = find_addr(&text, "admin listening");
+            if let (Some(p), Some(a)) = (proxy, admin) {
+                gw.addr = p;
+                gw.admin_addr = a;
+                return Ok(gw);
+            }
+            if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("exited with {status}:\n{}", gw.logs()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after 60 s:\n{}", gw.logs()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://admin_addr{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    /// Everything the gateway has logged so far (stderr and stdout).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait until the logs contain `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Send a signal (e.g. "TERM", "HUP").
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.as_mut()?.try_wait().ok().flatten() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The gateway's resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Fetch `/metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().await.expect("metrics").text().await.unwrap()
+    }
+
+    /// Stop the gateway.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
+    logs.lines().filter(|l| l.contains(marker)).find_map(|l| {
+        let rest = &l[l.find("addr=")? + 5..];
+        let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
+        rest[..end].trim_matches('"').parse().ok()
+    })
+}
+
+/// Run `warden` with arguments; returns (exit code, stdout, stderr).
+pub fn run_warden(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(warden_bin()).args(args).env("RUST_LOG", "warn").output().expect("run warden");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sum of a counter/gauge in Prometheus text whose name and labels contain all `parts`.
+pub fn metric_value(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -71,12 +71,17 @@ impl Body for Observed {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     *this.bytes += d.len() as u64;
+                }
+                // hyper stops polling once the body says it has ended, so a final
+                // `None` may never come.
+                if this.inner.is_end_stream() {
+                    *this.complete = true;
                 }
             }
             Poll::Ready(None) => *this.complete = true,

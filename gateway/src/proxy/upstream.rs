@@ -47,7 +47,7 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
 
-        let tls = crate::tls::client_config(cfg.tls.as_ref(), cfg.http2)
+        let tls = crate::tls::client_config(cfg.tls.as_ref())
             .map_err(|e| FieldError::new("tls", e.to_string()))?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let builder = if https { builder.https_only() } else { builder.https_or_http() };

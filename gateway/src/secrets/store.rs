@@ -166,7 +166,7 @@ pub(super) struct Fetched {
 pub(super) type FetchAll = Result<Vec<(String, Result<Fetched, String>)>, String>;
 
 enum Backend {
-    Vault(VaultProvider),
+    Vault(Box<VaultProvider>),
     Age(AgeProvider),
     Dir(DirProvider),
 }
@@ -183,7 +183,6 @@ impl Backend {
 
 struct ProviderRt {
     name: String,
-    kind: &'static str,
     backend: Backend,
     /// Names referenced in this provider, sorted.
     names: Vec<String>,
@@ -193,9 +192,11 @@ struct ProviderRt {
     failing: std::sync::atomic::AtomicBool,
 }
 
-struct Inner {
+pub(super) struct Inner {
     current: ArcSwap<SecretSnapshot>,
     providers: Vec<Arc<ProviderRt>>,
+    /// Kind of every configured provider, by name.
+    kinds: HashMap<String, &'static str>,
     health: BTreeMap<SecretRef, Arc<RefHealth>>,
     /// Serializes read-modify-write of `current` across providers.
     swap_lock: Mutex<()>,
@@ -240,7 +241,11 @@ impl Inner {
                             errors.push((r, e));
                         }
                         Ok(f) => {
-                            if let Some(reason) = header_unsafe(f.value.expose()) {
+                            // An empty value is a half-written file or a mistake, never a
+                            // credential worth sending.
+                            let unsafe_reason =
+                                if f.value.is_empty() { Some("it is empty") } else { header_unsafe(f.value.expose()) };
+                            if let Some(reason) = unsafe_reason {
                                 let e = SecretsError::InvalidValue { reference: r.to_string(), reason: reason.into() };
                                 errors.push((r, e));
                                 continue;
@@ -367,94 +372,39 @@ impl SecretStore {
         refs: Vec<SecretRef>,
         background: bool,
     ) -> Result<Arc<SecretStore>, Vec<SecretsError>> {
-        let mut refs = refs;
-        refs.sort();
-        refs.dedup();
-        let errs = validate_refs(providers, &refs);
-        if !errs.is_empty() {
-            return Err(errs);
+        let built = build(providers, base_dir, refs, background).await;
+        if !built.errors.is_empty() {
+            return Err(built.errors);
         }
-
-        let mut by_provider: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for r in &refs {
-            by_provider.entry(r.provider.as_str()).or_default().push(r.name.clone());
-        }
-        let mut errors = Vec::new();
-        let mut rts = Vec::new();
-        let mut health = BTreeMap::new();
-        for (pname, names) in by_provider {
-            let mut cfg = providers[pname].clone();
-            cfg.resolve_paths(base_dir);
-            let backend = match &cfg {
-                ProviderConfig::Vault(v) => VaultProvider::new(pname, v.clone()).map(Backend::Vault),
-                ProviderConfig::Age(a) => Ok(Backend::Age(AgeProvider::new(a.clone()))),
-                ProviderConfig::Dir(d) => Ok(Backend::Dir(DirProvider::new(d.clone()))),
-            };
-            let backend = match backend {
-                Ok(b) => b,
-                Err(reason) => {
-                    for n in &names {
-                        let reference = SecretRef::new(pname, n).to_string();
-                        errors.push(SecretsError::Unresolved { reference, reason: reason.clone() });
-                    }
-                    continue;
-                }
-            };
-            for n in &names {
-                health.insert(SecretRef::new(pname, n), Arc::new(RefHealth::new(cfg.max_stale())));
-            }
-            rts.push((
-                cfg,
-                Arc::new(ProviderRt {
-                    name: pname.to_string(),
-                    kind: providers[pname].kind(),
-                    backend,
-                    names,
-                    fetch_lock: tokio::sync::Mutex::new(()),
-                    failing: Default::default(),
-                }),
-            ));
-        }
-
-        let inner = Arc::new(Inner {
-            current: ArcSwap::from_pointee(SecretSnapshot::empty()),
-            providers: rts.iter().map(|(_, p)| p.clone()).collect(),
-            health,
-            swap_lock: Mutex::new(()),
-        });
-        let rounds =
-            futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, true))).await;
-        let mut ttls = Vec::new();
-        for round in rounds {
-            errors.extend(round.errors);
-            ttls.push(round.min_ttl);
-        }
-        if !errors.is_empty() {
-            errors.sort_by(|a, b| a.reference().cmp(&b.reference()));
-            return Err(errors);
-        }
-
+        let inner = built.inner;
         let cancel = CancellationToken::new();
         if background {
-            for ((cfg, p), ttl) in rts.into_iter().zip(ttls) {
+            for ((cfg, p, fw), ttl) in built.providers.into_iter().zip(built.ttls) {
                 let inner = inner.clone();
                 let cancel = cancel.clone();
-                match cfg {
-                    ProviderConfig::Vault(v) => {
+                match (cfg, fw) {
+                    (ProviderConfig::Vault(v), _) => {
                         tokio::spawn(vault_loop(inner, p, v.refresh, ttl, cancel));
                     }
-                    ProviderConfig::Age(a) => {
-                        let mut dirs = vec![parent(&a.file), parent(&a.identity_file)];
-                        dirs.dedup();
-                        tokio::spawn(file_loop(inner, p, dirs, poll_interval(a.max_stale), cancel));
+                    (cfg, Some(fw)) => {
+                        tokio::spawn(file_loop(inner, p, fw, poll_interval(cfg.max_stale()), cancel));
                     }
-                    ProviderConfig::Dir(d) => {
-                        tokio::spawn(file_loop(inner, p, vec![d.path.clone()], poll_interval(d.max_stale), cancel));
-                    }
+                    (_, None) => {}
                 }
             }
         }
         Ok(Arc::new(SecretStore { inner, cancel }))
+    }
+
+    /// Resolve every reference once, without background tasks, and report each one —
+    /// resolved or not, with its error — instead of failing (`warden secrets check`).
+    pub async fn check(
+        providers: &BTreeMap<String, ProviderConfig>,
+        base_dir: &Path,
+        refs: Vec<SecretRef>,
+    ) -> Vec<RefStatus> {
+        let built = build(providers, base_dir, refs, false).await;
+        status_of(&built.inner)
     }
 
     /// The current snapshot (cheap: one atomic load and an `Arc` clone).
@@ -473,28 +423,7 @@ impl SecretStore {
 
     /// One entry per reference: resolved?, version, age, stale?, last error. Never a value.
     pub fn status(&self) -> Vec<RefStatus> {
-        let snap = self.snapshot();
-        let kinds: HashMap<&str, &'static str> =
-            self.inner.providers.iter().map(|p| (p.name.as_str(), p.kind)).collect();
-        self.inner
-            .health
-            .iter()
-            .map(|(r, h)| {
-                let version = h.version.load(Ordering::Relaxed);
-                let last_unix = h.last_ok_unix.load(Ordering::Relaxed);
-                RefStatus {
-                    reference: r.to_string(),
-                    provider: r.provider.clone(),
-                    kind: kinds.get(r.provider.as_str()).copied().unwrap_or("").to_string(),
-                    resolved: snap.contains(r),
-                    version: (version != 0).then_some(version),
-                    age_seconds: h.age_ms().map(|ms| ms / 1000),
-                    last_success_unix: (last_unix != 0).then_some(last_unix),
-                    stale: h.is_stale(),
-                    last_error: h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                }
-            })
-            .collect()
+        status_of(&self.inner)
     }
 
     /// Whether every reference has a value that is not stale (for `/readyz`).
@@ -503,10 +432,143 @@ impl SecretStore {
         self.inner.health.iter().all(|(r, h)| snap.contains(r) && !h.is_stale())
     }
 
+    #[cfg(test)]
+    pub(super) fn inner_weak(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
     /// Stop background tasks and watchers (also done on drop).
     pub fn shutdown(&self) {
         self.cancel.cancel();
     }
+}
+
+fn status_of(inner: &Inner) -> Vec<RefStatus> {
+    let snap = inner.current.load();
+    inner
+        .health
+        .iter()
+        .map(|(r, h)| {
+            let version = h.version.load(Ordering::Relaxed);
+            let last_unix = h.last_ok_unix.load(Ordering::Relaxed);
+            RefStatus {
+                reference: r.to_string(),
+                provider: r.provider.clone(),
+                kind: inner.kinds.get(&r.provider).copied().unwrap_or("unknown").to_string(),
+                resolved: snap.contains(r),
+                version: (version != 0).then_some(version),
+                age_seconds: h.age_ms().map(|ms| ms / 1000),
+                last_success_unix: (last_unix != 0).then_some(last_unix),
+                stale: h.is_stale(),
+                last_error: h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }
+        })
+        .collect()
+}
+
+struct Built {
+    inner: Arc<Inner>,
+    providers: Vec<(ProviderConfig, Arc<ProviderRt>, Option<FileWatch>)>,
+    ttls: Vec<Option<Duration>>,
+    errors: Vec<SecretsError>,
+}
+
+/// Set up the providers that references use and read every reference once. Every
+/// reference gets a health entry, failed ones with their error.
+async fn build(
+    providers: &BTreeMap<String, ProviderConfig>,
+    base_dir: &Path,
+    refs: Vec<SecretRef>,
+    watch_files: bool,
+) -> Built {
+    let mut refs = refs;
+    refs.sort();
+    refs.dedup();
+    let mut errors = Vec::new();
+    let mut health: BTreeMap<SecretRef, Arc<RefHealth>> = BTreeMap::new();
+    let mut bad: Vec<(SecretRef, SecretsError)> = Vec::new();
+    for e in validate_refs(providers, &refs) {
+        if let Some(r) = refs.iter().find(|r| e.reference() == Some(r.to_string().as_str())) {
+            bad.push((r.clone(), e.clone()));
+        }
+        errors.push(e);
+    }
+
+    let mut by_provider: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for r in &refs {
+        if bad.iter().any(|(b, _)| b == r) {
+            continue;
+        }
+        by_provider.entry(r.provider.as_str()).or_default().push(r.name.clone());
+    }
+    let mut rts = Vec::new();
+    for (pname, names) in by_provider {
+        let mut cfg = providers[pname].clone();
+        cfg.resolve_paths(base_dir);
+        for n in &names {
+            health.insert(SecretRef::new(pname, n), Arc::new(RefHealth::new(cfg.max_stale())));
+        }
+        let backend = match &cfg {
+            ProviderConfig::Vault(v) => VaultProvider::new(pname, v.clone()).map(|v| Backend::Vault(Box::new(v))),
+            ProviderConfig::Age(a) => Ok(Backend::Age(AgeProvider::new(a.clone()))),
+            ProviderConfig::Dir(d) => Ok(Backend::Dir(DirProvider::new(d.clone()))),
+        };
+        let backend = match backend {
+            Ok(b) => b,
+            Err(reason) => {
+                for n in &names {
+                    let r = SecretRef::new(pname, n);
+                    let e = SecretsError::Unresolved { reference: r.to_string(), reason: format!("provider {pname}: {reason}") };
+                    bad.push((r, e.clone()));
+                    errors.push(e);
+                }
+                continue;
+            }
+        };
+        let rt = ProviderRt {
+            name: pname.to_string(),
+            backend,
+            names,
+            fetch_lock: tokio::sync::Mutex::new(()),
+            failing: Default::default(),
+        };
+        // Watch before the first read, so no change between the two is missed.
+        let dirs = match &cfg {
+            ProviderConfig::Vault(_) => Vec::new(),
+            ProviderConfig::Age(a) => {
+                let mut dirs = vec![parent(&a.file), parent(&a.identity_file)];
+                dirs.dedup();
+                dirs
+            }
+            ProviderConfig::Dir(d) => vec![d.path.clone()],
+        };
+        let fw = (watch_files && !dirs.is_empty()).then(|| {
+            let notify = Arc::new(tokio::sync::Notify::new());
+            let watcher = watch::watch_dirs(pname, &dirs, notify.clone());
+            FileWatch { dirs, notify, watcher }
+        });
+        rts.push((cfg, Arc::new(rt), fw));
+    }
+    for (r, e) in &bad {
+        let h = health.entry(r.clone()).or_insert_with(|| Arc::new(RefHealth::new(None)));
+        h.mark_err(e);
+    }
+
+    let inner = Arc::new(Inner {
+        current: ArcSwap::from_pointee(SecretSnapshot::empty()),
+        kinds: providers.iter().map(|(n, p)| (n.clone(), p.kind())).collect(),
+        providers: rts.iter().map(|(_, p, _)| p.clone()).collect(),
+        health,
+        swap_lock: Mutex::new(()),
+    });
+    let rounds = futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, true))).await;
+    let mut ttls = Vec::new();
+    for round in rounds {
+        errors.extend(round.errors);
+        ttls.push(round.min_ttl);
+    }
+    errors.sort_by(|a, b| a.reference().cmp(&b.reference()));
+    Built { inner, providers: rts, ttls, errors }
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -580,15 +642,15 @@ async fn vault_loop(
     }
 }
 
-async fn file_loop(
-    inner: Arc<Inner>,
-    p: Arc<ProviderRt>,
+/// A file provider's watcher, set up before its first read.
+struct FileWatch {
     dirs: Vec<PathBuf>,
-    poll: Duration,
-    cancel: CancellationToken,
-) {
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let mut watcher = watch::watch_dirs(&p.name, &dirs, notify.clone());
+    notify: Arc<tokio::sync::Notify>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+async fn file_loop(inner: Arc<Inner>, p: Arc<ProviderRt>, fw: FileWatch, poll: Duration, cancel: CancellationToken) {
+    let FileWatch { dirs, notify, mut watcher } = fw;
     let mut poll_tick = tokio::time::interval(poll);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll_tick.tick().await; // the first tick is immediate; the initial read already happened

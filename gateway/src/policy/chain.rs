@@ -210,6 +210,17 @@ impl Chain {
                 mode: p.mode.label().into(),
             };
             let m = metrics();
+            // One statement per family: `get_or_create` returns a read guard, and a second
+            // call on the same family while the first guard lives (as in one struct
+            // literal) waits for a write lock forever.
+            let allow = m.policy_verdicts.get_or_create(&vlabel("allow")).clone();
+            let deny = m.policy_verdicts.get_or_create(&vlabel("deny")).clone();
+            let error = m.policy_verdicts.get_or_create(&vlabel("error")).clone();
+            let duration = m.plugin_eval_duration.get_or_create(&plabel).clone();
+            let traps = m.plugin_traps.get_or_create(&plabel).clone();
+            let deadline = m.plugin_deadline_hits.get_or_create(&plabel).clone();
+            let memory = m.plugin_memory_limit_hits.get_or_create(&plabel).clone();
+            let entry_metrics = EntryMetrics { allow, deny, error, duration, traps, deadline, memory };
             let entry = Entry {
                 host: set.host.clone(),
                 plugin: plugin.clone(),
@@ -221,15 +232,7 @@ impl Chain {
                 granted_secrets: secrets.iter().map(|(n, _)| n.clone()).collect(),
                 secrets,
                 pool: Mutex::new(Vec::new()),
-                metrics: EntryMetrics {
-                    allow: m.policy_verdicts.get_or_create(&vlabel("allow")).clone(),
-                    deny: m.policy_verdicts.get_or_create(&vlabel("deny")).clone(),
-                    error: m.policy_verdicts.get_or_create(&vlabel("error")).clone(),
-                    duration: m.plugin_eval_duration.get_or_create(&plabel).clone(),
-                    traps: m.plugin_traps.get_or_create(&plabel).clone(),
-                    deadline: m.plugin_deadline_hits.get_or_create(&plabel).clone(),
-                    memory: m.plugin_memory_limit_hits.get_or_create(&plabel).clone(),
-                },
+                metrics: entry_metrics,
             };
             // Configure one instance now, so a bad config is refused here (check, start,
             // reload) rather than on the first request. Keep it warm for pooled plugins.

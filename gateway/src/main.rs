@@ -46,6 +46,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: warden::secrets::SecretsCommand,
     },
+    /// Probe an admin endpoint; exit 0 on a 2xx answer. For container health checks in
+    /// images without a shell or curl.
+    Health {
+        /// Admin URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = config::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Plugin { cmd } => block_on(None, warden::policy::run_cli(cmd)),
         Cmd::Secrets { cmd } => block_on(None, warden::secrets::run_cli(cmd)),
+        Cmd::Health { url, timeout } => block_on(Some(1), health(url, timeout)),
     }
 }
 
@@ -75,6 +86,28 @@ fn block_on(workers: Option<usize>, f: impl Future<Output = anyhow::Result<ExitC
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn health(url: String, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    let uri: http::Uri = url.parse().context("invalid --url")?;
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    match tokio::time::timeout(timeout, client.get(uri)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(Ok(resp)) => {
+            eprintln!("unhealthy: {url} answered {}", resp.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {url}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!("unhealthy: {url}: no answer within {timeout:?}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

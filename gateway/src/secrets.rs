@@ -189,7 +189,11 @@ impl ProviderConfig {
                 }
                 match &mut v.auth {
                     VaultAuth::Token { token_file } => j(token_file),
-                    VaultAuth::Approle { role_id_file, secret_id_file, .. } => {
+                    VaultAuth::Approle {
+                        role_id_file,
+                        secret_id_file,
+                        ..
+                    } => {
                         j(role_id_file);
                         j(secret_id_file);
                     }
@@ -211,16 +215,26 @@ impl ProviderConfig {
         let mut errs = Vec::new();
         let readable = |errs: &mut Vec<FieldError>, key: &str, p: &Path| {
             if let Err(e) = std::fs::metadata(p).and_then(|m| {
-                if m.is_file() { std::fs::File::open(p).map(drop) } else { Err(std::io::Error::other("not a file")) }
+                if m.is_file() {
+                    std::fs::File::open(p).map(drop)
+                } else {
+                    Err(std::io::Error::other("not a file"))
+                }
             }) {
-                errs.push(FieldError::new(key, format!("cannot read {}: {e}", p.display())));
+                errs.push(FieldError::new(
+                    key,
+                    format!("cannot read {}: {e}", p.display()),
+                ));
             }
         };
         match self {
             ProviderConfig::Vault(v) => {
                 match reqwest::Url::parse(&v.address) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    Ok(_) => errs.push(FieldError::new("address", "must be an http:// or https:// URL")),
+                    Ok(_) => errs.push(FieldError::new(
+                        "address",
+                        "must be an http:// or https:// URL",
+                    )),
                     Err(e) => errs.push(FieldError::new("address", format!("invalid URL: {e}"))),
                 }
                 if v.kv_version != 1 && v.kv_version != 2 {
@@ -236,8 +250,14 @@ impl ProviderConfig {
                     errs.push(FieldError::new("timeout", "must be greater than zero"));
                 }
                 match &v.auth {
-                    VaultAuth::Token { token_file } => readable(&mut errs, "auth.token_file", token_file),
-                    VaultAuth::Approle { role_id_file, secret_id_file, mount } => {
+                    VaultAuth::Token { token_file } => {
+                        readable(&mut errs, "auth.token_file", token_file)
+                    }
+                    VaultAuth::Approle {
+                        role_id_file,
+                        secret_id_file,
+                        mount,
+                    } => {
                         readable(&mut errs, "auth.role_id_file", role_id_file);
                         readable(&mut errs, "auth.secret_id_file", secret_id_file);
                         if mount.trim_matches('/').is_empty() {
@@ -247,7 +267,10 @@ impl ProviderConfig {
                 }
                 if let Some(ca) = &v.ca_file {
                     match std::fs::read(ca) {
-                        Err(e) => errs.push(FieldError::new("ca_file", format!("cannot read {}: {e}", ca.display()))),
+                        Err(e) => errs.push(FieldError::new(
+                            "ca_file",
+                            format!("cannot read {}: {e}", ca.display()),
+                        )),
                         Ok(pem) => {
                             if vault::parse_ca_pem(&pem).is_err() {
                                 errs.push(FieldError::new(
@@ -268,7 +291,10 @@ impl ProviderConfig {
                     Ok(bytes) => {
                         let bytes = Zeroizing::new(bytes);
                         if let Err(reason) = agefile::parse_identities(&bytes) {
-                            errs.push(FieldError::new("identity_file", format!("{}: {reason}", a.identity_file.display())));
+                            errs.push(FieldError::new(
+                                "identity_file",
+                                format!("{}: {reason}", a.identity_file.display()),
+                            ));
                         }
                     }
                 }
@@ -276,7 +302,10 @@ impl ProviderConfig {
             }
             ProviderConfig::Dir(d) => {
                 if !d.path.is_dir() {
-                    errs.push(FieldError::new("path", format!("{} is not a readable directory", d.path.display())));
+                    errs.push(FieldError::new(
+                        "path",
+                        format!("{} is not a readable directory", d.path.display()),
+                    ));
                 }
             }
         }
@@ -300,12 +329,18 @@ pub struct SecretRef {
 impl SecretRef {
     /// A reference.
     pub fn new(provider: impl Into<String>, name: impl Into<String>) -> Self {
-        SecretRef { provider: provider.into(), name: name.into() }
+        SecretRef {
+            provider: provider.into(),
+            name: name.into(),
+        }
     }
 
     /// Parse `${provider:name}` (or the inside, `provider:name`).
     pub fn parse(s: &str) -> Result<Self, SecretsError> {
-        let inner = s.strip_prefix("${").and_then(|s| s.strip_suffix('}')).unwrap_or(s);
+        let inner = s
+            .strip_prefix("${")
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or(s);
         template::parse_ref(inner)
     }
 }
@@ -468,7 +503,10 @@ impl SecretsError {
 /// Config-time validation without contacting providers: every reference names a configured
 /// provider, and its name fits that provider's syntax (`path#key` for Vault, a `KEY` for
 /// age, a plain file name for dir). File checks are per provider: [`ProviderConfig::check`].
-pub fn validate_refs(providers: &BTreeMap<String, ProviderConfig>, refs: &[SecretRef]) -> Vec<SecretsError> {
+pub fn validate_refs(
+    providers: &BTreeMap<String, ProviderConfig>,
+    refs: &[SecretRef],
+) -> Vec<SecretsError> {
     let mut errs = Vec::new();
     for r in refs {
         let Some(p) = providers.get(&r.provider) else {
@@ -476,7 +514,11 @@ pub fn validate_refs(providers: &BTreeMap<String, ProviderConfig>, refs: &[Secre
             errs.push(SecretsError::UnknownProvider {
                 reference: r.to_string(),
                 provider: r.provider.clone(),
-                known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
             });
             continue;
         };
@@ -486,7 +528,10 @@ pub fn validate_refs(providers: &BTreeMap<String, ProviderConfig>, refs: &[Secre
             ProviderConfig::Dir(_) => dir::check_name(&r.name),
         };
         if let Err(reason) = checked {
-            errs.push(SecretsError::BadName { reference: r.to_string(), reason });
+            errs.push(SecretsError::BadName {
+                reference: r.to_string(),
+                reason,
+            });
         }
     }
     errs

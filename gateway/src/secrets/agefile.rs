@@ -22,7 +22,11 @@ pub(super) struct AgeProvider {
 
 /// A key name in the decrypted file.
 pub(super) fn check_key(name: &str) -> Result<(), String> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
         return Err("an age secret name is a KEY of the decrypted KEY=VALUE file (letters, digits, '_', '-', '.')".into());
     }
     Ok(())
@@ -31,8 +35,11 @@ pub(super) fn check_key(name: &str) -> Result<(), String> {
 /// Parse an identity file (`age-keygen` output: comments and `AGE-SECRET-KEY-1…` lines).
 pub(super) fn parse_identities(bytes: &[u8]) -> Result<Vec<Box<dyn age::Identity>>, String> {
     // The age crate reports bad lines by number only and zeroizes what it read.
-    let file = age::IdentityFile::from_buffer(bytes).map_err(|e| format!("invalid identity file: {e}"))?;
-    let ids = file.into_identities().map_err(|e| format!("invalid identity file: {e}"))?;
+    let file =
+        age::IdentityFile::from_buffer(bytes).map_err(|e| format!("invalid identity file: {e}"))?;
+    let ids = file
+        .into_identities()
+        .map_err(|e| format!("invalid identity file: {e}"))?;
     if ids.is_empty() {
         return Err("identity file holds no identity (expected an AGE-SECRET-KEY-1… line)".into());
     }
@@ -40,7 +47,10 @@ pub(super) fn parse_identities(bytes: &[u8]) -> Result<Vec<Box<dyn age::Identity
 }
 
 /// Decrypt binary or armored age ciphertext.
-pub(super) fn decrypt(ids: &[Box<dyn age::Identity>], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(super) fn decrypt(
+    ids: &[Box<dyn age::Identity>],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, String> {
     let decryptor = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(ciphertext))
         .map_err(|e| format!("not a valid age file: {e}"))?;
     let mut reader = decryptor
@@ -48,7 +58,9 @@ pub(super) fn decrypt(ids: &[Box<dyn age::Identity>], ciphertext: &[u8]) -> Resu
         .map_err(|e| format!("cannot decrypt: {e}"))?;
     // The plaintext is shorter than the ciphertext: this capacity never reallocates.
     let mut out = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
-    reader.read_to_end(&mut out).map_err(|e| format!("cannot decrypt: {e}"))?;
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot decrypt: {e}"))?;
     Ok(out)
 }
 
@@ -71,7 +83,10 @@ pub(super) fn parse_env(plain: &[u8]) -> Result<Vec<(String, SecretBytes)>, Stri
         if out.iter().any(|(k, _)| k == key) {
             return Err(format!("line {n}: duplicate key {key}"));
         }
-        out.push((key.to_string(), SecretBytes::new(line[eq + 1..].trim_ascii().to_vec())));
+        out.push((
+            key.to_string(),
+            SecretBytes::new(line[eq + 1..].trim_ascii().to_vec()),
+        ));
     }
     Ok(out)
 }
@@ -86,17 +101,22 @@ impl AgeProvider {
         // then just two file writes.
         let id_path = &self.cfg.identity_file;
         let id_bytes = Zeroizing::new(
-            std::fs::read(id_path).map_err(|e| format!("cannot read identity file {}: {e}", id_path.display()))?,
+            std::fs::read(id_path)
+                .map_err(|e| format!("cannot read identity file {}: {e}", id_path.display()))?,
         );
         let ids = parse_identities(&id_bytes).map_err(|e| format!("{}: {e}", id_path.display()))?;
         let path = &self.cfg.file;
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut ciphertext = Vec::new();
         file.take(MAX_FILE + 1)
             .read_to_end(&mut ciphertext)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if ciphertext.len() as u64 > MAX_FILE {
-            return Err(format!("{} is larger than {MAX_FILE} bytes", path.display()));
+            return Err(format!(
+                "{} is larger than {MAX_FILE} bytes",
+                path.display()
+            ));
         }
         let plain = decrypt(&ids, &ciphertext).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut values = parse_env(&plain).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -104,7 +124,11 @@ impl AgeProvider {
             .iter()
             .map(|n| {
                 let res = match values.iter().position(|(k, _)| k == n) {
-                    Some(i) => Ok(Fetched { value: values.swap_remove(i).1, version: None, ttl: None }),
+                    Some(i) => Ok(Fetched {
+                        value: values.swap_remove(i).1,
+                        version: None,
+                        ttl: None,
+                    }),
                     None => Err(format!("key {n} not found in {}", path.display())),
                 };
                 (n.clone(), res)

@@ -33,7 +33,11 @@ async fn check(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(errs) => {
             eprintln!("{errs}");
-            eprintln!("{}: {} error(s); secrets not checked", path.display(), errs.0.len());
+            eprintln!(
+                "{}: {} error(s); secrets not checked",
+                path.display(),
+                errs.0.len()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -53,21 +57,42 @@ async fn check(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         } else if failed == 0 {
             writeln!(out, "all {} reference(s) resolve", statuses.len())?;
         } else {
-            writeln!(out, "{failed} of {} reference(s) do not resolve", statuses.len())?;
+            writeln!(
+                out,
+                "{failed} of {} reference(s) do not resolve",
+                statuses.len()
+            )?;
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn write_table(out: &mut impl Write, statuses: &[RefStatus]) -> std::io::Result<()> {
-    let w = statuses.iter().map(|s| s.reference.len()).max().unwrap_or(0).max("REFERENCE".len());
-    writeln!(out, "{:<w$}  {:<6}  {:<8}  {:>7}  {:>6}  ERROR", "REFERENCE", "KIND", "RESOLVED", "VERSION", "AGE")?;
+    let w = statuses
+        .iter()
+        .map(|s| s.reference.len())
+        .max()
+        .unwrap_or(0)
+        .max("REFERENCE".len());
+    writeln!(
+        out,
+        "{:<w$}  {:<6}  {:<8}  {:>7}  {:>6}  ERROR",
+        "REFERENCE", "KIND", "RESOLVED", "VERSION", "AGE"
+    )?;
     for s in statuses {
         let version = s.version.map_or("-".to_string(), |v| v.to_string());
         let age = s.age_seconds.map_or("-".to_string(), |a| format!("{a}s"));
         let resolved = if s.resolved { "yes" } else { "NO" };
         let err = s.last_error.as_deref().unwrap_or("");
-        writeln!(out, "{:<w$}  {:<6}  {:<8}  {:>7}  {:>6}  {err}", s.reference, s.kind, resolved, version, age)?;
+        writeln!(
+            out,
+            "{:<w$}  {:<6}  {:<8}  {:>7}  {:>6}  {err}",
+            s.reference, s.kind, resolved, version, age
+        )?;
     }
     Ok(())
 }

@@ -22,10 +22,18 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
         return Err("a dir secret name must be a file name of 1 to 255 characters".into());
     }
     if name.starts_with('.') {
-        return Err("a dir secret name must not start with '.' (hidden and ..data entries are not secrets)".into());
+        return Err(
+            "a dir secret name must not start with '.' (hidden and ..data entries are not secrets)"
+                .into(),
+        );
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
-        return Err("a dir secret name may only contain letters, digits, '_', '-' and '.' (no '/')".into());
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(
+            "a dir secret name may only contain letters, digits, '_', '-' and '.' (no '/')".into(),
+        );
     }
     Ok(())
 }
@@ -42,15 +50,22 @@ impl DirProvider {
             Ok(_) => return Err(format!("{} is not a directory", dir.display())),
             Err(e) => return Err(format!("cannot read directory {}: {e}", dir.display())),
         }
-        Ok(names.iter().map(|n| (n.clone(), self.read_one(n))).collect())
+        Ok(names
+            .iter()
+            .map(|n| (n.clone(), self.read_one(n)))
+            .collect())
     }
 
     fn read_one(&self, name: &str) -> Result<Fetched, String> {
         let path = self.cfg.path.join(name);
-        let file = std::fs::File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > MAX_FILE {
-            return Err(format!("{} is larger than {MAX_FILE} bytes", path.display()));
+            return Err(format!(
+                "{} is larger than {MAX_FILE} bytes",
+                path.display()
+            ));
         }
         // Exact capacity (+1 to see growth) so the buffer does not reallocate and leave an
         // un-zeroized copy behind; it is owned by `SecretBytes` before any error return.
@@ -59,10 +74,17 @@ impl DirProvider {
         let mut value = SecretBytes::new(v);
         read.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if value.len() as u64 > MAX_FILE {
-            return Err(format!("{} is larger than {MAX_FILE} bytes", path.display()));
+            return Err(format!(
+                "{} is larger than {MAX_FILE} bytes",
+                path.display()
+            ));
         }
         trim_newline(&mut value);
-        Ok(Fetched { value, version: None, ttl: None })
+        Ok(Fetched {
+            value,
+            version: None,
+            ttl: None,
+        })
     }
 }
 

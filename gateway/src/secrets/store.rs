@@ -28,7 +28,10 @@ fn mono_ms() -> u64 {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 const NEVER: u64 = u64::MAX;
@@ -125,9 +128,13 @@ impl SecretSnapshot {
     /// been failing for longer than `max_stale`, and with [`SecretsError::NotLoaded`] for
     /// a reference the store was not started with.
     pub fn get(&self, r: &SecretRef) -> Result<&SecretBytes, SecretsError> {
-        let e = self.entries.get(r).ok_or_else(|| SecretsError::NotLoaded { reference: r.to_string() })?;
+        let e = self.entries.get(r).ok_or_else(|| SecretsError::NotLoaded {
+            reference: r.to_string(),
+        })?;
         if e.health.max_stale_ms.is_some() && e.health.is_stale() {
-            return Err(SecretsError::Stale { reference: r.to_string() });
+            return Err(SecretsError::Stale {
+                reference: r.to_string(),
+            });
         }
         Ok(&e.value)
     }
@@ -228,7 +235,10 @@ impl Inner {
             Err(reason) => {
                 for n in &p.names {
                     let r = SecretRef::new(&p.name, n);
-                    let e = SecretsError::Unresolved { reference: r.to_string(), reason: reason.clone() };
+                    let e = SecretsError::Unresolved {
+                        reference: r.to_string(),
+                        reason: reason.clone(),
+                    };
                     errors.push((r, e));
                 }
             }
@@ -237,16 +247,25 @@ impl Inner {
                     let r = SecretRef::new(&p.name, name);
                     match res {
                         Err(reason) => {
-                            let e = SecretsError::Unresolved { reference: r.to_string(), reason };
+                            let e = SecretsError::Unresolved {
+                                reference: r.to_string(),
+                                reason,
+                            };
                             errors.push((r, e));
                         }
                         Ok(f) => {
                             // An empty value is a half-written file or a mistake, never a
                             // credential worth sending.
-                            let unsafe_reason =
-                                if f.value.is_empty() { Some("it is empty") } else { header_unsafe(f.value.expose()) };
+                            let unsafe_reason = if f.value.is_empty() {
+                                Some("it is empty")
+                            } else {
+                                header_unsafe(f.value.expose())
+                            };
                             if let Some(reason) = unsafe_reason {
-                                let e = SecretsError::InvalidValue { reference: r.to_string(), reason: reason.into() };
+                                let e = SecretsError::InvalidValue {
+                                    reference: r.to_string(),
+                                    reason: reason.into(),
+                                };
                                 errors.push((r, e));
                                 continue;
                             }
@@ -271,7 +290,13 @@ impl Inner {
             let mut entries = cur.entries.clone();
             for (r, value) in &changed {
                 let health = self.health[r].clone();
-                entries.insert(r.clone(), Arc::new(Entry { value: value.clone(), health }));
+                entries.insert(
+                    r.clone(),
+                    Arc::new(Entry {
+                        value: value.clone(),
+                        health,
+                    }),
+                );
             }
             self.current.store(Arc::new(SecretSnapshot { entries }));
         }
@@ -284,11 +309,15 @@ impl Inner {
             }
         }
 
-        let label = ProviderLabel { provider: p.name.clone() };
+        let label = ProviderLabel {
+            provider: p.name.clone(),
+        };
         let m = metrics();
         if errors.is_empty() {
             m.secret_refresh_success.get_or_create(&label).inc();
-            m.secret_last_success.get_or_create(&label).set(unix_secs() as i64);
+            m.secret_last_success
+                .get_or_create(&label)
+                .set(unix_secs() as i64);
             if p.failing.swap(false, Ordering::Relaxed) {
                 tracing::info!(provider = %p.name, "secret provider recovered");
             }
@@ -306,11 +335,16 @@ impl Inner {
                     SecretsError::InvalidValue { .. } => {
                         tracing::error!(provider = %p.name, error = %e, "new secret value refused; keeping the previous value")
                     }
-                    _ => tracing::warn!(provider = %p.name, error = %e, "secret refresh failed; keeping the last-known-good value"),
+                    _ => {
+                        tracing::warn!(provider = %p.name, error = %e, "secret refresh failed; keeping the last-known-good value")
+                    }
                 }
             }
         }
-        Round { errors: errors.into_iter().map(|(_, e)| e).collect(), min_ttl }
+        Round {
+            errors: errors.into_iter().map(|(_, e)| e).collect(),
+            min_ttl,
+        }
     }
 }
 
@@ -351,7 +385,9 @@ pub struct SecretStore {
 
 impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretStore").field("refs", &self.inner.health.len()).finish_non_exhaustive()
+        f.debug_struct("SecretStore")
+            .field("refs", &self.inner.health.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -387,7 +423,13 @@ impl SecretStore {
                         tokio::spawn(vault_loop(inner, p, v.refresh, ttl, cancel));
                     }
                     (cfg, Some(fw)) => {
-                        tokio::spawn(file_loop(inner, p, fw, poll_interval(cfg.max_stale()), cancel));
+                        tokio::spawn(file_loop(
+                            inner,
+                            p,
+                            fw,
+                            poll_interval(cfg.max_stale()),
+                            cancel,
+                        ));
                     }
                     (_, None) => {}
                 }
@@ -416,9 +458,19 @@ impl SecretStore {
     /// values and are returned (value-free).
     pub async fn refresh(&self) -> Result<(), Vec<SecretsError>> {
         let inner = &self.inner;
-        let rounds = futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, false))).await;
+        let rounds = futures_util::future::join_all(
+            inner
+                .providers
+                .iter()
+                .map(|p| inner.refresh_provider(p, false)),
+        )
+        .await;
         let errors: Vec<SecretsError> = rounds.into_iter().flat_map(|r| r.errors).collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// One entry per reference: resolved?, version, age, stale?, last error. Never a value.
@@ -429,7 +481,10 @@ impl SecretStore {
     /// Whether every reference has a value that is not stale (for `/readyz`).
     pub fn is_ready(&self) -> bool {
         let snap = self.snapshot();
-        self.inner.health.iter().all(|(r, h)| snap.contains(r) && !h.is_stale())
+        self.inner
+            .health
+            .iter()
+            .all(|(r, h)| snap.contains(r) && !h.is_stale())
     }
 
     #[cfg(test)]
@@ -454,13 +509,22 @@ fn status_of(inner: &Inner) -> Vec<RefStatus> {
             RefStatus {
                 reference: r.to_string(),
                 provider: r.provider.clone(),
-                kind: inner.kinds.get(&r.provider).copied().unwrap_or("unknown").to_string(),
+                kind: inner
+                    .kinds
+                    .get(&r.provider)
+                    .copied()
+                    .unwrap_or("unknown")
+                    .to_string(),
                 resolved: snap.contains(r),
                 version: (version != 0).then_some(version),
                 age_seconds: h.age_ms().map(|ms| ms / 1000),
                 last_success_unix: (last_unix != 0).then_some(last_unix),
                 stale: h.is_stale(),
-                last_error: h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                last_error: h
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             }
         })
         .collect()
@@ -488,7 +552,10 @@ async fn build(
     let mut health: BTreeMap<SecretRef, Arc<RefHealth>> = BTreeMap::new();
     let mut bad: Vec<(SecretRef, SecretsError)> = Vec::new();
     for e in validate_refs(providers, &refs) {
-        if let Some(r) = refs.iter().find(|r| e.reference() == Some(r.to_string().as_str())) {
+        if let Some(r) = refs
+            .iter()
+            .find(|r| e.reference() == Some(r.to_string().as_str()))
+        {
             bad.push((r.clone(), e.clone()));
         }
         errors.push(e);
@@ -499,17 +566,25 @@ async fn build(
         if bad.iter().any(|(b, _)| b == r) {
             continue;
         }
-        by_provider.entry(r.provider.as_str()).or_default().push(r.name.clone());
+        by_provider
+            .entry(r.provider.as_str())
+            .or_default()
+            .push(r.name.clone());
     }
     let mut rts = Vec::new();
     for (pname, names) in by_provider {
         let mut cfg = providers[pname].clone();
         cfg.resolve_paths(base_dir);
         for n in &names {
-            health.insert(SecretRef::new(pname, n), Arc::new(RefHealth::new(cfg.max_stale())));
+            health.insert(
+                SecretRef::new(pname, n),
+                Arc::new(RefHealth::new(cfg.max_stale())),
+            );
         }
         let backend = match &cfg {
-            ProviderConfig::Vault(v) => VaultProvider::new(pname, v.clone()).map(|v| Backend::Vault(Box::new(v))),
+            ProviderConfig::Vault(v) => {
+                VaultProvider::new(pname, v.clone()).map(|v| Backend::Vault(Box::new(v)))
+            }
             ProviderConfig::Age(a) => Ok(Backend::Age(AgeProvider::new(a.clone()))),
             ProviderConfig::Dir(d) => Ok(Backend::Dir(DirProvider::new(d.clone()))),
         };
@@ -518,7 +593,10 @@ async fn build(
             Err(reason) => {
                 for n in &names {
                     let r = SecretRef::new(pname, n);
-                    let e = SecretsError::Unresolved { reference: r.to_string(), reason: format!("provider {pname}: {reason}") };
+                    let e = SecretsError::Unresolved {
+                        reference: r.to_string(),
+                        reason: format!("provider {pname}: {reason}"),
+                    };
                     bad.push((r, e.clone()));
                     errors.push(e);
                 }
@@ -545,34 +623,56 @@ async fn build(
         let fw = (watch_files && !dirs.is_empty()).then(|| {
             let notify = Arc::new(tokio::sync::Notify::new());
             let watcher = watch::watch_dirs(pname, &dirs, notify.clone());
-            FileWatch { dirs, notify, watcher }
+            FileWatch {
+                dirs,
+                notify,
+                watcher,
+            }
         });
         rts.push((cfg, Arc::new(rt), fw));
     }
     for (r, e) in &bad {
-        let h = health.entry(r.clone()).or_insert_with(|| Arc::new(RefHealth::new(None)));
+        let h = health
+            .entry(r.clone())
+            .or_insert_with(|| Arc::new(RefHealth::new(None)));
         h.mark_err(e);
     }
 
     let inner = Arc::new(Inner {
         current: ArcSwap::from_pointee(SecretSnapshot::empty()),
-        kinds: providers.iter().map(|(n, p)| (n.clone(), p.kind())).collect(),
+        kinds: providers
+            .iter()
+            .map(|(n, p)| (n.clone(), p.kind()))
+            .collect(),
         providers: rts.iter().map(|(_, p, _)| p.clone()).collect(),
         health,
         swap_lock: Mutex::new(()),
     });
-    let rounds = futures_util::future::join_all(inner.providers.iter().map(|p| inner.refresh_provider(p, true))).await;
+    let rounds = futures_util::future::join_all(
+        inner
+            .providers
+            .iter()
+            .map(|p| inner.refresh_provider(p, true)),
+    )
+    .await;
     let mut ttls = Vec::new();
     for round in rounds {
         errors.extend(round.errors);
         ttls.push(round.min_ttl);
     }
     errors.sort_by(|a, b| a.reference().cmp(&b.reference()));
-    Built { inner, providers: rts, ttls, errors }
+    Built {
+        inner,
+        providers: rts,
+        ttls,
+        errors,
+    }
 }
 
 fn parent(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    p.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Files are re-read on every change event; the poll is the safety net for file systems
@@ -588,7 +688,8 @@ fn poll_interval(max_stale: Option<Duration>) -> Duration {
 /// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped, times a random factor in
 /// [0.5, 1.0) so that many gateways do not retry in lockstep.
 pub(super) fn backoff(failures: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let base =
+        Duration::from_millis(500).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let d = base.min(cap);
     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
@@ -596,7 +697,9 @@ pub(super) fn backoff(failures: u32, cap: Duration) -> Duration {
 /// Next fixed refresh, brought forward to ~2/3 of the shortest lease TTL.
 fn next_refresh(refresh: Duration, ttl: Option<Duration>) -> Duration {
     match ttl {
-        Some(t) if !t.is_zero() => refresh.min(t.mul_f64(2.0 / 3.0)).max(Duration::from_millis(200)),
+        Some(t) if !t.is_zero() => refresh
+            .min(t.mul_f64(2.0 / 3.0))
+            .max(Duration::from_millis(200)),
         _ => refresh,
     }
 }
@@ -608,8 +711,12 @@ async fn vault_loop(
     ttl: Option<Duration>,
     cancel: CancellationToken,
 ) {
-    let Backend::Vault(vault) = &p.backend else { return };
-    let cap = refresh.min(Duration::from_secs(60)).max(Duration::from_secs(1));
+    let Backend::Vault(vault) = &p.backend else {
+        return;
+    };
+    let cap = refresh
+        .min(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
     let mut failures = 0u32;
     let mut next_fetch = tokio::time::Instant::now() + next_refresh(refresh, ttl);
     loop {
@@ -649,8 +756,18 @@ struct FileWatch {
     watcher: Option<notify::RecommendedWatcher>,
 }
 
-async fn file_loop(inner: Arc<Inner>, p: Arc<ProviderRt>, fw: FileWatch, poll: Duration, cancel: CancellationToken) {
-    let FileWatch { dirs, notify, mut watcher } = fw;
+async fn file_loop(
+    inner: Arc<Inner>,
+    p: Arc<ProviderRt>,
+    fw: FileWatch,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let FileWatch {
+        dirs,
+        notify,
+        mut watcher,
+    } = fw;
     let mut poll_tick = tokio::time::interval(poll);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll_tick.tick().await; // the first tick is immediate; the initial read already happened

@@ -31,7 +31,9 @@ impl std::fmt::Debug for Part {
 
 /// Provider names are TOML keys of `[secrets.NAME]`.
 fn valid_provider(p: &str) -> bool {
-    !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parse the inside of `${…}`.
@@ -41,10 +43,14 @@ pub(super) fn parse_ref(inner: &str) -> Result<SecretRef, SecretsError> {
         return Err(bad("empty reference ${}; write ${provider:name}".into()));
     }
     let Some((provider, name)) = inner.split_once(':') else {
-        return Err(bad(format!("reference ${{{inner}}} has no provider; write ${{provider:name}}")));
+        return Err(bad(format!(
+            "reference ${{{inner}}} has no provider; write ${{provider:name}}"
+        )));
     };
     if provider.is_empty() {
-        return Err(bad(format!("reference ${{{inner}}} has an empty provider name")));
+        return Err(bad(format!(
+            "reference ${{{inner}}} has an empty provider name"
+        )));
     }
     if !valid_provider(provider) {
         return Err(bad(format!(
@@ -52,12 +58,19 @@ pub(super) fn parse_ref(inner: &str) -> Result<SecretRef, SecretsError> {
         )));
     }
     if name.is_empty() {
-        return Err(bad(format!("reference ${{{inner}}} has an empty secret name")));
+        return Err(bad(format!(
+            "reference ${{{inner}}} has an empty secret name"
+        )));
     }
     if name.chars().any(|c| c.is_control() || c == '$' || c == '{') {
-        return Err(bad(format!("reference ${{{provider}:…}}: the name contains a control character, '$' or '{{'")));
+        return Err(bad(format!(
+            "reference ${{{provider}:…}}: the name contains a control character, '$' or '{{'"
+        )));
     }
-    Ok(SecretRef { provider: provider.to_string(), name: name.to_string() })
+    Ok(SecretRef {
+        provider: provider.to_string(),
+        name: name.to_string(),
+    })
 }
 
 impl Template {
@@ -77,7 +90,9 @@ impl Template {
                 let Some(end) = body.find('}') else {
                     let offset = s.len() - rest.len() + i;
                     return Err(SecretsError::Template {
-                        reason: format!("unterminated ${{ at byte {offset} (missing '}}'); write $$ for a literal $"),
+                        reason: format!(
+                            "unterminated ${{ at byte {offset} (missing '}}'); write $$ for a literal $"
+                        ),
                     });
                 };
                 let r = parse_ref(&body[..end])?;
@@ -150,7 +165,11 @@ impl Template {
             [Part::Ref(r)] => header_from(r, snap.get(r)?.expose())?,
             _ => {
                 let bytes = self.render(snap)?;
-                let r = self.refs().into_iter().next().unwrap_or_else(|| SecretRef::new("", ""));
+                let r = self
+                    .refs()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| SecretRef::new("", ""));
                 header_from(&r, bytes.expose())?
             }
         };
@@ -166,11 +185,12 @@ fn literal_header(s: &str) -> Result<HeaderValue, SecretsError> {
 }
 
 fn header_from(r: &SecretRef, bytes: &[u8]) -> Result<HeaderValue, SecretsError> {
-    // Values are checked when they enter the snapshot; this is the belt to those braces
-    // (and covers literal text around references).
-    if let Some(reason) = header_unsafe(bytes) {
-        return Err(SecretsError::InvalidValue { reference: r.to_string(), reason: reason.into() });
-    }
-    HeaderValue::from_bytes(bytes)
-        .map_err(|_| SecretsError::InvalidValue { reference: r.to_string(), reason: "it is not a valid header value".into() })
+    // Values are checked when they enter the snapshot; `from_bytes` validates again (and
+    // covers literal text around references). Only on failure is the reason worked out.
+    HeaderValue::from_bytes(bytes).map_err(|_| SecretsError::InvalidValue {
+        reference: r.to_string(),
+        reason: header_unsafe(bytes)
+            .unwrap_or("it is not a valid header value")
+            .into(),
+    })
 }

@@ -20,11 +20,17 @@ fn providers(toml_text: &str) -> BTreeMap<String, ProviderConfig> {
     struct W {
         secrets: BTreeMap<String, ProviderConfig>,
     }
-    toml::from_str::<W>(toml_text).expect("provider config").secrets
+    toml::from_str::<W>(toml_text)
+        .expect("provider config")
+        .secrets
 }
 
 fn snap(values: &[(&str, &str, &str)]) -> SecretSnapshot {
-    SecretSnapshot::from_values(values.iter().map(|(p, n, v)| (r(p, n), SecretBytes::new(v.as_bytes().to_vec()))))
+    SecretSnapshot::from_values(
+        values
+            .iter()
+            .map(|(p, n, v)| (r(p, n), SecretBytes::new(v.as_bytes().to_vec()))),
+    )
 }
 
 /// Poll `f` until it holds or `timeout` passes.
@@ -41,7 +47,8 @@ async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 fn value_of(store: &SecretStore, re: &SecretRef) -> Result<String, SecretsError> {
     let s = store.snapshot();
-    s.get(re).map(|v| String::from_utf8_lossy(v.expose()).into_owned())
+    s.get(re)
+        .map(|v| String::from_utf8_lossy(v.expose()).into_owned())
 }
 
 /// Write via a temp file and rename, as deployment tools and editors do.
@@ -72,7 +79,10 @@ fn template_parses_literals_refs_and_escapes() {
 
     let t = Template::parse("$${not:a-ref}").unwrap();
     assert!(t.is_literal());
-    assert_eq!(t.render(&SecretSnapshot::empty()).unwrap().expose(), b"${not:a-ref}");
+    assert_eq!(
+        t.render(&SecretSnapshot::empty()).unwrap().expose(),
+        b"${not:a-ref}"
+    );
 
     assert!(Template::parse("").unwrap().is_literal());
 }
@@ -90,19 +100,33 @@ fn template_errors_are_clear_and_do_not_echo_the_template() {
     for (text, want) in cases {
         let e = Template::parse(text).unwrap_err().to_string();
         assert!(e.contains(want), "{text:?}: {e}");
-        assert!(!e.contains("sk-live-LITERAL"), "error echoes the template: {e}");
+        assert!(
+            !e.contains("sk-live-LITERAL"),
+            "error echoes the template: {e}"
+        );
     }
-    assert!(Template::parse("Bearer ${vault:x#y").unwrap_err().to_string().contains("byte 7"));
+    assert!(
+        Template::parse("Bearer ${vault:x#y")
+            .unwrap_err()
+            .to_string()
+            .contains("byte 7")
+    );
 }
 
 #[test]
 fn template_renders_and_marks_sensitive() {
-    let s = snap(&[("vault", "ml/inference#api_key", CANARY), ("age", "K", "two")]);
+    let s = snap(&[
+        ("vault", "ml/inference#api_key", CANARY),
+        ("age", "K", "two"),
+    ]);
     let t = Template::parse("Bearer ${vault:ml/inference#api_key}").unwrap();
     let hv = t.render_header(&s).unwrap();
     assert_eq!(hv.to_str().unwrap(), format!("Bearer {CANARY}"));
     assert!(hv.is_sensitive());
-    assert!(!format!("{hv:?}").contains(CANARY), "HeaderValue Debug must hide sensitive values");
+    assert!(
+        !format!("{hv:?}").contains(CANARY),
+        "HeaderValue Debug must hide sensitive values"
+    );
 
     let single = Template::parse("${age:K}").unwrap();
     assert_eq!(single.render_header(&s).unwrap(), "two");
@@ -114,7 +138,12 @@ fn template_renders_and_marks_sensitive() {
 
     let missing = Template::parse("${age:NOPE}").unwrap();
     let e = missing.render_header(&s).unwrap_err();
-    assert_eq!(e, SecretsError::NotLoaded { reference: "${age:NOPE}".into() });
+    assert_eq!(
+        e,
+        SecretsError::NotLoaded {
+            reference: "${age:NOPE}".into()
+        }
+    );
 }
 
 #[test]
@@ -181,11 +210,15 @@ fn provider_config_parses_and_is_strict() {
         max_stale = "10m"
         "#,
     );
-    let ProviderConfig::Vault(v) = &p["vault"] else { panic!() };
+    let ProviderConfig::Vault(v) = &p["vault"] else {
+        panic!()
+    };
     assert_eq!((v.mount.as_str(), v.kv_version), ("secret", 2));
     assert_eq!(v.refresh, Duration::from_secs(2));
     assert_eq!(v.max_stale, Duration::from_secs(3600));
-    let ProviderConfig::Vault(v1) = &p["v1"] else { panic!() };
+    let ProviderConfig::Vault(v1) = &p["v1"] else {
+        panic!()
+    };
     assert!(matches!(&v1.auth, VaultAuth::Approle { mount, .. } if mount == "approle"));
     assert_eq!(p["file"].max_stale(), Some(Duration::from_secs(600)));
     assert_eq!(p["age"].max_stale(), None);
@@ -232,17 +265,26 @@ fn resolve_paths_and_check_files() {
         v.resolve_paths(dir.path());
         v.resolve_paths(dir.path()); // idempotent
     }
-    let ProviderConfig::Age(a) = &p["age"] else { panic!() };
+    let ProviderConfig::Age(a) = &p["age"] else {
+        panic!()
+    };
     assert_eq!(a.file, dir.path().join("missing.age"));
 
     let keys = |name: &str| -> Vec<String> {
         let errs = p[name].check();
         for e in &errs {
-            assert!(!e.reason.contains(CANARY), "file content echoed: {}", e.reason);
+            assert!(
+                !e.reason.contains(CANARY),
+                "file content echoed: {}",
+                e.reason
+            );
         }
         errs.into_iter().map(|e| e.key).collect()
     };
-    assert_eq!(keys("vault"), vec!["address", "kv_version", "auth.token_file", "ca_file"]);
+    assert_eq!(
+        keys("vault"),
+        vec!["address", "kv_version", "auth.token_file", "ca_file"]
+    );
     assert_eq!(keys("age"), vec!["identity_file", "file"]);
     assert_eq!(keys("file"), vec!["path"]);
 }
@@ -264,7 +306,11 @@ fn validate_refs_checks_provider_and_name_syntax() {
         path = "/run/secrets"
         "#,
     );
-    let good = [r("vault", "ml/inference#api_key"), r("age", "OPENAI_KEY"), r("file", "openai_key")];
+    let good = [
+        r("vault", "ml/inference#api_key"),
+        r("age", "OPENAI_KEY"),
+        r("file", "openai_key"),
+    ];
     assert!(validate_refs(&p, &good).is_empty());
     let bad = [
         r("nope", "x"),
@@ -278,8 +324,20 @@ fn validate_refs_checks_provider_and_name_syntax() {
     ];
     let errs = validate_refs(&p, &bad);
     assert_eq!(errs.len(), bad.len(), "{errs:?}");
-    assert!(errs[0].to_string().contains("unknown secret provider \"nope\" (configured: age, file, vault)"), "{}", errs[0]);
-    assert!(errs[1].to_string().starts_with("${vault:ml/inference}: a vault secret name is path#key"), "{}", errs[1]);
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("unknown secret provider \"nope\" (configured: age, file, vault)"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1]
+            .to_string()
+            .starts_with("${vault:ml/inference}: a vault secret name is path#key"),
+        "{}",
+        errs[1]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -287,7 +345,10 @@ fn validate_refs_checks_provider_and_name_syntax() {
 // ---------------------------------------------------------------------------------------
 
 fn dir_provider(path: &Path, extra: &str) -> BTreeMap<String, ProviderConfig> {
-    providers(&format!("[secrets.file]\ntype = \"dir\"\npath = {:?}\n{extra}", path.to_str().unwrap()))
+    providers(&format!(
+        "[secrets.file]\ntype = \"dir\"\npath = {:?}\n{extra}",
+        path.to_str().unwrap()
+    ))
 }
 
 #[tokio::test]
@@ -297,7 +358,9 @@ async fn dir_reads_trims_one_newline_and_rotates_on_replace() {
     std::fs::write(d.join("token"), "first\n").unwrap();
     std::fs::write(d.join("crlf"), "v\r\n").unwrap();
     let refs = vec![r("file", "token"), r("file", "crlf")];
-    let store = SecretStore::start(&dir_provider(d, ""), Path::new("/"), refs, true).await.unwrap();
+    let store = SecretStore::start(&dir_provider(d, ""), Path::new("/"), refs, true)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &r("file", "token")).unwrap(), "first");
     assert_eq!(value_of(&store, &r("file", "crlf")).unwrap(), "v");
 
@@ -305,11 +368,27 @@ async fn dir_reads_trims_one_newline_and_rotates_on_replace() {
     let held = store.snapshot();
     // Docker-style: the file is replaced.
     replace_file(&d.join("token"), b"second\n");
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("file", "token")).unwrap() == "second").await);
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(
+            &store,
+            &r("file", "token")
+        )
+        .unwrap()
+            == "second")
+        .await
+    );
     assert_eq!(held.get(&r("file", "token")).unwrap().expose(), b"first");
     // In-place rewrite.
     std::fs::write(d.join("token"), "third").unwrap();
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("file", "token")).unwrap() == "third").await);
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(
+            &store,
+            &r("file", "token")
+        )
+        .unwrap()
+            == "third")
+        .await
+    );
 }
 
 #[tokio::test]
@@ -322,9 +401,14 @@ async fn dir_rotates_on_kubernetes_symlink_swap() {
     std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/api_key", d.join("api_key")).unwrap();
 
-    let store = SecretStore::start(&dir_provider(d, ""), Path::new("/"), vec![r("file", "api_key")], true)
-        .await
-        .unwrap();
+    let store = SecretStore::start(
+        &dir_provider(d, ""),
+        Path::new("/"),
+        vec![r("file", "api_key")],
+        true,
+    )
+    .await
+    .unwrap();
     assert_eq!(value_of(&store, &r("file", "api_key")).unwrap(), "k8s-one");
 
     // New timestamped dir, new ..data_tmp link, atomic rename over ..data, old dir removed.
@@ -333,7 +417,15 @@ async fn dir_rotates_on_kubernetes_symlink_swap() {
     std::os::unix::fs::symlink("..2024_01_01_00_05_00.2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     std::fs::remove_dir_all(d.join("..2024_01_01_00_00_00.1")).unwrap();
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("file", "api_key")).unwrap() == "k8s-two").await);
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(
+            &store,
+            &r("file", "api_key")
+        )
+        .unwrap()
+            == "k8s-two")
+        .await
+    );
 }
 
 #[tokio::test]
@@ -341,32 +433,68 @@ async fn dir_refuses_header_invalid_values_keeping_the_old_one() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("bad"), format!("{CANARY}\r\nX-Evil: 1")).unwrap();
-    let errs = SecretStore::start(&dir_provider(d, ""), Path::new("/"), vec![r("file", "bad")], false)
-        .await
-        .unwrap_err();
+    let errs = SecretStore::start(
+        &dir_provider(d, ""),
+        Path::new("/"),
+        vec![r("file", "bad")],
+        false,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(errs.len(), 1);
-    assert!(matches!(&errs[0], SecretsError::InvalidValue { reference, .. } if reference == "${file:bad}"));
+    assert!(
+        matches!(&errs[0], SecretsError::InvalidValue { reference, .. } if reference == "${file:bad}")
+    );
     assert!(!errs[0].to_string().contains(CANARY));
 
     std::fs::write(d.join("empty"), "\n").unwrap();
-    let errs = SecretStore::start(&dir_provider(d, ""), Path::new("/"), vec![r("file", "empty")], false)
-        .await
-        .unwrap_err();
-    assert_eq!(errs[0].to_string(), "${file:empty}: value refused because it is empty");
+    let errs = SecretStore::start(
+        &dir_provider(d, ""),
+        Path::new("/"),
+        vec![r("file", "empty")],
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        errs[0].to_string(),
+        "${file:empty}: value refused because it is empty"
+    );
 
     std::fs::write(d.join("tok"), "good").unwrap();
-    let store = SecretStore::start(&dir_provider(d, ""), Path::new("/"), vec![r("file", "tok")], true).await.unwrap();
-    replace_file(&d.join("tok"), format!("{CANARY}\nsecond-line\n").as_bytes());
+    let store = SecretStore::start(
+        &dir_provider(d, ""),
+        Path::new("/"),
+        vec![r("file", "tok")],
+        true,
+    )
+    .await
+    .unwrap();
+    replace_file(
+        &d.join("tok"),
+        format!("{CANARY}\nsecond-line\n").as_bytes(),
+    );
     assert!(
-        eventually(Duration::from_secs(5), || store.status()[0].last_error.as_deref().is_some_and(|e| e.contains("line feed")))
-            .await
+        eventually(Duration::from_secs(5), || store.status()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("line feed")))
+        .await
     );
     assert_eq!(value_of(&store, &r("file", "tok")).unwrap(), "good");
     let st = format!("{:?}", store.status());
     assert!(!st.contains(CANARY), "{st}");
     // A fixed file is picked up again.
     replace_file(&d.join("tok"), b"better\n");
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("file", "tok")).unwrap() == "better").await);
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(
+            &store,
+            &r("file", "tok")
+        )
+        .unwrap()
+            == "better")
+        .await
+    );
     assert!(store.status()[0].last_error.is_none());
 }
 
@@ -376,9 +504,14 @@ async fn stale_after_max_stale_then_recovers() {
     let d = tmp.path().join("mount");
     std::fs::create_dir(&d).unwrap();
     std::fs::write(d.join("tok"), "v1").unwrap();
-    let store = SecretStore::start(&dir_provider(&d, "max_stale = \"600ms\""), Path::new("/"), vec![r("file", "tok")], true)
-        .await
-        .unwrap();
+    let store = SecretStore::start(
+        &dir_provider(&d, "max_stale = \"600ms\""),
+        Path::new("/"),
+        vec![r("file", "tok")],
+        true,
+    )
+    .await
+    .unwrap();
     let t = Template::parse("Bearer ${file:tok}").unwrap();
     assert_eq!(t.render_header(&store.snapshot()).unwrap(), "Bearer v1");
     assert!(store.is_ready());
@@ -386,20 +519,40 @@ async fn stale_after_max_stale_then_recovers() {
     // The mount disappears: the last-known-good value serves until max_stale…
     std::fs::rename(&d, tmp.path().join("gone")).unwrap();
     let failing_at = Instant::now();
-    assert!(eventually(Duration::from_secs(3), || store.status()[0].last_error.is_some()).await);
+    assert!(
+        eventually(Duration::from_secs(3), || store.status()[0]
+            .last_error
+            .is_some())
+        .await
+    );
     if failing_at.elapsed() < Duration::from_millis(500) {
         assert_eq!(t.render_header(&store.snapshot()).unwrap(), "Bearer v1");
     }
     // … then the reference is stale and rendering fails with a value-free error.
-    assert!(eventually(Duration::from_secs(3), || t.render_header(&store.snapshot()).is_err()).await);
+    assert!(
+        eventually(Duration::from_secs(3), || t
+            .render_header(&store.snapshot())
+            .is_err())
+        .await
+    );
     let e = t.render_header(&store.snapshot()).unwrap_err();
-    assert_eq!(e, SecretsError::Stale { reference: "${file:tok}".into() });
+    assert_eq!(
+        e,
+        SecretsError::Stale {
+            reference: "${file:tok}".into()
+        }
+    );
     assert!(store.status()[0].stale);
     assert!(!store.is_ready());
 
     // The mount comes back: fresh again.
     std::fs::rename(tmp.path().join("gone"), &d).unwrap();
-    assert!(eventually(Duration::from_secs(3), || t.render_header(&store.snapshot()).is_ok()).await);
+    assert!(
+        eventually(Duration::from_secs(3), || t
+            .render_header(&store.snapshot())
+            .is_ok())
+        .await
+    );
     assert!(store.is_ready());
 }
 
@@ -407,13 +560,32 @@ async fn stale_after_max_stale_then_recovers() {
 async fn missing_refs_fail_start_naming_each_reference() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("present"), CANARY).unwrap();
-    let refs = vec![r("file", "present"), r("file", "absent"), r("file", "also-absent"), r("nope", "x")];
-    let errs = SecretStore::start(&dir_provider(tmp.path(), ""), Path::new("/"), refs, false).await.unwrap_err();
+    let refs = vec![
+        r("file", "present"),
+        r("file", "absent"),
+        r("file", "also-absent"),
+        r("nope", "x"),
+    ];
+    let errs = SecretStore::start(&dir_provider(tmp.path(), ""), Path::new("/"), refs, false)
+        .await
+        .unwrap_err();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 3, "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${file:absent} cannot be resolved")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${file:also-absent} cannot be resolved")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${nope:x}: unknown secret provider")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("${file:absent} cannot be resolved")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("${file:also-absent} cannot be resolved")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("${nope:x}: unknown secret provider")),
+        "{text:?}"
+    );
     assert!(text.iter().all(|t| !t.contains(CANARY)));
 
     // `check` reports every reference instead of failing.
@@ -432,8 +604,13 @@ async fn refresh_counts_metrics_per_provider() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("tok"), "x").unwrap();
     let name = "metrics-test-provider";
-    let p = providers(&format!("[secrets.{name}]\ntype = \"dir\"\npath = {:?}\n", tmp.path().to_str().unwrap()));
-    let store = SecretStore::start(&p, Path::new("/"), vec![r(name, "tok")], false).await.unwrap();
+    let p = providers(&format!(
+        "[secrets.{name}]\ntype = \"dir\"\npath = {:?}\n",
+        tmp.path().to_str().unwrap()
+    ));
+    let store = SecretStore::start(&p, Path::new("/"), vec![r(name, "tok")], false)
+        .await
+        .unwrap();
     store.refresh().await.unwrap();
     std::fs::remove_file(tmp.path().join("tok")).unwrap();
     let errs = store.refresh().await.unwrap_err();
@@ -445,9 +622,21 @@ async fn refresh_counts_metrics_per_provider() {
             .unwrap_or_else(|| panic!("{metric} missing in\n{text}"))
             .to_string()
     };
-    assert!(line("warden_secret_refresh_success_total").ends_with(" 2"), "{}", line("warden_secret_refresh_success_total"));
+    assert!(
+        line("warden_secret_refresh_success_total").ends_with(" 2"),
+        "{}",
+        line("warden_secret_refresh_success_total")
+    );
     assert!(line("warden_secret_refresh_failure_total").ends_with(" 1"));
-    assert!(line("warden_secret_last_success_timestamp_seconds").split(' ').next_back().unwrap().parse::<u64>().unwrap() > 1_600_000_000);
+    assert!(
+        line("warden_secret_last_success_timestamp_seconds")
+            .split(' ')
+            .next_back()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 1_600_000_000
+    );
     // The value is still served (no max_stale configured for the dir).
     assert_eq!(value_of(&store, &r(name, "tok")).unwrap(), "x");
 }
@@ -456,12 +645,20 @@ async fn refresh_counts_metrics_per_provider() {
 async fn dropping_the_store_stops_background_tasks() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("tok"), "x").unwrap();
-    let store = SecretStore::start(&dir_provider(tmp.path(), ""), Path::new("/"), vec![r("file", "tok")], true)
-        .await
-        .unwrap();
+    let store = SecretStore::start(
+        &dir_provider(tmp.path(), ""),
+        Path::new("/"),
+        vec![r("file", "tok")],
+        true,
+    )
+    .await
+    .unwrap();
     let weak = store.inner_weak();
     drop(store);
-    assert!(eventually(Duration::from_secs(3), || weak.strong_count() == 0).await, "background task still holds the store");
+    assert!(
+        eventually(Duration::from_secs(3), || weak.strong_count() == 0).await,
+        "background task still holds the store"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -476,7 +673,12 @@ fn env_lines_parse_and_errors_do_not_echo() {
     let got: Vec<(&str, &[u8])> = v.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
     assert_eq!(
         got,
-        vec![("A", &b"one"[..]), ("B", b"two=three"), ("C", b""), ("D", CANARY.as_bytes())]
+        vec![
+            ("A", &b"one"[..]),
+            ("B", b"two=three"),
+            ("C", b""),
+            ("D", CANARY.as_bytes())
+        ]
     );
     for (bad, want) in [
         (format!("A=1\n{CANARY}\n"), "line 2: expected KEY=VALUE"),
@@ -507,20 +709,28 @@ impl AgeFixture {
             identity.to_string().expose_secret()
         );
         std::fs::write(dir.join("key.txt"), key).unwrap();
-        AgeFixture { _tmp: tmp, dir, identity }
+        AgeFixture {
+            _tmp: tmp,
+            dir,
+            identity,
+        }
     }
 
     fn encrypt(&self, plain: &str, armor: bool) -> Vec<u8> {
         let rcpt = self.identity.to_public();
         if armor {
-            age::encrypt_and_armor(&rcpt, plain.as_bytes()).unwrap().into_bytes()
+            age::encrypt_and_armor(&rcpt, plain.as_bytes())
+                .unwrap()
+                .into_bytes()
         } else {
             age::encrypt(&rcpt, plain.as_bytes()).unwrap()
         }
     }
 
     fn providers(&self) -> BTreeMap<String, ProviderConfig> {
-        providers("[secrets.age]\ntype = \"age\"\nidentity_file = \"key.txt\"\nfile = \"prod.env.age\"\n")
+        providers(
+            "[secrets.age]\ntype = \"age\"\nidentity_file = \"key.txt\"\nfile = \"prod.env.age\"\n",
+        )
     }
 }
 
@@ -528,30 +738,60 @@ impl AgeFixture {
 async fn age_crate_files_binary_and_armored_rotate_and_keep_old_on_corruption() {
     let fx = AgeFixture::new();
     let file = fx.dir.join("prod.env.age");
-    std::fs::write(&file, fx.encrypt(&format!("OPENAI_KEY={CANARY}\nDB=pw1\n"), false)).unwrap();
+    std::fs::write(
+        &file,
+        fx.encrypt(&format!("OPENAI_KEY={CANARY}\nDB=pw1\n"), false),
+    )
+    .unwrap();
     let refs = vec![r("age", "OPENAI_KEY"), r("age", "DB")];
-    let store = SecretStore::start(&fx.providers(), &fx.dir, refs, true).await.unwrap();
+    let store = SecretStore::start(&fx.providers(), &fx.dir, refs, true)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &r("age", "OPENAI_KEY")).unwrap(), CANARY);
     assert_eq!(value_of(&store, &r("age", "DB")).unwrap(), "pw1");
 
     // Hot rotation with an armored file.
     replace_file(&file, &fx.encrypt("OPENAI_KEY=rotated\nDB=pw2\n", true));
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("age", "DB")).unwrap() == "pw2").await);
-    assert_eq!(value_of(&store, &r("age", "OPENAI_KEY")).unwrap(), "rotated");
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(&store, &r("age", "DB"))
+            .unwrap()
+            == "pw2")
+        .await
+    );
+    assert_eq!(
+        value_of(&store, &r("age", "OPENAI_KEY")).unwrap(),
+        "rotated"
+    );
 
     // Corrupt file: old values kept, clear error.
     replace_file(&file, b"age-encryption.org/v1\n-> garbage\n");
-    assert!(eventually(Duration::from_secs(5), || store.status().iter().all(|s| s.last_error.is_some())).await);
+    assert!(
+        eventually(Duration::from_secs(5), || store
+            .status()
+            .iter()
+            .all(|s| s.last_error.is_some()))
+        .await
+    );
     let err = store.status()[0].last_error.clone().unwrap();
-    assert!(err.contains("prod.env.age") && (err.contains("not a valid age file") || err.contains("cannot decrypt")), "{err}");
+    assert!(
+        err.contains("prod.env.age")
+            && (err.contains("not a valid age file") || err.contains("cannot decrypt")),
+        "{err}"
+    );
     assert_eq!(value_of(&store, &r("age", "DB")).unwrap(), "pw2");
 
     // Encrypted to another key: old values kept, clear error.
     let other = age::x25519::Identity::generate();
-    replace_file(&file, &age::encrypt(&other.to_public(), b"DB=intruder\n").unwrap());
+    replace_file(
+        &file,
+        &age::encrypt(&other.to_public(), b"DB=intruder\n").unwrap(),
+    );
     assert!(
-        eventually(Duration::from_secs(5), || store.status()[0].last_error.as_deref().is_some_and(|e| e.contains("cannot decrypt")))
-            .await,
+        eventually(Duration::from_secs(5), || store.status()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot decrypt")))
+        .await,
         "{:?}",
         store.status()
     );
@@ -560,30 +800,58 @@ async fn age_crate_files_binary_and_armored_rotate_and_keep_old_on_corruption() 
     // Malformed plaintext: whole file refused, the line number named, the value not.
     replace_file(&file, &fx.encrypt(&format!("DB=pw3\n{CANARY}\n"), false));
     assert!(
-        eventually(Duration::from_secs(5), || store.status()[0].last_error.as_deref().is_some_and(|e| e.contains("line 2")))
-            .await
+        eventually(Duration::from_secs(5), || store.status()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("line 2")))
+        .await
     );
     assert_eq!(value_of(&store, &r("age", "DB")).unwrap(), "pw2");
     assert!(!format!("{:?}", store.status()).contains(CANARY));
 
     // A key that disappears from the file: that reference fails, the other rotates.
     replace_file(&file, &fx.encrypt("DB=pw4\n", false));
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("age", "DB")).unwrap() == "pw4").await);
-    assert_eq!(value_of(&store, &r("age", "OPENAI_KEY")).unwrap(), "rotated");
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(&store, &r("age", "DB"))
+            .unwrap()
+            == "pw4")
+        .await
+    );
+    assert_eq!(
+        value_of(&store, &r("age", "OPENAI_KEY")).unwrap(),
+        "rotated"
+    );
     let st = store.status();
-    let ok = st.iter().find(|s| s.reference == "${age:OPENAI_KEY}").unwrap();
-    assert!(ok.last_error.as_deref().is_some_and(|e| e.contains("key OPENAI_KEY not found")), "{ok:?}");
+    let ok = st
+        .iter()
+        .find(|s| s.reference == "${age:OPENAI_KEY}")
+        .unwrap();
+    assert!(
+        ok.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("key OPENAI_KEY not found")),
+        "{ok:?}"
+    );
 }
 
 #[tokio::test]
 async fn age_wrong_identity_fails_start_clearly() {
     let fx = AgeFixture::new();
     let other = age::x25519::Identity::generate();
-    std::fs::write(fx.dir.join("prod.env.age"), age::encrypt(&other.to_public(), b"K=v\n").unwrap()).unwrap();
-    let errs = SecretStore::start(&fx.providers(), &fx.dir, vec![r("age", "K")], false).await.unwrap_err();
+    std::fs::write(
+        fx.dir.join("prod.env.age"),
+        age::encrypt(&other.to_public(), b"K=v\n").unwrap(),
+    )
+    .unwrap();
+    let errs = SecretStore::start(&fx.providers(), &fx.dir, vec![r("age", "K")], false)
+        .await
+        .unwrap_err();
     assert_eq!(errs.len(), 1);
     let e = errs[0].to_string();
-    assert!(e.starts_with("${age:K} cannot be resolved:") && e.contains("cannot decrypt"), "{e}");
+    assert!(
+        e.starts_with("${age:K} cannot be resolved:") && e.contains("cannot decrypt"),
+        "{e}"
+    );
 }
 
 fn have(cmd: &str) -> bool {
@@ -592,12 +860,27 @@ fn have(cmd: &str) -> bool {
 
 #[tokio::test]
 async fn age_cli_files_binary_and_armored() {
-    assert!(have("age") && have("age-keygen"), "the real age CLI is required (scripts/setup.sh installs it)");
+    assert!(
+        have("age") && have("age-keygen"),
+        "the real age CLI is required (scripts/setup.sh installs it)"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let out = Command::new("age-keygen").arg("-o").arg(d.join("key.txt")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("age-keygen").arg("-y").arg(d.join("key.txt")).output().unwrap();
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(d.join("key.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(d.join("key.txt"))
+        .output()
+        .unwrap();
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(recipient.starts_with("age1"), "{recipient}");
     let encrypt = |plain: &str, armor: bool, out: &Path| {
@@ -611,15 +894,38 @@ async fn age_cli_files_binary_and_armored() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::remove_file(d.join("plain.env")).unwrap();
     };
-    encrypt("# from the age CLI\nAPI_KEY=cli-binary\n", false, &d.join("prod.env.age"));
-    let p = providers("[secrets.age]\ntype = \"age\"\nidentity_file = \"key.txt\"\nfile = \"prod.env.age\"\n");
-    let store = SecretStore::start(&p, d, vec![r("age", "API_KEY")], true).await.unwrap();
-    assert_eq!(value_of(&store, &r("age", "API_KEY")).unwrap(), "cli-binary");
+    encrypt(
+        "# from the age CLI\nAPI_KEY=cli-binary\n",
+        false,
+        &d.join("prod.env.age"),
+    );
+    let p = providers(
+        "[secrets.age]\ntype = \"age\"\nidentity_file = \"key.txt\"\nfile = \"prod.env.age\"\n",
+    );
+    let store = SecretStore::start(&p, d, vec![r("age", "API_KEY")], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        value_of(&store, &r("age", "API_KEY")).unwrap(),
+        "cli-binary"
+    );
 
     // Re-encrypt armored straight over the watched file (age writes in place).
     encrypt("API_KEY=cli-armored\n", true, &d.join("prod.env.age"));
-    assert!(std::fs::read_to_string(d.join("prod.env.age")).unwrap().starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
-    assert!(eventually(Duration::from_secs(5), || value_of(&store, &r("age", "API_KEY")).unwrap() == "cli-armored").await);
+    assert!(
+        std::fs::read_to_string(d.join("prod.env.age"))
+            .unwrap()
+            .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || value_of(
+            &store,
+            &r("age", "API_KEY")
+        )
+        .unwrap()
+            == "cli-armored")
+        .await
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -644,7 +950,10 @@ fn vault_providers(bao: &OpenBao, auth: &str, extra: &str) -> BTreeMap<String, P
 }
 
 fn token_auth(bao: &OpenBao, token: &str) -> String {
-    format!("{{ method = \"token\", token_file = {} }}", toml_path(&bao.write_file("token", token)))
+    format!(
+        "{{ method = \"token\", token_file = {} }}",
+        toml_path(&bao.write_file("token", token))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,7 +967,9 @@ async fn vault_token_kv2_read_rotate_and_errors() {
     let key = r("vault", "ml/inference#api_key");
     let other = r("vault", "ml/inference#other");
     let before = bao.audit_requests_to("secret/data/ml/inference");
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone(), other.clone()], true).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone(), other.clone()], true)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &key).unwrap(), CANARY);
     let st = store.status();
     assert_eq!(st[0].version, Some(v1));
@@ -679,18 +990,45 @@ async fn vault_token_kv2_read_rotate_and_errors() {
         r("vault", "bad/value#k"),
         key.clone(),
     ];
-    let errs = SecretStore::start(&p, Path::new("/"), refs, false).await.unwrap_err();
+    let errs = SecretStore::start(&p, Path::new("/"), refs, false)
+        .await
+        .unwrap_err();
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 3, "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${vault:ml/inference#missing} cannot be resolved: key missing not found")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${vault:no/such/path#k} cannot be resolved") && t.contains("404")), "{text:?}");
-    assert!(text.iter().any(|t| t.starts_with("${vault:bad/value#k}: value refused because it contains a line feed")), "{text:?}");
-    assert!(text.iter().all(|t| !t.contains(CANARY) && !t.contains("line1")));
+    assert!(
+        text.iter().any(|t| t.starts_with(
+            "${vault:ml/inference#missing} cannot be resolved: key missing not found"
+        )),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(
+            |t| t.starts_with("${vault:no/such/path#k} cannot be resolved") && t.contains("404")
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t
+            .starts_with("${vault:bad/value#k}: value refused because it contains a line feed")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .all(|t| !t.contains(CANARY) && !t.contains("line1"))
+    );
 
     // A bad token fails start-up clearly.
     let p_bad = vault_providers(&bao, &token_auth(&bao, "not-a-token"), "");
-    let errs = SecretStore::start(&p_bad, Path::new("/"), vec![key.clone()], false).await.unwrap_err();
-    assert!(errs[0].to_string().contains("token lookup failed: Vault answered HTTP 403"), "{}", errs[0]);
+    let errs = SecretStore::start(&p_bad, Path::new("/"), vec![key.clone()], false)
+        .await
+        .unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("token lookup failed: Vault answered HTTP 403"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,7 +1039,9 @@ async fn vault_token_file_reread_after_revocation() {
     let t1 = bao.create_token("1h");
     let p = vault_providers(&bao, &token_auth(&bao, &t1), "refresh = \"1h\"");
     let key = r("vault", "app#k");
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], false).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], false)
+        .await
+        .unwrap();
     // Whoever manages the token file (Vault Agent …) writes a new one and revokes the old.
     let t2 = bao.create_token("1h");
     bao.write_file("token", &t2);
@@ -725,7 +1065,9 @@ async fn vault_approle_login_renewal_and_relogin() {
     );
     let p = vault_providers(&bao, &auth, "refresh = \"500ms\"");
     let key = r("vault", "ml/inference#api_key");
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &key).unwrap(), "a1");
     let logins0 = bao.audit_requests_to("auth/approle/login");
     assert_eq!(logins0, 1);
@@ -734,8 +1076,16 @@ async fn vault_approle_login_renewal_and_relogin() {
     bao.kv_put("ml/inference", &[("api_key", "a2")]);
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(value_of(&store, &key).unwrap(), "a2");
-    assert!(store.status()[0].last_error.is_none(), "{:?}", store.status());
-    assert!(store.status()[0].age_seconds.unwrap() <= 1, "{:?}", store.status());
+    assert!(
+        store.status()[0].last_error.is_none(),
+        "{:?}",
+        store.status()
+    );
+    assert!(
+        store.status()[0].age_seconds.unwrap() <= 1,
+        "{:?}",
+        store.status()
+    );
     let renewals = bao.audit_requests_to("auth/token/renew-self");
     let logins = bao.audit_requests_to("auth/approle/login");
     assert!(renewals >= 1, "token renewed (renewals {renewals})");
@@ -751,14 +1101,24 @@ async fn vault_kv1_lease_aware_refresh() {
     let bao = OpenBao::start();
     bao.kv1_put("legacy/db", &[("password", "p1")], Some("3s"));
     let token = bao.create_token("1h");
-    let p = vault_providers(&bao, &token_auth(&bao, &token), "mount = \"kv1\"\nkv_version = 1\nrefresh = \"1h\"");
+    let p = vault_providers(
+        &bao,
+        &token_auth(&bao, &token),
+        "mount = \"kv1\"\nkv_version = 1\nrefresh = \"1h\"",
+    );
     let key = r("vault", "legacy/db#password");
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &key).unwrap(), "p1");
     assert_eq!(store.status()[0].version, None);
     bao.kv1_put("legacy/db", &[("password", "p2")], Some("3s"));
     // refresh is 1h, but the 3s lease brings the next read forward to ~2s.
-    assert!(eventually(Duration::from_secs(6), || value_of(&store, &key).unwrap() == "p2").await);
+    assert!(
+        eventually(Duration::from_secs(6), || value_of(&store, &key).unwrap()
+            == "p2")
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,28 +1127,54 @@ async fn vault_down_serves_cache_then_stale_then_recovers() {
     let mut bao = OpenBao::start();
     bao.kv_put("ml/inference", &[("api_key", "k1")]);
     let auth = token_auth(&bao, &bao.root_token.clone());
-    let p = vault_providers(&bao, &auth, "refresh = \"300ms\"\nmax_stale = \"3s\"\ntimeout = \"1s\"");
+    let p = vault_providers(
+        &bao,
+        &auth,
+        "refresh = \"300ms\"\nmax_stale = \"3s\"\ntimeout = \"1s\"",
+    );
     let key = r("vault", "ml/inference#api_key");
     let t = Template::parse("Bearer ${vault:ml/inference#api_key}").unwrap();
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true)
+        .await
+        .unwrap();
 
     bao.stop();
     let down = Instant::now();
     // Requests keep rendering from the cache while failures are recorded.
-    assert!(eventually(Duration::from_secs(3), || store.status()[0].last_error.is_some()).await);
+    assert!(
+        eventually(Duration::from_secs(3), || store.status()[0]
+            .last_error
+            .is_some())
+        .await
+    );
     let err = store.status()[0].last_error.clone().unwrap();
     assert!(err.contains("request failed"), "{err}");
     if down.elapsed() < Duration::from_millis(2500) {
         assert_eq!(t.render_header(&store.snapshot()).unwrap(), "Bearer k1");
     }
     // Past max_stale: a value-free Stale error.
-    assert!(eventually(Duration::from_secs(5), || t.render_header(&store.snapshot()).is_err()).await);
-    assert_eq!(t.render_header(&store.snapshot()).unwrap_err(), SecretsError::Stale { reference: key.to_string() });
+    assert!(
+        eventually(Duration::from_secs(5), || t
+            .render_header(&store.snapshot())
+            .is_err())
+        .await
+    );
+    assert_eq!(
+        t.render_header(&store.snapshot()).unwrap_err(),
+        SecretsError::Stale {
+            reference: key.to_string()
+        }
+    );
 
     // Back up (in-memory dev server: data written again) → recovery within backoff.
     bao.restart();
     bao.kv_put("ml/inference", &[("api_key", "k2")]);
-    assert!(eventually(Duration::from_secs(10), || t.render_header(&store.snapshot()).is_ok()).await);
+    assert!(
+        eventually(Duration::from_secs(10), || t
+            .render_header(&store.snapshot())
+            .is_ok())
+        .await
+    );
     assert_eq!(t.render_header(&store.snapshot()).unwrap(), "Bearer k2");
     assert!(store.status()[0].last_error.is_none());
 }
@@ -805,10 +1191,18 @@ async fn vault_tls_with_ca_file() {
     for cfg in p.values() {
         assert!(cfg.check().is_empty(), "{:?}", cfg.check());
     }
-    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], false).await.unwrap();
+    let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], false)
+        .await
+        .unwrap();
     assert_eq!(value_of(&store, &key).unwrap(), "over-tls");
     // Without the CA the server certificate is not trusted.
     let p = vault_providers(&bao, &auth, "");
-    let errs = SecretStore::start(&p, Path::new("/"), vec![key], false).await.unwrap_err();
-    assert!(errs[0].to_string().contains("request failed"), "{}", errs[0]);
+    let errs = SecretStore::start(&p, Path::new("/"), vec![key], false)
+        .await
+        .unwrap_err();
+    assert!(
+        errs[0].to_string().contains("request failed"),
+        "{}",
+        errs[0]
+    );
 }

@@ -31,13 +31,25 @@ pub(super) fn parse_name(name: &str) -> Result<(&str, &str), String> {
         return Err("a vault secret name is path#key with a non-empty path and key".into());
     }
     if path.starts_with('/') || path.ends_with('/') {
-        return Err("the vault path must not start or end with '/' (the mount is configured separately)".into());
+        return Err(
+            "the vault path must not start or end with '/' (the mount is configured separately)"
+                .into(),
+        );
     }
-    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err("the vault path has an empty, '.' or '..' segment".into());
     }
-    if path.chars().chain(key.chars()).any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
-        return Err("the vault path and key must not contain whitespace, '?' or a second '#'".into());
+    if path
+        .chars()
+        .chain(key.chars())
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(
+            "the vault path and key must not contain whitespace, '?' or a second '#'".into(),
+        );
     }
     Ok((path, key))
 }
@@ -46,20 +58,32 @@ pub(super) fn parse_name(name: &str) -> Result<(&str, &str), String> {
 pub(super) fn parse_ca_pem(pem: &[u8]) -> Result<usize, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let n = CertificateDer::pem_slice_iter(pem).filter(Result::is_ok).count();
-    if n == 0 { Err("no PEM certificate".into()) } else { Ok(n) }
+    let n = CertificateDer::pem_slice_iter(pem)
+        .filter(Result::is_ok)
+        .count();
+    if n == 0 {
+        Err("no PEM certificate".into())
+    } else {
+        Ok(n)
+    }
 }
 
 /// A value-free description of a vaultrs error.
 fn describe(e: &ClientError) -> String {
     match e {
-        ClientError::APIError { code, errors } if errors.is_empty() => format!("Vault answered HTTP {code}"),
-        ClientError::APIError { code, errors } => format!("Vault answered HTTP {code}: {}", errors.join("; ")),
+        ClientError::APIError { code, errors } if errors.is_empty() => {
+            format!("Vault answered HTTP {code}")
+        }
+        ClientError::APIError { code, errors } => {
+            format!("Vault answered HTTP {code}: {}", errors.join("; "))
+        }
         ClientError::RestClientError { source } => {
             let top = source.to_string();
             // Only transport errors are worth their cause chain (connection refused, TLS
             // verification …); parse errors may quote the response body.
-            if top.starts_with("Error sending HTTP request") || top.starts_with("Error retrieving HTTP response") {
+            if top.starts_with("Error sending HTTP request")
+                || top.starts_with("Error retrieving HTTP response")
+            {
                 let mut msg = String::from("request failed");
                 let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(source);
                 while let Some(c) = cur {
@@ -72,11 +96,19 @@ fn describe(e: &ClientError) -> String {
                 format!("unexpected response from Vault ({top})")
             }
         }
-        ClientError::JsonParseError { .. } => "unexpected response from Vault (not the expected JSON)".into(),
-        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => "Vault returned an empty response".into(),
+        ClientError::JsonParseError { .. } => {
+            "unexpected response from Vault (not the expected JSON)".into()
+        }
+        ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
+            "Vault returned an empty response".into()
+        }
         ClientError::FileReadError { path, .. } => format!("cannot read {path}"),
-        ClientError::ParseCertificateError { path, .. } => format!("cannot parse CA certificate {path}"),
-        ClientError::RestClientBuildError { source } => format!("cannot build the HTTP client: {source}"),
+        ClientError::ParseCertificateError { path, .. } => {
+            format!("cannot parse CA certificate {path}")
+        }
+        ClientError::RestClientBuildError { source } => {
+            format!("cannot build the HTTP client: {source}")
+        }
         // The remaining variants have fixed messages.
         other => other.to_string(),
     }
@@ -87,8 +119,11 @@ fn is_forbidden(e: &ClientError) -> bool {
 }
 
 fn read_trimmed(what: &str, p: &Path) -> Result<Zeroizing<String>, String> {
-    let raw = Zeroizing::new(std::fs::read(p).map_err(|e| format!("cannot read {what} file {}: {e}", p.display()))?);
-    let s = std::str::from_utf8(&raw).map_err(|_| format!("{what} file {} is not UTF-8", p.display()))?;
+    let raw = Zeroizing::new(
+        std::fs::read(p).map_err(|e| format!("cannot read {what} file {}: {e}", p.display()))?,
+    );
+    let s = std::str::from_utf8(&raw)
+        .map_err(|_| format!("{what} file {} is not UTF-8", p.display()))?;
     let t = s.trim();
     if t.is_empty() {
         return Err(format!("{what} file {} is empty", p.display()));
@@ -110,9 +145,19 @@ impl Token {
         let now = Instant::now();
         let ttl = Duration::from_secs(ttl_secs);
         if ttl.is_zero() {
-            return Token { renew_at: None, expires_at: None, login_ttl: ttl, renewable };
+            return Token {
+                renew_at: None,
+                expires_at: None,
+                login_ttl: ttl,
+                renewable,
+            };
         }
-        Token { renew_at: Some(now + ttl.mul_f64(2.0 / 3.0)), expires_at: Some(now + ttl), login_ttl: ttl, renewable }
+        Token {
+            renew_at: Some(now + ttl.mul_f64(2.0 / 3.0)),
+            expires_at: Some(now + ttl),
+            login_ttl: ttl,
+            renewable,
+        }
     }
 
     fn expired(&self) -> bool {
@@ -136,26 +181,43 @@ impl VaultProvider {
         // Fail early on what `check` would report, so start-up says why.
         match reqwest::Url::parse(&cfg.address) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            _ => return Err(format!("invalid address {:?} (expected http(s)://host:port)", cfg.address)),
+            _ => {
+                return Err(format!(
+                    "invalid address {:?} (expected http(s)://host:port)",
+                    cfg.address
+                ));
+            }
         }
         if cfg.kv_version != 1 && cfg.kv_version != 2 {
             return Err("kv_version must be 1 or 2".into());
         }
-        Ok(VaultProvider { name: name.to_string(), cfg, session: tokio::sync::Mutex::new(None) })
+        Ok(VaultProvider {
+            name: name.to_string(),
+            cfg,
+            session: tokio::sync::Mutex::new(None),
+        })
     }
 
     fn client(&self, token: &str) -> Result<VaultClient, String> {
         let mut b = VaultClientSettingsBuilder::default();
         b.address(&self.cfg.address)
             .token(token)
-            .ca_certs(self.cfg.ca_file.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>())
+            .ca_certs(
+                self.cfg
+                    .ca_file
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
+            )
             .identity(None)
             .verify(true)
             .timeout(Some(self.cfg.timeout))
             .namespace(self.cfg.namespace.clone())
             .version(1u8)
             .wrapping(false);
-        let settings = b.build().map_err(|e| format!("invalid Vault client settings: {e}"))?;
+        let settings = b
+            .build()
+            .map_err(|e| format!("invalid Vault client settings: {e}"))?;
         VaultClient::new(settings).map_err(|e| describe(&e))
     }
 
@@ -168,9 +230,16 @@ impl VaultProvider {
                 let info = vaultrs::token::lookup_self(&client)
                     .await
                     .map_err(|e| format!("token lookup failed: {}", describe(&e)))?;
-                Ok(Session { client, token: Token::new(info.ttl, info.renewable.unwrap_or(false)) })
+                Ok(Session {
+                    client,
+                    token: Token::new(info.ttl, info.renewable.unwrap_or(false)),
+                })
             }
-            VaultAuth::Approle { role_id_file, secret_id_file, mount } => {
+            VaultAuth::Approle {
+                role_id_file,
+                secret_id_file,
+                mount,
+            } => {
                 let role_id = read_trimmed("role_id", role_id_file)?;
                 let secret_id = read_trimmed("secret_id", secret_id_file)?;
                 let mut client = self.client("")?;
@@ -179,14 +248,21 @@ impl VaultProvider {
                     .map_err(|e| format!("AppRole login failed: {}", describe(&e)))?;
                 client.set_token(&auth.client_token);
                 auth.client_token.zeroize();
-                Ok(Session { client, token: Token::new(auth.lease_duration, auth.renewable) })
+                Ok(Session {
+                    client,
+                    token: Token::new(auth.lease_duration, auth.renewable),
+                })
             }
         }
     }
 
     /// When the token should next be renewed, if it expires at all.
     pub(super) async fn renew_at(&self) -> Option<Instant> {
-        self.session.lock().await.as_ref().and_then(|s| s.token.renew_at)
+        self.session
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|s| s.token.renew_at)
     }
 
     /// Renew the token if due; log in again when renewal fails or no longer extends it.
@@ -273,13 +349,18 @@ impl VaultProvider {
                         let session = guard.as_ref().ok_or("not logged in")?;
                         res = self.read(&session.client, path).await;
                     }
-                    Err(e) => tracing::warn!(provider = %self.name, error = %e, "vault re-login failed"),
+                    Err(e) => {
+                        tracing::warn!(provider = %self.name, error = %e, "vault re-login failed")
+                    }
                 }
             }
             match res {
                 Err(e) => {
                     let reason = format!("reading {}/{path}: {}", self.cfg.mount, describe(&e));
-                    out.extend(keys.into_iter().map(|(n, _)| (n.clone(), Err(reason.clone()))));
+                    out.extend(
+                        keys.into_iter()
+                            .map(|(n, _)| (n.clone(), Err(reason.clone()))),
+                    );
                 }
                 Ok(mut data) => {
                     for (n, key) in keys {
@@ -291,9 +372,14 @@ impl VaultProvider {
                             }),
                             Some(mut other) => {
                                 zeroize_json(&mut other);
-                                Err(format!("key {key} at {}/{path} is not a string", self.cfg.mount))
+                                Err(format!(
+                                    "key {key} at {}/{path} is not a string",
+                                    self.cfg.mount
+                                ))
                             }
-                            None => Err(format!("key {key} not found at {}/{path}", self.cfg.mount)),
+                            None => {
+                                Err(format!("key {key} not found at {}/{path}", self.cfg.mount))
+                            }
                         };
                         out.push((n.clone(), r));
                     }
@@ -307,7 +393,8 @@ impl VaultProvider {
         let mount = self.cfg.mount.trim_matches('/');
         if self.cfg.kv_version == 1 {
             let resp = vaultrs::kv1::get_raw(client, mount, path).await?;
-            let ttl = (resp.lease_duration > 0).then(|| Duration::from_secs(resp.lease_duration as u64));
+            let ttl =
+                (resp.lease_duration > 0).then(|| Duration::from_secs(resp.lease_duration as u64));
             Ok(KvData::new(resp.data, None, ttl))
         } else {
             let endpoint = vaultrs::api::kv2::requests::ReadSecretRequest::builder()
@@ -337,7 +424,11 @@ impl KvData {
                 serde_json::Map::new()
             }
         };
-        KvData { values, version, ttl }
+        KvData {
+            values,
+            version,
+            ttl,
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 #
 #   scripts/build-plugins.sh --no-test     (CI runs the plugin tests; the image only needs the .wasm)
 #   cargo build --release -p warden
-#   warden plugin precompile …             (fills [policy].cache_dir, so start-up never recompiles)
+#   warden plugin precompile …             (fills the [policy] cache_dir, so start-up never recompiles)
 #
 # so what CI tests is what the image runs. The builder is Alpine, where the host target is
 # x86_64-unknown-linux-musl and `cargo build --release` links statically: the runtime stage
@@ -49,7 +49,8 @@ RUN mkdir -p /usr/share/warden/plugins /etc/warden /var/cache/warden \
  && cp plugins/target/wasm32-wasip2/release/*.wasm /usr/share/warden/plugins/ \
  && cp deploy/compose/warden.toml deploy/compose/sophia.toml /etc/warden/ \
  && chmod 0644 /usr/share/warden/plugins/*.wasm /etc/warden/*
-RUN warden plugin precompile --config /etc/warden/warden.toml /usr/share/warden/plugins/*.wasm
+# Same directory as [policy] cache_dir in /etc/warden/warden.toml (and the ConfigMap).
+RUN warden plugin precompile --cache-dir /var/cache/warden /usr/share/warden/plugins/*.wasm
 
 # ---------------------------------------------------------------------------------------
 FROM gcr.io/distroless/static-debian12:nonroot AS runtime

@@ -58,11 +58,20 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "alive"})),
         (Method::GET, "/readyz") => {
+            // A snapshot exists only once config, plugins and secrets all loaded; it stays
+            // ready through refused reloads. Secrets past `max_stale` make it unready.
             let snap = gw.current();
+            let ready = snap.secrets.is_ready();
             json_response(
-                StatusCode::OK,
-                json!({"status": "ready", "config_hash": snap.config.content_hash, "routes": snap.routes.len()}),
+                if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+                json!({"status": if ready { "ready" } else { "secrets_unavailable" },
+                       "config_hash": snap.config.content_hash, "routes": snap.routes.len()}),
             )
+        }
+        (Method::GET, "/secrets") => {
+            // Reference, provider, version, age: never a value.
+            let snap = gw.current();
+            json_response(StatusCode::OK, serde_json::to_value(snap.secrets.status()).unwrap_or_default())
         }
         (Method::GET, "/metrics") => {
             let mut r = Response::new(full(metrics().encode()));

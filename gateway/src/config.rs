@@ -639,7 +639,11 @@ impl Loader {
         let mut secrets = BTreeMap::new();
         for (name, v) in self.table_items(main, "secrets", table.remove("secrets")) {
             let key = format!("secrets.{name}");
-            if let Some(p) = self.item::<ProviderConfig>(main, &key, v) {
+            if let Some(mut p) = self.item::<ProviderConfig>(main, &key, v) {
+                p.resolve_paths(&base_dir);
+                for fe in p.check() {
+                    self.err(main, &join_key(&key, &fe.key), fe.reason);
+                }
                 secrets.insert(name, p);
             }
         }

@@ -30,8 +30,8 @@ mod tests;
 pub use chain::{Chain, Changes, Decision, PolicyRequest};
 pub use cli::{PluginCommand, run_cli};
 pub use config::{
-    Isolation, Limits, MAX_PLUGIN_MEMORY, Mode, OnError, PluginConfig, PolicyConfig, PolicySettings, PoolSettings,
-    SENSITIVE_HEADERS,
+    Isolation, Limits, MAX_PLUGIN_MEMORY, Mode, OnError, PluginConfig, PolicyConfig,
+    PolicySettings, PoolSettings, SENSITIVE_HEADERS,
 };
 pub use host::{ComponentInfo, PluginSet, PolicyHost, inspect_component};
 

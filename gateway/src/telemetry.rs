@@ -27,12 +27,22 @@ pub struct RequestLabels {
 }
 
 /// Method class, to keep label cardinality bounded.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum MethodClass {
     /// GET, HEAD, OPTIONS.
     Read,
     /// Anything else.
     Write,
+}
+
+impl EncodeLabelValue for MethodClass {
+    fn encode(&self, e: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        e.write_str(match self {
+            MethodClass::Read => "read",
+            MethodClass::Write => "write",
+        })
+    }
 }
 
 impl MethodClass {
@@ -275,7 +285,10 @@ pub enum LogFormat {
 /// Install the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Vault client libraries log every failed call at ERROR on their own; the secrets
+    // module already reports each failure once, with the provider name.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {

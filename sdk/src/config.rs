@@ -25,7 +25,10 @@ impl Setup {
     pub fn sees_header(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
         !crate::request::SENSITIVE_HEADERS.contains(&name.as_str())
-            || self.granted_headers.iter().any(|h| h.eq_ignore_ascii_case(&name))
+            || self
+                .granted_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&name))
     }
 }
 
@@ -42,13 +45,20 @@ pub struct ConfigError {
 impl ConfigError {
     /// A problem at `key`.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError { key: key.into(), reason: reason.into() }
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() { write!(f, "{}", self.reason) } else { write!(f, "{}: {}", self.key, self.reason) }
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
     }
 }
 
@@ -74,7 +84,11 @@ impl ConfigErrors {
 
     /// `Ok(value)` when nothing was recorded, else `Err(self)`.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 }
 

@@ -101,7 +101,8 @@ macro_rules! export_policy {
                 fn configure(
                     setup: $crate::__rt::WitSetup,
                     config: ::std::string::String,
-                ) -> ::std::result::Result<(), ::std::vec::Vec<$crate::__rt::WitConfigError>> {
+                ) -> ::std::result::Result<(), ::std::vec::Vec<$crate::__rt::WitConfigError>>
+                {
                     let policy = $crate::__rt::configure::<$policy>(setup, &config)?;
                     __WARDEN_POLICY.with(|p| *p.borrow_mut() = ::std::option::Option::Some(policy));
                     ::std::result::Result::Ok(())
@@ -138,15 +139,27 @@ pub mod __rt {
     pub use bindings::export;
     pub use bindings::exports::warden::policy::policy::Guest;
     use bindings::warden::policy::types as wit;
-    pub use wit::{ConfigError as WitConfigError, Request as WitRequest, Setup as WitSetup, Verdict as WitVerdict};
+    pub use wit::{
+        ConfigError as WitConfigError, Request as WitRequest, Setup as WitSetup,
+        Verdict as WitVerdict,
+    };
 
     use crate::{Changes, Client, Denial, Policy, Request, Setup, Verdict};
 
     /// Configure `P` from the host's arguments.
     pub fn configure<P: Policy>(setup: WitSetup, config: &str) -> Result<P, Vec<WitConfigError>> {
-        let setup = Setup { route: setup.route, secrets: setup.secrets, granted_headers: setup.granted_headers };
+        let setup = Setup {
+            route: setup.route,
+            secrets: setup.secrets,
+            granted_headers: setup.granted_headers,
+        };
         crate::configure_from_json::<P>(&setup, config).map_err(|errs| {
-            errs.into_iter().map(|e| WitConfigError { key: e.key, reason: e.reason }).collect()
+            errs.into_iter()
+                .map(|e| WitConfigError {
+                    key: e.key,
+                    reason: e.reason,
+                })
+                .collect()
         })
     }
 
@@ -170,21 +183,31 @@ pub mod __rt {
         };
         match policy.evaluate(&request) {
             Verdict::Allow(c) if c.is_empty() => WitVerdict::Allow,
-            Verdict::Allow(Changes { set_request_headers, remove_request_headers, add_response_headers }) => {
-                WitVerdict::AllowWithChanges(wit::Changes {
-                    set_request_headers: headers(set_request_headers),
-                    remove_request_headers,
-                    add_response_headers: headers(add_response_headers),
-                })
-            }
-            Verdict::Deny(Denial { status, body, headers: h }) => {
-                WitVerdict::Deny(wit::Denial { status, body, headers: headers(h) })
-            }
+            Verdict::Allow(Changes {
+                set_request_headers,
+                remove_request_headers,
+                add_response_headers,
+            }) => WitVerdict::AllowWithChanges(wit::Changes {
+                set_request_headers: headers(set_request_headers),
+                remove_request_headers,
+                add_response_headers: headers(add_response_headers),
+            }),
+            Verdict::Deny(Denial {
+                status,
+                body,
+                headers: h,
+            }) => WitVerdict::Deny(wit::Denial {
+                status,
+                body,
+                headers: headers(h),
+            }),
         }
     }
 
     fn headers(h: Vec<(String, Vec<u8>)>) -> Vec<wit::Header> {
-        h.into_iter().map(|(name, value)| wit::Header { name, value }).collect()
+        h.into_iter()
+            .map(|(name, value)| wit::Header { name, value })
+            .collect()
     }
 
     /// Host imports.
@@ -197,8 +220,10 @@ pub mod __rt {
             crate::Level::Warn => host::Level::Warn,
             crate::Level::Error => host::Level::Error,
         };
-        let fields: Vec<(String, String)> =
-            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         host::log(level, message, &fields);
     }
 

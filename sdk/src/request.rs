@@ -60,7 +60,10 @@ impl Client {
     }
     /// Every verified identity: URI SANs then DNS SANs.
     pub fn identities(&self) -> impl Iterator<Item = &str> {
-        self.uri_sans.iter().chain(self.dns_sans.iter()).map(String::as_str)
+        self.uri_sans
+            .iter()
+            .chain(self.dns_sans.iter())
+            .map(String::as_str)
     }
 }
 
@@ -109,15 +112,22 @@ impl Request {
     }
     /// First value of header `name` (case-insensitive) as raw bytes.
     pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
     /// First value of header `name` (case-insensitive) if it is valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_bytes(name).and_then(|v| std::str::from_utf8(v).ok())
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
     /// Every value of header `name` (case-insensitive), raw.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
     /// All headers in received order, as (lower-case name, raw value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
@@ -154,7 +164,9 @@ impl RequestBuilder {
     /// Add a header (name lower-cased). Like the gateway, the [`testing`](crate::testing)
     /// harness withholds sensitive headers the route does not grant.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.0.headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.0
+            .headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
     /// Client address.

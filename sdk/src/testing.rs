@@ -43,7 +43,10 @@ pub(crate) fn record_log(level: Level, message: &str, fields: &[(&str, &str)]) {
         l.borrow_mut().push(LogRecord {
             level,
             message: message.into(),
-            fields: fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     });
 }
@@ -52,7 +55,9 @@ pub(crate) fn record_log(level: Level, message: &str, fields: &[(&str, &str)]) {
 pub(crate) fn secret_matches(name: &str, presented: &[u8]) -> bool {
     SECRETS.with(|s| {
         let s = s.borrow();
-        let secrets = s.as_ref().expect("secret_matches called outside Harness::evaluate");
+        let secrets = s
+            .as_ref()
+            .expect("secret_matches called outside Harness::evaluate");
         match secrets.get(name) {
             // Tests do not need constant time; the gateway's comparison is.
             Some(v) => v.as_slice() == presented,
@@ -92,7 +97,11 @@ impl<P: Policy> HarnessBuilder<P> {
     /// `config` table).
     pub fn configure(self, config: serde_json::Value) -> Result<Harness<P>, ConfigErrors> {
         let policy = crate::configure_from_json::<P>(&self.setup, &config.to_string())?;
-        Ok(Harness { policy, setup: self.setup, secrets: self.secrets })
+        Ok(Harness {
+            policy,
+            setup: self.setup,
+            secrets: self.secrets,
+        })
     }
 }
 
@@ -107,7 +116,10 @@ impl<P: Policy> Harness<P> {
     /// Start configuring a harness (route `test`, no secrets, no granted headers).
     pub fn builder() -> HarnessBuilder<P> {
         HarnessBuilder {
-            setup: Setup { route: "test".into(), ..Setup::default() },
+            setup: Setup {
+                route: "test".into(),
+                ..Setup::default()
+            },
             secrets: BTreeMap::new(),
             _policy: std::marker::PhantomData,
         }

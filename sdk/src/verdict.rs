@@ -67,7 +67,8 @@ impl Verdict {
     /// Set (replace) a request header before forwarding. No effect on a denial.
     pub fn set_request_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         if let Verdict::Allow(c) = &mut self {
-            c.set_request_headers.push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+            c.set_request_headers
+                .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         }
         self
     }

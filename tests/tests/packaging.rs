@@ -35,7 +35,8 @@ fn yaml_docs(path: &Path) -> Vec<Yaml> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_norway::Deserializer::from_str(&text)
         .map(|d| {
-            let mut v = Yaml::deserialize(d).unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
+            let mut v = Yaml::deserialize(d)
+                .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
             v.apply_merge().unwrap();
             v
         })
@@ -73,7 +74,11 @@ fn one<'a>(docs: &'a [(PathBuf, Yaml)], k: &str) -> &'a Yaml {
 
 fn str_list(v: &Yaml) -> Vec<String> {
     v.as_sequence()
-        .map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -88,7 +93,10 @@ fn names(v: &Yaml) -> BTreeSet<String> {
                     .or_else(|| x["source"].as_str().map(String::from))
             })
             .collect(),
-        Yaml::Mapping(m) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+        Yaml::Mapping(m) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(String::from))
+            .collect(),
         _ => BTreeSet::new(),
     }
 }
@@ -164,6 +172,25 @@ fn dockerfile_stages() -> Vec<Stage> {
     stages
 }
 
+/// The words of the Dockerfile's `warden plugin precompile` step.
+fn precompile_step() -> Vec<String> {
+    dockerfile_stages()
+        .iter()
+        .flat_map(|st| st.instructions.iter())
+        .filter(|(i, _)| i == "RUN")
+        .flat_map(|(_, a)| {
+            run_command(a)
+                .split("&&")
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .find(|s| s.starts_with("warden plugin precompile"))
+        .expect("a `warden plugin precompile` step")
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// A RUN's shell command without BuildKit `--mount=…`/`--network=…` options.
 fn run_command(args: &str) -> String {
     args.split_whitespace()
@@ -217,7 +244,10 @@ fn dockerfile_builder_runs_the_ci_build_commands_and_nothing_else() {
         test_sh.contains("scripts/build-plugins.sh"),
         "CI builds plugins with scripts/build-plugins.sh"
     );
-    assert!(read("README.md").contains("--release"), "README builds in release mode");
+    assert!(
+        read("README.md").contains("--release"),
+        "README builds in release mode"
+    );
 
     let runs: Vec<String> = builder
         .instructions
@@ -225,8 +255,16 @@ fn dockerfile_builder_runs_the_ci_build_commands_and_nothing_else() {
         .filter(|(i, _)| i == "RUN")
         .map(|(_, a)| run_command(a))
         .collect();
-    let steps: Vec<&str> = runs.iter().flat_map(|r| r.split("&&")).map(str::trim).collect();
-    let mut saw = BTreeMap::from([("plugins", false), ("gateway", false), ("precompile", false)]);
+    let steps: Vec<&str> = runs
+        .iter()
+        .flat_map(|r| r.split("&&"))
+        .map(str::trim)
+        .collect();
+    let mut saw = BTreeMap::from([
+        ("plugins", false),
+        ("gateway", false),
+        ("precompile", false),
+    ]);
     for step in &steps {
         let words: Vec<&str> = step.split_whitespace().collect();
         match words.as_slice() {
@@ -255,7 +293,12 @@ fn dockerfile_builder_runs_the_ci_build_commands_and_nothing_else() {
                 *saw.get_mut("precompile").unwrap() = true;
             }
             // Tooling and staging of the runtime layout only: nothing that changes the code.
-            ["apk", "add", ..] | ["rustup", ..] | ["mkdir", ..] | ["strip", ..] | ["cp", ..] | ["chmod", ..] => {}
+            ["apk", "add", ..]
+            | ["rustup", ..]
+            | ["mkdir", ..]
+            | ["strip", ..]
+            | ["cp", ..]
+            | ["chmod", ..] => {}
             _ => panic!("builder step is neither a CI build command nor staging: {step}"),
         }
     }
@@ -273,12 +316,30 @@ fn dockerfile_builder_runs_the_ci_build_commands_and_nothing_else() {
             }
         }
     }
-    // The precompile step writes into the cache_dir of the config it stages, and the
-    // runtime stage copies exactly that directory.
-    let cfg: toml::Table = read("deploy/compose/warden.toml").parse().unwrap();
-    let cache_dir = cfg["policy"]["cache_dir"]
-        .as_str()
-        .expect("[policy] cache_dir in the image config");
+    // The precompile step writes into the [policy] cache_dir of the configs the image and
+    // the cluster run, and the runtime stage copies exactly that directory.
+    let pre = precompile_step();
+    let cache_dir = pre
+        .iter()
+        .skip_while(|w| *w != "--cache-dir")
+        .nth(1)
+        .expect("precompile --cache-dir")
+        .as_str();
+    let kube = configmap_files(&kube_docs());
+    for (name, text) in [
+        (
+            "deploy/compose/warden.toml",
+            read("deploy/compose/warden.toml"),
+        ),
+        ("ConfigMap warden.toml", kube["warden.toml"].clone()),
+    ] {
+        let cfg: toml::Table = text.parse().unwrap();
+        assert_eq!(
+            cfg["policy"]["cache_dir"].as_str(),
+            Some(cache_dir),
+            "{name}: [policy] cache_dir must be where the image precompiled the plugins"
+        );
+    }
     let runtime = stages.last().unwrap();
     let copies: Vec<&String> = runtime
         .instructions
@@ -308,34 +369,52 @@ fn dockerfile_runtime_is_small_non_root_and_secret_free() {
         "runtime base {} is not a small base",
         runtime.from
     );
-    let get = |k: &str| {
-        runtime
+    fn get<'a>(stage: &'a Stage, k: &'a str) -> impl Iterator<Item = &'a str> {
+        stage
             .instructions
             .iter()
             .filter(move |(i, _)| i == k)
             .map(|(_, a)| a.as_str())
-    };
+    }
+    let get = |k: &'static str| get(runtime, k);
 
     let user = get("USER").last().expect("runtime stage sets USER");
     let uid = user.split(':').next().unwrap();
-    assert!(!["root", "0", ""].contains(&uid), "runtime runs as root: USER {user}");
+    assert!(
+        !["root", "0", ""].contains(&uid),
+        "runtime runs as root: USER {user}"
+    );
 
     let hc = get("HEALTHCHECK").last().expect("HEALTHCHECK");
     let cmd = &hc[hc.find("CMD").expect("HEALTHCHECK CMD") + 3..].trim();
-    let argv: Vec<String> = serde_json::from_str(cmd).expect("HEALTHCHECK CMD in exec form (no shell in the image)");
-    assert_eq!(argv[1], "health", "health check probes through the binary: {argv:?}");
+    let argv: Vec<String> =
+        serde_json::from_str(cmd).expect("HEALTHCHECK CMD in exec form (no shell in the image)");
+    assert_eq!(
+        argv[1], "health",
+        "health check probes through the binary: {argv:?}"
+    );
     let help = help_of(&["health"]);
     for f in argv.iter().filter(|a| a.starts_with("--")) {
-        assert!(help.contains(f.as_str()), "`warden health` has no {f} option");
+        assert!(
+            help.contains(f.as_str()),
+            "`warden health` has no {f} option"
+        );
     }
-    let url = argv.iter().skip_while(|a| *a != "--url").nth(1).expect("--url");
+    let url = argv
+        .iter()
+        .skip_while(|a| *a != "--url")
+        .nth(1)
+        .expect("--url");
     assert!(
         url.ends_with("/readyz") || url.ends_with("/healthz"),
         "health check URL {url}"
     );
     let entry = get("ENTRYPOINT").last().expect("ENTRYPOINT");
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form");
-    assert_eq!(entry[0], argv[0], "health check runs the same binary as the entrypoint");
+    assert_eq!(
+        entry[0], argv[0],
+        "health check runs the same binary as the entrypoint"
+    );
 
     for (ins, args) in &runtime.instructions {
         match ins.as_str() {
@@ -387,16 +466,26 @@ fn compose_isolates_services_and_passes_secrets_as_files() {
     for (name, svc) in services {
         let name = name.as_str().unwrap();
         let n = names(&svc["networks"]);
-        assert!(!n.is_empty(), "{name} must name its networks (not the default one)");
+        assert!(
+            !n.is_empty(),
+            "{name} must name its networks (not the default one)"
+        );
         if name != "mcp-gateway" {
-            assert_eq!(n.len(), 1, "only the gateway may span networks; {name} is on {n:?}");
+            assert_eq!(
+                n.len(),
+                1,
+                "only the gateway may span networks; {name} is on {n:?}"
+            );
             assert!(
                 !n.contains("frontend"),
                 "{name} must not be reachable from the frontend"
             );
         }
         for n in &n {
-            assert!(!nets[n.as_str()].is_null(), "{name} uses undeclared network {n}");
+            assert!(
+                !nets[n.as_str()].is_null(),
+                "{name} uses undeclared network {n}"
+            );
         }
     }
     assert_eq!(
@@ -413,7 +502,10 @@ fn compose_isolates_services_and_passes_secrets_as_files() {
             );
         }
     }
-    assert!(services["openbao"]["ports"].is_null(), "OpenBao is not published");
+    assert!(
+        services["openbao"]["ports"].is_null(),
+        "OpenBao is not published"
+    );
 
     // Hardening and health checks on every service.
     for (name, svc) in services {
@@ -436,7 +528,10 @@ fn compose_isolates_services_and_passes_secrets_as_files() {
         );
         assert!(svc["env_file"].is_null(), "{name}: no env_file");
         let env_names: Vec<String> = match &svc["environment"] {
-            Yaml::Mapping(m) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+            Yaml::Mapping(m) => m
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect(),
             Yaml::Sequence(s) => s
                 .iter()
                 .filter_map(|e| e.as_str())
@@ -454,7 +549,9 @@ fn compose_isolates_services_and_passes_secrets_as_files() {
     let hc = str_list(&gw["healthcheck"]["test"]);
     assert_eq!(
         &hc[1..3],
-        ["/usr/local/bin/warden", "health"].map(String::from).as_slice(),
+        ["/usr/local/bin/warden", "health"]
+            .map(String::from)
+            .as_slice(),
         "{hc:?}"
     );
 
@@ -478,7 +575,10 @@ fn compose_isolates_services_and_passes_secrets_as_files() {
             .unwrap_or_else(|| panic!("secret {s} must come from a file: {def:?}"));
         assert!(def["environment"].is_null());
         let base = Path::new(file).file_name().unwrap().to_str().unwrap();
-        assert!(bootstrap.contains(base), "bootstrap.sh never creates {file}");
+        assert!(
+            bootstrap.contains(base),
+            "bootstrap.sh never creates {file}"
+        );
     }
 
     // The config the gateway runs is the one in the repo, mounted read-only where the image
@@ -507,7 +607,12 @@ fn configmap_files(docs: &[(PathBuf, Yaml)]) -> BTreeMap<String, String> {
         .as_mapping()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap().to_string()))
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_string(),
+                v.as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -542,7 +647,9 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
     }
     let dep = one(&docs, "Deployment");
     let files = configmap_files(&docs);
-    let config: toml::Table = files["warden.toml"].parse().expect("ConfigMap warden.toml is TOML");
+    let config: toml::Table = files["warden.toml"]
+        .parse()
+        .expect("ConfigMap warden.toml is TOML");
     let admin_port: u64 = config["admin"]["listen"]
         .as_str()
         .unwrap()
@@ -552,7 +659,10 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
         .parse()
         .unwrap();
     assert!(
-        config["admin"]["listen"].as_str().unwrap().starts_with("0.0.0.0:"),
+        config["admin"]["listen"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.0.0.0:"),
         "probes need a non-loopback admin"
     );
 
@@ -561,7 +671,10 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
         "several stateless replicas"
     );
     let pod_labels = &dep["spec"]["template"]["metadata"]["labels"];
-    assert!(labels_match(&dep["spec"]["selector"]["matchLabels"], pod_labels));
+    assert!(labels_match(
+        &dep["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
     let pod = &dep["spec"]["template"]["spec"];
     let containers = pod["containers"].as_sequence().unwrap();
     assert_eq!(containers.len(), 1);
@@ -570,20 +683,34 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &c[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe}");
-        assert_eq!(port_number(c, &get["port"]), admin_port, "{probe} on the admin port");
+        assert_eq!(
+            port_number(c, &get["port"]),
+            admin_port,
+            "{probe} on the admin port"
+        );
     }
 
     // Locked down: non-root, read-only root, no privilege escalation, no capabilities.
     let psc = &pod["securityContext"];
     let sc = &c["securityContext"];
-    assert!(psc["runAsNonRoot"].as_bool() == Some(true) || sc["runAsNonRoot"].as_bool() == Some(true));
-    assert_ne!(sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()), Some(0));
+    assert!(
+        psc["runAsNonRoot"].as_bool() == Some(true) || sc["runAsNonRoot"].as_bool() == Some(true)
+    );
+    assert_ne!(
+        sc["runAsUser"].as_u64().or(psc["runAsUser"].as_u64()),
+        Some(0)
+    );
     assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
     assert_eq!(str_list(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
-    assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string());
-    let spread = pod["topologySpreadConstraints"].as_sequence().expect("topology spread");
+    assert!(
+        c["resources"]["requests"]["memory"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    let spread = pod["topologySpreadConstraints"]
+        .as_sequence()
+        .expect("topology spread");
     assert!(
         spread
             .iter()
@@ -603,7 +730,9 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
 
     // Volumes: the ConfigMap as a directory (updates reach the pod: hot reload), the Secret
     // at /run/secrets carrying every file the config reads, /tmp writable.
-    let cm_name = one(&docs, "ConfigMap")["metadata"]["name"].as_str().unwrap();
+    let cm_name = one(&docs, "ConfigMap")["metadata"]["name"]
+        .as_str()
+        .unwrap();
     let secret = one(&docs, "Secret");
     let volumes = pod["volumes"].as_sequence().unwrap();
     let mount = |path: &str| {
@@ -613,7 +742,10 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
             .iter()
             .find(|m| m["mountPath"].as_str() == Some(path));
         let m = m.unwrap_or_else(|| panic!("nothing mounted at {path}"));
-        assert!(m["subPath"].is_null(), "{path}: subPath mounts never see updates");
+        assert!(
+            m["subPath"].is_null(),
+            "{path}: subPath mounts never see updates"
+        );
         let name = m["name"].as_str().unwrap();
         volumes
             .iter()
@@ -622,7 +754,11 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
             .clone()
     };
     let args = str_list(&c["args"]);
-    let cfg_path = args.iter().skip_while(|a| *a != "--config").nth(1).expect("--config");
+    let cfg_path = args
+        .iter()
+        .skip_while(|a| *a != "--config")
+        .nth(1)
+        .expect("--config");
     let cfg_dir = Path::new(cfg_path).parent().unwrap().to_str().unwrap();
     assert_eq!(mount(cfg_dir)["configMap"]["name"].as_str(), Some(cm_name));
     assert!(files.contains_key(Path::new(cfg_path).file_name().unwrap().to_str().unwrap()));
@@ -676,7 +812,11 @@ fn kubernetes_manifests_are_stateless_probed_and_locked_down() {
     for (f, _) in &docs {
         let name = f.file_name().unwrap().to_str().unwrap().to_string();
         let expect = !(name == "kustomization.yaml" || name == "secret.yaml");
-        assert_eq!(listed.contains(&name), expect, "kustomization lists {name}: {listed:?}");
+        assert_eq!(
+            listed.contains(&name),
+            expect,
+            "kustomization lists {name}: {listed:?}"
+        );
     }
 }
 
@@ -693,7 +833,11 @@ struct Stubs {
 
 impl Stubs {
     fn new(tls: bool) -> Stubs {
-        let bao = if tls { OpenBao::start_tls() } else { OpenBao::start() };
+        let bao = if tls {
+            OpenBao::start_tls()
+        } else {
+            OpenBao::start()
+        };
         bao.kv_put("sophia/api", &[("service_token", "svc-token-packaging")]);
         bao.kv_put("ml/inference", &[("api_key", "ml-key-packaging")]);
         let (role_id, secret_id) = bao.create_approle("warden", "1h", "4h");
@@ -716,7 +860,11 @@ impl Stubs {
                 .status
                 .success()
         );
-        let recipient = Command::new("age-keygen").arg("-y").arg(&key).output().unwrap();
+        let recipient = Command::new("age-keygen")
+            .arg("-y")
+            .arg(&key)
+            .output()
+            .unwrap();
         let recipient = String::from_utf8(recipient.stdout).unwrap();
         let plain = s.join("clients.env");
         std::fs::write(&plain, "CLIENT_API_KEY=client-key-packaging\n").unwrap();
@@ -747,9 +895,15 @@ impl Stubs {
                     "/run/secrets/",
                     &format!("{}/", self.dir.path().join("secrets").display()),
                 )
-                .replace("\"/run/secrets\"", &toml_path(&self.dir.path().join("secrets")))
+                .replace(
+                    "\"/run/secrets\"",
+                    &toml_path(&self.dir.path().join("secrets")),
+                )
                 .replace("/usr/share/warden/plugins/", plugins.to_str().unwrap())
-                .replace("/var/cache/warden", self.dir.path().join("cache").to_str().unwrap())
+                .replace(
+                    "/var/cache/warden",
+                    self.dir.path().join("cache").to_str().unwrap(),
+                )
                 .replace(vault_address, &self.bao.addr);
             std::fs::write(etc.join(name), text).unwrap();
         }
@@ -759,27 +913,63 @@ impl Stubs {
 
 fn vault_address(config: &str) -> String {
     let t: toml::Table = config.parse().unwrap();
-    t["secrets"]["vault"]["address"].as_str().unwrap().to_string()
+    t["secrets"]["vault"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
+/// Precompile the plugins the way the image build does (the Dockerfile's own step, with
+/// the image paths pointed at the repo and `cache`), then `warden check` the config: it
+/// must pass and find every plugin in the cache (no new artifact: start-up never compiles).
 fn assert_check_passes(config: &Path, cache: &Path) {
+    let plugins = repo_root().join("plugins/target/wasm32-wasip2/release");
+    let mut argv: Vec<String> = Vec::new();
+    for w in precompile_step().into_iter().skip(1) {
+        if w == "/usr/share/warden/plugins/*.wasm" {
+            let mut wasm: Vec<String> = std::fs::read_dir(&plugins)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .map(|p| p.to_str().unwrap().to_string())
+                .collect();
+            wasm.sort();
+            argv.extend(wasm);
+        } else if w.starts_with("/var/cache/warden") {
+            argv.push(cache.to_str().unwrap().to_string());
+        } else {
+            argv.push(w);
+        }
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (code, out, err) = run_warden(&argv);
+    assert_eq!(code, 0, "precompile failed: {argv:?}\n{out}\n{err}");
+    let precompiled = artifacts(cache);
+    assert!(precompiled.len() >= 3, "precompiled {precompiled:?}");
+
     let (code, out, err) = run_warden(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "warden check failed:\n{out}\n{err}");
     assert!(out.contains("3 routes, 2 upstreams, 3 plugins"), "{out}");
-    // `warden check` compiled the plugins into [policy].cache_dir: the directory the image
-    // fills at build time is the one the config reads.
-    let cached = walk_count(cache);
-    assert!(cached > 0, "nothing cached in {}", cache.display());
+    assert_eq!(
+        artifacts(cache),
+        precompiled,
+        "check compiled plugins the image had precompiled"
+    );
 }
 
-fn walk_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 })
-                .sum()
-        })
-        .unwrap_or(0)
+/// Compiled artifacts under `dir` (not wasmtime's bookkeeping files).
+fn artifacts(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.is_dir() {
+            out.extend(artifacts(&p));
+        } else if !name.starts_with('.') && !name.ends_with(".stats") {
+            out.insert(p);
+        }
+    }
+    out
 }
 
 #[test]
@@ -790,11 +980,15 @@ fn configmap_config_passes_warden_check() {
     for (n, t) in &files {
         std::fs::write(tmp.path().join(n), t).unwrap();
     }
-    let (code, _, err) = run_warden(&["check", "--config", tmp.path().join("warden.toml").to_str().unwrap()]);
+    let (code, _, err) = run_warden(&[
+        "check",
+        "--config",
+        tmp.path().join("warden.toml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     for line in err.lines().filter(|l| l.starts_with("error: /")) {
         assert!(
-            line.contains("/run/secrets/") || line.contains("/usr/share/warden/plugins/"),
+            line.contains("/run/secrets") || line.contains("/usr/share/warden/plugins/"),
             "unexpected error for the shipped ConfigMap: {line}"
         );
     }
@@ -874,7 +1068,10 @@ fn deployment_policies_follow_the_reference_policies() {
                     .to_string();
                 (
                     n.clone(),
-                    format!("{file} {}", p.get("limits").map(|l| l.to_string()).unwrap_or_default()),
+                    format!(
+                        "{file} {}",
+                        p.get("limits").map(|l| l.to_string()).unwrap_or_default()
+                    ),
                 )
             })
             .collect();
@@ -902,7 +1099,9 @@ fn collect_queries(v: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 match (k.as_str(), v) {
-                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        out.push(s.clone())
+                    }
                     _ => collect_queries(v, out),
                 }
             }
@@ -916,7 +1115,8 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = expr;
     while let Some(i) = rest.find("warden_") {
-        let boundary = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
+        let boundary = i == 0
+            || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -946,8 +1146,12 @@ fn silent_upstream() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_dashboard_queries_only_metrics_the_gateway_exports() {
     let dash: serde_json::Value =
-        serde_json::from_str(&read("deploy/grafana/warden-dashboard.json")).expect("dashboard is JSON");
-    assert!(dash["panels"].as_array().is_some_and(|p| !p.is_empty()), "panels");
+        serde_json::from_str(&read("deploy/grafana/warden-dashboard.json"))
+            .expect("dashboard is JSON");
+    assert!(
+        dash["panels"].as_array().is_some_and(|p| !p.is_empty()),
+        "panels"
+    );
     let mut queries = Vec::new();
     collect_queries(&dash, &mut queries);
     let used: BTreeSet<String> = queries.iter().flat_map(|q| metric_names_in(q)).collect();
@@ -959,13 +1163,17 @@ async fn grafana_dashboard_queries_only_metrics_the_gateway_exports() {
     // a reload.
     let echo = Echo::start().await;
     let (silent, _silent_thread) = silent_upstream();
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed again
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed again
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
     std::fs::write(secrets.join("admin_token"), "dash-admin-token").unwrap();
     let header_guard = toml_path(&warden_tests::plugin_wasm("header_guard"));
-    let misbehave = toml_path(&repo_root().join("tests/plugins/target/wasm32-wasip2/release/misbehave.wasm"));
+    let misbehave =
+        toml_path(&repo_root().join("tests/plugins/target/wasm32-wasip2/release/misbehave.wasm"));
     let chaos = |name: &str, mode: &str| {
         format!(
             "[[routes]]\nname = \"{name}\"\nmatch = {{ path = \"/{name}\" }}\nupstream = \"echo\"\n\
@@ -1048,7 +1256,13 @@ upstream = "dead"
         ("/loop", 503),
         ("/hog", 503),
     ] {
-        let status = http.get(gw.url(path)).send().await.unwrap().status().as_u16();
+        let status = http
+            .get(gw.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         assert_eq!(status, want, "GET {path}");
     }
     http.post(gw.url("/echo/c")).body("x").send().await.unwrap();
@@ -1059,6 +1273,21 @@ upstream = "dead"
         .await
         .unwrap();
     assert!(reload.status().is_success(), "reload: {}", reload.status());
+
+    // A provider that cannot re-read its secret keeps serving the last value and counts
+    // the failure.
+    std::fs::remove_file(secrets.join("admin_token")).unwrap();
+    let refresh = http
+        .post(gw.admin_url("/secrets/refresh"))
+        .bearer_auth("dash-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        refresh.status().as_u16(),
+        401,
+        "refresh with the admin token"
+    );
 
     let text = gw.metrics().await;
     let exported: BTreeSet<String> = text
@@ -1079,6 +1308,9 @@ upstream = "dead"
         .map(|l| l.split_whitespace().next().unwrap().to_string())
         .collect();
     for f in &families {
-        assert!(used.iter().any(|u| u.starts_with(f.as_str())), "no panel for {f}");
+        assert!(
+            used.iter().any(|u| u.starts_with(f.as_str())),
+            "no panel for {f}"
+        );
     }
 }

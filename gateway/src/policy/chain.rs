@@ -91,7 +91,9 @@ pub struct Chain {
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.entries.iter().map(|e| &e.plugin.name)).finish()
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.plugin.name))
+            .finish()
     }
 }
 
@@ -149,19 +151,33 @@ impl Failure {
 
 enum Verdict {
     Allow(Changes),
-    Deny { status: StatusCode, body: Bytes, headers: Vec<(HeaderName, HeaderValue)> },
+    Deny {
+        status: StatusCode,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
 }
 
 impl Chain {
     /// Build one route's chain: resolve plugin names, check grants, and call each plugin's
     /// `configure` with its config. Errors are keyed relative to the route, e.g.
     /// `policies[0].config.allow[1]`.
-    pub fn build(set: &PluginSet, route: &str, policies: &[PolicyConfig]) -> Result<Chain, Vec<FieldError>> {
+    pub fn build(
+        set: &PluginSet,
+        route: &str,
+        policies: &[PolicyConfig],
+    ) -> Result<Chain, Vec<FieldError>> {
         let mut errs = Vec::new();
         let mut entries = Vec::new();
         let route: Arc<str> = Arc::from(route);
         for (i, p) in policies.iter().enumerate() {
-            let at = |k: &str| if k.is_empty() { format!("policies[{i}]") } else { format!("policies[{i}].{k}") };
+            let at = |k: &str| {
+                if k.is_empty() {
+                    format!("policies[{i}]")
+                } else {
+                    format!("policies[{i}].{k}")
+                }
+            };
             let Some(plugin) = set.plugins.get(&p.plugin) else {
                 let known: Vec<&str> = set.names().collect();
                 errs.push(FieldError::new(
@@ -169,7 +185,11 @@ impl Chain {
                     format!(
                         "unknown plugin {:?} (configured: {})",
                         p.plugin,
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
                 continue;
@@ -190,7 +210,11 @@ impl Chain {
                 }
             }
             let (secrets, secret_errs) = p.secret_templates();
-            errs.extend(secret_errs.into_iter().map(|e| FieldError::new(at(&e.key), e.reason)));
+            errs.extend(
+                secret_errs
+                    .into_iter()
+                    .map(|e| FieldError::new(at(&e.key), e.reason)),
+            );
             let secrets: Vec<(String, Template)> = secrets
                 .into_iter()
                 .map(|(k, t)| (k.trim_start_matches("secrets.").to_string(), t))
@@ -198,11 +222,16 @@ impl Chain {
             let config_json = match serde_json::to_string(&p.config) {
                 Ok(j) => j,
                 Err(e) => {
-                    errs.push(FieldError::new(at("config"), format!("cannot pass to the plugin: {e}")));
+                    errs.push(FieldError::new(
+                        at("config"),
+                        format!("cannot pass to the plugin: {e}"),
+                    ));
                     continue;
                 }
             };
-            let plabel = PluginLabel { plugin: plugin.name.clone() };
+            let plabel = PluginLabel {
+                plugin: plugin.name.clone(),
+            };
             let vlabel = |verdict: &str| VerdictLabels {
                 plugin: plugin.name.clone(),
                 route: route.to_string(),
@@ -220,7 +249,15 @@ impl Chain {
             let traps = m.plugin_traps.get_or_create(&plabel).clone();
             let deadline = m.plugin_deadline_hits.get_or_create(&plabel).clone();
             let memory = m.plugin_memory_limit_hits.get_or_create(&plabel).clone();
-            let entry_metrics = EntryMetrics { allow, deny, error, duration, traps, deadline, memory };
+            let entry_metrics = EntryMetrics {
+                allow,
+                deny,
+                error,
+                duration,
+                traps,
+                deadline,
+                memory,
+            };
             let entry = Entry {
                 host: set.host.clone(),
                 plugin: plugin.clone(),
@@ -239,23 +276,40 @@ impl Chain {
             match block_on(entry.instantiate()) {
                 Ok(Ok(warm)) => {
                     if entry.plugin.config.isolation == Isolation::Pooled {
-                        entry.pool.lock().unwrap_or_else(|e| e.into_inner()).push(warm);
+                        entry
+                            .pool
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(warm);
                     }
                     entries.push(entry);
                 }
                 Ok(Err(config_errors)) => {
                     for e in config_errors {
-                        let key = if e.key.is_empty() { "config".to_string() } else { format!("config.{}", e.key) };
+                        let key = if e.key.is_empty() {
+                            "config".to_string()
+                        } else {
+                            format!("config.{}", e.key)
+                        };
                         errs.push(FieldError::new(at(&key), e.reason));
                     }
                 }
                 Err(f) => errs.push(FieldError::new(
                     at("config"),
-                    format!("plugin {:?} failed while checking its config ({}): {}", plugin.name, f.kind(), describe(&f)),
+                    format!(
+                        "plugin {:?} failed while checking its config ({}): {}",
+                        plugin.name,
+                        f.kind(),
+                        describe(&f)
+                    ),
                 )),
             }
         }
-        if errs.is_empty() { Ok(Chain { entries }) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(Chain { entries })
+        } else {
+            Err(errs)
+        }
     }
 
     /// True when the route has no policies.
@@ -277,7 +331,9 @@ impl Chain {
             };
             if e.mode == Mode::Shadow {
                 match &result {
-                    Ok(Verdict::Allow(_)) => tracing::debug!(route = %e.route, plugin = %e.plugin.name, "shadow policy allowed"),
+                    Ok(Verdict::Allow(_)) => {
+                        tracing::debug!(route = %e.route, plugin = %e.plugin.name, "shadow policy allowed")
+                    }
                     Ok(Verdict::Deny { status, .. }) => tracing::info!(
                         route = %e.route, plugin = %e.plugin.name, status = status.as_u16(),
                         "shadow policy would have denied this request"
@@ -288,7 +344,17 @@ impl Chain {
             }
             match result {
                 Ok(Verdict::Allow(c)) => changes.merge(c),
-                Ok(Verdict::Deny { status, body, headers }) => return Decision::Deny { status, body, headers },
+                Ok(Verdict::Deny {
+                    status,
+                    body,
+                    headers,
+                }) => {
+                    return Decision::Deny {
+                        status,
+                        body,
+                        headers,
+                    };
+                }
                 Err(_) if e.on_error == OnError::Allow => continue,
                 Err(_) => return e.error_response(),
             }
@@ -301,7 +367,11 @@ impl Entry {
     /// A fresh, configured instance. The outer error is a plugin failure, the inner one
     /// the plugin's own config errors.
     async fn instantiate(&self) -> Result<Result<Warm, Vec<wit::ConfigError>>, Failure> {
-        let mut store = self.host.new_store(&self.plugin, self.route.clone(), self.granted_secrets.clone());
+        let mut store = self.host.new_store(
+            &self.plugin,
+            self.route.clone(),
+            self.granted_secrets.clone(),
+        );
         store.data_mut().deadline = Instant::now() + self.plugin.config.limits.configure_deadline;
         let plugin = match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
@@ -309,17 +379,37 @@ impl Entry {
         };
         let setup = wit::Setup {
             route: &self.route,
-            secrets: &self.granted_secrets.iter().map(String::as_str).collect::<Vec<_>>(),
-            granted_headers: &self.granted_headers.iter().map(String::as_str).collect::<Vec<_>>(),
+            secrets: &self
+                .granted_secrets
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            granted_headers: &self
+                .granted_headers
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
         };
-        match plugin.warden_policy_policy().call_configure(&mut store, setup, &self.config_json).await {
-            Ok(Ok(())) => Ok(Ok(Warm { store, plugin, uses: 0 })),
+        match plugin
+            .warden_policy_policy()
+            .call_configure(&mut store, setup, &self.config_json)
+            .await
+        {
+            Ok(Ok(())) => Ok(Ok(Warm {
+                store,
+                plugin,
+                uses: 0,
+            })),
             Ok(Err(errs)) => Ok(Err(errs)),
             Err(e) => Err(classify(&store, e)),
         }
     }
 
-    async fn evaluate(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Result<Verdict, Failure> {
+    async fn evaluate(
+        &self,
+        req: &PolicyRequest<'_>,
+        secrets: &SecretSnapshot,
+    ) -> Result<Verdict, Failure> {
         let start = Instant::now();
         let result = self.evaluate_inner(req, secrets).await;
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
@@ -340,16 +430,27 @@ impl Entry {
         result
     }
 
-    async fn evaluate_inner(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Result<Verdict, Failure> {
+    async fn evaluate_inner(
+        &self,
+        req: &PolicyRequest<'_>,
+        secrets: &SecretSnapshot,
+    ) -> Result<Verdict, Failure> {
         let pooled = self.plugin.config.isolation == Isolation::Pooled;
-        let warm = if pooled { self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
+        let warm = if pooled {
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        } else {
+            None
+        };
         let mut warm = match warm {
             Some(w) => w,
             None => match self.instantiate().await? {
                 Ok(w) => w,
                 // Validated at build time; a plugin that changes its mind is broken.
                 Err(errs) => {
-                    return Err(Failure::Invalid(format!("configure failed at request time ({} errors)", errs.len())));
+                    return Err(Failure::Invalid(format!(
+                        "configure failed at request time ({} errors)",
+                        errs.len()
+                    )));
                 }
             },
         };
@@ -359,7 +460,11 @@ impl Entry {
             let s = warm.store.data_mut();
             s.deadline = deadline;
             s.deadline_hit = false;
-            s.secrets = self.secrets.iter().map(|(n, t)| (n.clone(), render_secret(t, secrets))).collect();
+            s.secrets = self
+                .secrets
+                .iter()
+                .map(|(n, t)| (n.clone(), render_secret(t, secrets)))
+                .collect();
         }
         warm.store.set_epoch_deadline(1);
 
@@ -371,10 +476,16 @@ impl Entry {
                 let n = n.as_str();
                 !SENSITIVE_HEADERS.contains(&n) || self.granted_headers.iter().any(|g| g == n)
             })
-            .map(|(n, v)| wit::HeaderParam { name: n.as_str(), value: v.as_bytes() })
+            .map(|(n, v)| wit::HeaderParam {
+                name: n.as_str(),
+                value: v.as_bytes(),
+            })
             .collect();
         let ip = match req.client.addr.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         let address = ip.to_string();
@@ -396,7 +507,11 @@ impl Entry {
             },
         };
 
-        let result = warm.plugin.warden_policy_policy().call_evaluate(&mut warm.store, request).await;
+        let result = warm
+            .plugin
+            .warden_policy_policy()
+            .call_evaluate(&mut warm.store, request)
+            .await;
         // Secrets leave the store (and are zeroized) as soon as the call is over.
         warm.store.data_mut().secrets.clear();
         let verdict = match result {
@@ -427,7 +542,10 @@ impl Entry {
         Decision::Deny {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: Bytes::from(body.to_string()),
-            headers: vec![(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
         }
     }
 }
@@ -476,12 +594,14 @@ const MAX_DENY_BODY: usize = 64 << 10;
 
 fn header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
     let n = checked_name(name)?;
-    let v = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name:?} (control characters?)"))?;
+    let v = HeaderValue::from_bytes(value)
+        .map_err(|_| format!("invalid value for header {name:?} (control characters?)"))?;
     Ok((n, v))
 }
 
 fn checked_name(name: &str) -> Result<HeaderName, String> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
     if FORBIDDEN_HEADERS.contains(&n.as_str()) {
         return Err(format!("plugins may not change the {name:?} header"));
     }
@@ -492,16 +612,26 @@ fn validate(v: wit::Verdict) -> Result<Verdict, String> {
     match v {
         wit::Verdict::Allow => Ok(Verdict::Allow(Changes::default())),
         wit::Verdict::AllowWithChanges(c) => {
-            if c.set_request_headers.len() + c.remove_request_headers.len() + c.add_response_headers.len() > MAX_CHANGES {
+            if c.set_request_headers.len()
+                + c.remove_request_headers.len()
+                + c.add_response_headers.len()
+                > MAX_CHANGES
+            {
                 return Err(format!("more than {MAX_CHANGES} header changes"));
             }
             let mut out = Changes::default();
             for name in &c.remove_request_headers {
-                out.merge(Changes { remove_headers: vec![checked_name(name)?], ..Changes::default() });
+                out.merge(Changes {
+                    remove_headers: vec![checked_name(name)?],
+                    ..Changes::default()
+                });
             }
             for h in &c.set_request_headers {
                 let (n, v) = header(&h.name, &h.value)?;
-                out.merge(Changes { set_headers: vec![(n, v)], ..Changes::default() });
+                out.merge(Changes {
+                    set_headers: vec![(n, v)],
+                    ..Changes::default()
+                });
             }
             for h in &c.add_response_headers {
                 out.response_headers.push(header(&h.name, &h.value)?);
@@ -519,8 +649,16 @@ fn validate(v: wit::Verdict) -> Result<Verdict, String> {
             if d.headers.len() > MAX_CHANGES {
                 return Err(format!("more than {MAX_CHANGES} deny headers"));
             }
-            let headers = d.headers.iter().map(|h| header(&h.name, &h.value)).collect::<Result<Vec<_>, _>>()?;
-            Ok(Verdict::Deny { status, body: Bytes::from(d.body), headers })
+            let headers = d
+                .headers
+                .iter()
+                .map(|h| header(&h.name, &h.value))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Verdict::Deny {
+                status,
+                body: Bytes::from(d.body),
+                headers,
+            })
         }
     }
 }
@@ -550,7 +688,10 @@ fn block_on<F: Future>(f: F) -> F::Output {
 impl Chain {
     /// Idle pooled instances per entry.
     pub(crate) fn entries_idle(&self) -> Vec<usize> {
-        self.entries.iter().map(|e| e.pool.lock().unwrap().len()).collect()
+        self.entries
+            .iter()
+            .map(|e| e.pool.lock().unwrap().len())
+            .collect()
     }
 
     /// Each entry's plugin log limiter.

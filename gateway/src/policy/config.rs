@@ -85,7 +85,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory: 16 << 20, deadline: Duration::from_millis(10), configure_deadline: Duration::from_secs(1) }
+        Limits {
+            memory: 16 << 20,
+            deadline: Duration::from_millis(10),
+            configure_deadline: Duration::from_secs(1),
+        }
     }
 }
 
@@ -104,7 +108,11 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        PoolSettings { size: 4, max_uses: 10_000, recycle_memory: None }
+        PoolSettings {
+            size: 4,
+            max_uses: 10_000,
+            recycle_memory: None,
+        }
     }
 }
 
@@ -143,19 +151,34 @@ impl PluginConfig {
     pub(crate) fn check(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.limits.memory < 1 << 20 {
-            errs.push(FieldError::new("limits.memory", "must be at least 1MiB (a Rust plugin's stack alone is 1MiB)"));
+            errs.push(FieldError::new(
+                "limits.memory",
+                "must be at least 1MiB (a Rust plugin's stack alone is 1MiB)",
+            ));
         }
         if self.limits.memory > MAX_PLUGIN_MEMORY {
-            errs.push(FieldError::new("limits.memory", format!("must be at most {}MiB", MAX_PLUGIN_MEMORY >> 20)));
+            errs.push(FieldError::new(
+                "limits.memory",
+                format!("must be at most {}MiB", MAX_PLUGIN_MEMORY >> 20),
+            ));
         }
         if self.limits.deadline.is_zero() {
-            errs.push(FieldError::new("limits.deadline", "must be greater than zero"));
+            errs.push(FieldError::new(
+                "limits.deadline",
+                "must be greater than zero",
+            ));
         }
         if self.limits.deadline > Duration::from_secs(10) {
-            errs.push(FieldError::new("limits.deadline", "must be at most 10s: a policy runs on every request"));
+            errs.push(FieldError::new(
+                "limits.deadline",
+                "must be at most 10s: a policy runs on every request",
+            ));
         }
         if self.limits.configure_deadline.is_zero() {
-            errs.push(FieldError::new("limits.configure_deadline", "must be greater than zero"));
+            errs.push(FieldError::new(
+                "limits.configure_deadline",
+                "must be greater than zero",
+            ));
         }
         if self.pool.max_uses == 0 {
             errs.push(FieldError::new("pool.max_uses", "must be at least 1"));
@@ -163,7 +186,10 @@ impl PluginConfig {
         if let Some(r) = self.pool.recycle_memory
             && r > self.limits.memory
         {
-            errs.push(FieldError::new("pool.recycle_memory", "must not exceed limits.memory"));
+            errs.push(FieldError::new(
+                "pool.recycle_memory",
+                "must not exceed limits.memory",
+            ));
         }
         errs
     }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::config::{MAX_PLUGIN_MEMORY, PluginConfig, PolicySettings};
@@ -59,7 +61,9 @@ impl Drop for PolicyHost {
 
 impl std::fmt::Debug for PolicyHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyHost").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
+        f.debug_struct("PolicyHost")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +75,9 @@ pub struct PluginSet {
 
 impl std::fmt::Debug for PluginSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginSet").field("plugins", &self.plugins.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("PluginSet")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -119,7 +125,10 @@ pub(crate) struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -132,16 +141,29 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit = true;
-            return Err(wasmtime::format_err!("plugin memory limit of {} bytes reached", self.max));
+            return Err(wasmtime::format_err!(
+                "plugin memory limit of {} bytes reached",
+                self.max
+            ));
         }
         self.current = desired;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; nothing a policy needs grows them much.
         if desired > 100_000 {
             self.hit = true;
@@ -159,8 +181,15 @@ pub(crate) struct DeadlineExceeded;
 impl bindings::warden::policy::types::Host for StoreState {}
 
 impl bindings::warden::policy::host::Host for StoreState {
-    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let Some(suppressed) = self.logs.admit() else { return Ok(()) };
+    fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let Some(suppressed) = self.logs.admit() else {
+            return Ok(());
+        };
         let message = clip(&message, 512);
         let mut rendered = String::new();
         for (k, v) in fields.iter().take(16) {
@@ -187,13 +216,19 @@ impl bindings::warden::policy::host::Host for StoreState {
 
     fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
         if !self.granted.iter().any(|g| *g == name) {
-            return Err(wasmtime::format_err!("plugin asked for secret {name:?}, which this route does not grant it"));
+            return Err(wasmtime::format_err!(
+                "plugin asked for secret {name:?}, which this route does not grant it"
+            ));
         }
         match self.secrets.iter().find(|(n, _)| *n == name) {
             Some((_, Ok(secret))) => Ok(constant_time_matches(secret.expose(), &presented)),
-            Some((_, Err(reason))) => Err(wasmtime::format_err!("secret {name:?} is unavailable: {reason}")),
+            Some((_, Err(reason))) => Err(wasmtime::format_err!(
+                "secret {name:?} is unavailable: {reason}"
+            )),
             // Granted but not rendered: called from `configure`, where no request exists.
-            None => Err(wasmtime::format_err!("secret-matches is only available while evaluating a request")),
+            None => Err(wasmtime::format_err!(
+                "secret-matches is only available while evaluating a request"
+            )),
         }
     }
 }
@@ -233,7 +268,11 @@ pub(crate) struct LogLimiter {
 impl LogLimiter {
     pub(crate) fn new(per_second: u32) -> Self {
         let rate = f64::from(per_second);
-        LogLimiter { rate, burst: (rate * 4.0).max(1.0), state: Mutex::new((rate * 4.0, Instant::now(), 0)) }
+        LogLimiter {
+            rate,
+            burst: (rate * 4.0).max(1.0),
+            state: Mutex::new((rate * 4.0, Instant::now(), 0)),
+        }
     }
 
     /// `Some(records suppressed since the last admitted one)` if this record may go out.
@@ -303,7 +342,9 @@ impl PolicyHost {
             let bytes = hex::decode(k.trim())
                 .ok()
                 .filter(|b| b.len() == 32)
-                .ok_or_else(|| anyhow!("trusted_keys[{i}]: expected 64 hex digits (an Ed25519 public key)"))?;
+                .ok_or_else(|| {
+                    anyhow!("trusted_keys[{i}]: expected 64 hex digits (an Ed25519 public key)")
+                })?;
             trusted_keys.push(bytes);
         }
         if settings.require_signatures && trusted_keys.is_empty() {
@@ -328,20 +369,25 @@ impl PolicyHost {
 
         let mut linker = Linker::<StoreState>::new(&engine);
         add_wasi_to_linker(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
-        bindings::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow!("linking host functions: {e:#}"))?;
+        bindings::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow!("linking host functions: {e:#}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
             let stop = ticker_stop.clone();
             let tick = settings.epoch_tick;
-            std::thread::Builder::new().name("warden-epoch".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    engine.increment_epoch();
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("warden-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })?;
         }
 
         Ok(Arc::new(PolicyHost {
@@ -383,7 +429,10 @@ impl PolicyHost {
             return Err(errs);
         }
         *self.compiled.lock().unwrap_or_else(|e| e.into_inner()) = used;
-        Ok(PluginSet { host: self.clone(), plugins: loaded })
+        Ok(PluginSet {
+            host: self.clone(),
+            plugins: loaded,
+        })
     }
 
     fn load_one(
@@ -397,13 +446,21 @@ impl PolicyHost {
             return Err(errs);
         }
         let path = base_dir.join(&cfg.file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| vec![FieldError::new("file", format!("cannot read {}: {e}", path.display()))])?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            vec![FieldError::new(
+                "file",
+                format!("cannot read {}: {e}", path.display()),
+            )]
+        })?;
         let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
 
         let mut errs = Vec::new();
         if let Some(pin) = &cfg.sha256 {
-            let pin = pin.trim().strip_prefix("sha256:").unwrap_or(pin.trim()).to_ascii_lowercase();
+            let pin = pin
+                .trim()
+                .strip_prefix("sha256:")
+                .unwrap_or(pin.trim())
+                .to_ascii_lowercase();
             if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
                 errs.push(FieldError::new("sha256", "expected 64 hex digits"));
             } else if pin != sha256 {
@@ -429,8 +486,12 @@ impl PolicyHost {
             return Err(errs);
         }
 
-        let component = self.compile(&bytes, &sha256).map_err(|e| vec![FieldError::new("file", e)])?;
-        let pre = self.check_component(&component).map_err(|e| vec![FieldError::new("file", e)])?;
+        let component = self
+            .compile(&bytes, &sha256)
+            .map_err(|e| vec![FieldError::new("file", e)])?;
+        let pre = self
+            .check_component(&component)
+            .map_err(|e| vec![FieldError::new("file", e)])?;
         Ok((
             LoadedPlugin {
                 name: name.to_string(),
@@ -444,16 +505,24 @@ impl PolicyHost {
     }
 
     fn verify_signature(&self, bytes: &[u8], sig_path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(sig_path).map_err(|e| format!("cannot read {}: {e}", sig_path.display()))?;
+        let text = std::fs::read_to_string(sig_path)
+            .map_err(|e| format!("cannot read {}: {e}", sig_path.display()))?;
         let sig = hex::decode(text.trim())
             .ok()
             .filter(|s| s.len() == 64)
-            .ok_or_else(|| format!("{} is not a hex Ed25519 signature (128 hex digits)", sig_path.display()))?;
+            .ok_or_else(|| {
+                format!(
+                    "{} is not a hex Ed25519 signature (128 hex digits)",
+                    sig_path.display()
+                )
+            })?;
         if self.trusted_keys.is_empty() {
             return Err("cannot verify: [policy] trusted_keys is empty".into());
         }
         let ok = self.trusted_keys.iter().any(|k| {
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k).verify(bytes, &sig).is_ok()
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k)
+                .verify(bytes, &sig)
+                .is_ok()
         });
         if ok {
             Ok(())
@@ -467,14 +536,21 @@ impl PolicyHost {
 
     /// Compile (or fetch from the in-memory map / disk cache).
     pub(crate) fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, String> {
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(sha256) {
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha256)
+        {
             return Ok(c.clone());
         }
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err("not a component: this is a core WebAssembly module; build the plugin for \
+                return Err(
+                    "not a component: this is a core WebAssembly module; build the plugin for \
                             --target wasm32-wasip2 (which outputs a component) with warden-sdk"
-                    .into());
+                        .into(),
+                );
             }
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             _ => return Err("not a component: the file is not WebAssembly".into()),
@@ -483,11 +559,15 @@ impl PolicyHost {
     }
 
     /// Check world and exports, and pre-instantiate against the linker.
-    pub(crate) fn check_component(&self, component: &Component) -> Result<bindings::PolicyPluginPre<StoreState>, String> {
+    pub(crate) fn check_component(
+        &self,
+        component: &Component,
+    ) -> Result<bindings::PolicyPluginPre<StoreState>, String> {
         let ty = component.component_type();
         let mut unsupported = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
-            let ok = WARDEN_IMPORTS.contains(&name) || WASI_PREFIXES.iter().any(|p| name.starts_with(p));
+            let ok =
+                WARDEN_IMPORTS.contains(&name) || WASI_PREFIXES.iter().any(|p| name.starts_with(p));
             if !ok {
                 unsupported.push(name.to_string());
             }
@@ -500,26 +580,39 @@ impl PolicyHost {
                 unsupported.join(", ")
             ));
         }
-        let exports: Vec<(String, ComponentItem)> =
-            ty.exports(&self.engine).map(|(n, item)| (n.to_string(), item.ty)).collect();
+        let exports: Vec<(String, ComponentItem)> = ty
+            .exports(&self.engine)
+            .map(|(n, item)| (n.to_string(), item.ty))
+            .collect();
         let Some((_, item)) = exports.iter().find(|(n, _)| n == POLICY_EXPORT) else {
             let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
-            let other_version = names.iter().find(|n| n.starts_with("warden:policy/policy@"));
+            let other_version = names
+                .iter()
+                .find(|n| n.starts_with("warden:policy/policy@"));
             return Err(match other_version {
                 Some(v) => format!(
                     "wrong world: the component exports {v}, but this gateway speaks {POLICY_EXPORT}; rebuild it against a matching warden-sdk"
                 ),
                 None => format!(
                     "wrong world: missing export {POLICY_EXPORT} (the component exports: {}); is the policy exported with warden_sdk::export_policy!?",
-                    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 ),
             });
         };
         if let ComponentItem::ComponentInstance(inst) = item {
-            let funcs: Vec<String> = inst.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+            let funcs: Vec<String> = inst
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect();
             for f in ["configure", "evaluate"] {
                 if !funcs.iter().any(|n| n == f) {
-                    return Err(format!("missing export: {POLICY_EXPORT} has no `{f}` function"));
+                    return Err(format!(
+                        "missing export: {POLICY_EXPORT} has no `{f}` function"
+                    ));
                 }
             }
         }
@@ -532,9 +625,18 @@ impl PolicyHost {
     }
 
     /// A new store for one instance of `plugin` serving `route`.
-    pub(crate) fn new_store(&self, plugin: &LoadedPlugin, route: Arc<str>, granted: Arc<[String]>) -> Store<StoreState> {
+    pub(crate) fn new_store(
+        &self,
+        plugin: &LoadedPlugin,
+        route: Arc<str>,
+        granted: Arc<[String]>,
+    ) -> Store<StoreState> {
         let state = StoreState {
-            limits: MemoryLimiter { max: plugin.config.limits.memory as usize, hit: false, current: 0 },
+            limits: MemoryLimiter {
+                max: plugin.config.limits.memory as usize,
+                hit: false,
+                current: 0,
+            },
             wasi: deny_all_wasi(),
             table: ResourceTable::new(),
             plugin: Arc::from(plugin.name.as_str()),
@@ -585,7 +687,8 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
                 let mut cc = wasmtime::CacheConfig::new();
                 cc.with_directory(dir);
                 cfg.cache(Some(
-                    wasmtime::Cache::new(cc).map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?,
+                    wasmtime::Cache::new(cc)
+                        .map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?,
                 ));
             }
             Err(e) => {
@@ -620,10 +723,19 @@ fn add_wasi_to_linker(l: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     cli::exit::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
     cli::environment::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
     cli::terminal_input::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
-    cli::terminal_output::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_output::add_to_linker::<StoreState, WasiCli>(
+        l,
+        <StoreState as WasiCliView>::cli,
+    )?;
     cli::terminal_stdin::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
-    cli::terminal_stdout::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
-    cli::terminal_stderr::add_to_linker::<StoreState, WasiCli>(l, <StoreState as WasiCliView>::cli)?;
+    cli::terminal_stdout::add_to_linker::<StoreState, WasiCli>(
+        l,
+        <StoreState as WasiCliView>::cli,
+    )?;
+    cli::terminal_stderr::add_to_linker::<StoreState, WasiCli>(
+        l,
+        <StoreState as WasiCliView>::cli,
+    )?;
     Ok(())
 }
 
@@ -646,19 +758,34 @@ pub struct ComponentInfo {
 pub fn inspect_component(host: &PolicyHost, path: &Path) -> anyhow::Result<ComponentInfo> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
-    let component = host.compile(&bytes, &sha256).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let component = host
+        .compile(&bytes, &sha256)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let ty = component.component_type();
-    let imports = ty.imports(&host.engine).map(|(n, _)| n.to_string()).collect();
+    let imports = ty
+        .imports(&host.engine)
+        .map(|(n, _)| n.to_string())
+        .collect();
     let exports = ty
         .exports(&host.engine)
         .map(|(n, item)| match item.ty {
             ComponentItem::ComponentInstance(i) => {
-                let f: Vec<String> = i.exports(&host.engine).map(|(n, _)| n.to_string()).collect();
+                let f: Vec<String> = i
+                    .exports(&host.engine)
+                    .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
                 format!("{n} {{ {} }}", f.join(", "))
             }
             _ => n.to_string(),
         })
         .collect();
     let verdict = host.check_component(&component).map(|_| ());
-    Ok(ComponentInfo { sha256, size: bytes.len(), imports, exports, verdict })
+    Ok(ComponentInfo {
+        sha256,
+        size: bytes.len(),
+        imports,
+        exports,
+        verdict,
+    })
 }

@@ -14,16 +14,27 @@ use crate::secrets::SecretSnapshot;
 use crate::telemetry::{PluginLabel, metrics};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn wasm(name: &str) -> PathBuf {
     let p = if ["misbehave", "wrong_world", "missing_export", "fs_reader"].contains(&name) {
-        repo().join("tests/plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"))
+        repo()
+            .join("tests/plugins/target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm"))
     } else {
-        repo().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"))
+        repo()
+            .join("plugins/target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm"))
     };
-    assert!(p.exists(), "{} is missing: run scripts/build-plugins.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        p.display()
+    );
     p
 }
 
@@ -48,8 +59,13 @@ fn plugin(file: &str) -> PluginConfig {
     plugin_cfg(&format!("file = {:?}", wasm(file).display().to_string()))
 }
 
-fn load(plugins: &[(&str, PluginConfig)]) -> Result<PluginSet, Vec<(String, crate::config::FieldError)>> {
-    let map: BTreeMap<String, PluginConfig> = plugins.iter().map(|(n, c)| (n.to_string(), c.clone())).collect();
+fn load(
+    plugins: &[(&str, PluginConfig)],
+) -> Result<PluginSet, Vec<(String, crate::config::FieldError)>> {
+    let map: BTreeMap<String, PluginConfig> = plugins
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.clone()))
+        .collect();
     host().load(&map, Path::new("/"))
 }
 
@@ -70,14 +86,20 @@ fn chain_errors(plugins: &[(&str, PluginConfig)], toml_text: &str) -> Vec<String
     let set = load(plugins).expect("plugins load");
     match Chain::build(&set, "r", &policies(toml_text)) {
         Ok(_) => panic!("chain accepted"),
-        Err(e) => e.into_iter().map(|e| format!("{}: {}", e.key, e.reason)).collect(),
+        Err(e) => e
+            .into_iter()
+            .map(|e| format!("{}: {}", e.key, e.reason))
+            .collect(),
     }
 }
 
 fn load_errors(plugins: &[(&str, PluginConfig)]) -> Vec<String> {
     match load(plugins) {
         Ok(_) => panic!("plugins accepted"),
-        Err(e) => e.into_iter().map(|(n, e)| format!("{n}.{}: {}", e.key, e.reason)).collect(),
+        Err(e) => e
+            .into_iter()
+            .map(|(n, e)| format!("{n}.{}: {}", e.key, e.reason))
+            .collect(),
     }
 }
 
@@ -139,12 +161,20 @@ fn status(d: &Decision) -> u16 {
 
 fn body(d: &Decision) -> serde_json::Value {
     match d {
-        Decision::Deny { body, .. } => serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+        Decision::Deny { body, .. } => {
+            serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
+        }
         Decision::Allow(_) => panic!("allowed"),
     }
 }
 
-fn counter(f: &prometheus_client::metrics::family::Family<PluginLabel, prometheus_client::metrics::counter::Counter>, p: &str) -> u64 {
+fn counter(
+    f: &prometheus_client::metrics::family::Family<
+        PluginLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    p: &str,
+) -> u64 {
     f.get_or_create(&PluginLabel { plugin: p.into() }).get()
 }
 
@@ -160,19 +190,75 @@ config = { rule_set = "internal", allow = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_isolation_allows_by_identity_cidr_and_denies_with_a_safe_body() {
-    let c = chain(&[("ni", plugin("network_isolation"))], "inference", NI_RULES);
+    let c = chain(
+        &[("ni", plugin("network_isolation"))],
+        "inference",
+        NI_RULES,
+    );
     assert!(!c.is_empty());
-    assert_eq!(status(&req("GET", "/x").san("spiffe://sophia/sophia-api").eval(&c, "inference").await), 200);
-    assert_eq!(status(&req("POST", "/x").san("spiffe://ml/ns/a").eval(&c, "inference").await), 200);
-    assert_eq!(status(&req("GET", "/x").san("spiffe://ml/ns/a").eval(&c, "inference").await), 403);
-    assert_eq!(status(&req("GET", "/v1/models/a").from("10.2.3.4:1").eval(&c, "inference").await), 200);
+    assert_eq!(
+        status(
+            &req("GET", "/x")
+                .san("spiffe://sophia/sophia-api")
+                .eval(&c, "inference")
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            &req("POST", "/x")
+                .san("spiffe://ml/ns/a")
+                .eval(&c, "inference")
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            &req("GET", "/x")
+                .san("spiffe://ml/ns/a")
+                .eval(&c, "inference")
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            &req("GET", "/v1/models/a")
+                .from("10.2.3.4:1")
+                .eval(&c, "inference")
+                .await
+        ),
+        200
+    );
     // IPv4-mapped IPv6 peers are presented as IPv4.
-    assert_eq!(status(&req("GET", "/v1/models/a").from("[::ffff:10.2.3.4]:1").eval(&c, "inference").await), 200);
-    let d = req("GET", "/v1/models/a").from("192.0.2.1:1").eval(&c, "inference").await;
+    assert_eq!(
+        status(
+            &req("GET", "/v1/models/a")
+                .from("[::ffff:10.2.3.4]:1")
+                .eval(&c, "inference")
+                .await
+        ),
+        200
+    );
+    let d = req("GET", "/v1/models/a")
+        .from("192.0.2.1:1")
+        .eval(&c, "inference")
+        .await;
     assert_eq!(status(&d), 403);
-    assert_eq!(body(&d), serde_json::json!({ "error": "forbidden", "route": "inference", "policy": "internal" }));
-    let Decision::Deny { headers, .. } = d else { unreachable!() };
-    assert!(headers.iter().any(|(n, v)| n == "content-type" && v == "application/json"));
+    assert_eq!(
+        body(&d),
+        serde_json::json!({ "error": "forbidden", "route": "inference", "policy": "internal" })
+    );
+    let Decision::Deny { headers, .. } = d else {
+        unreachable!()
+    };
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v == "application/json")
+    );
 }
 
 #[test]
@@ -191,10 +277,25 @@ headers = ["x-foo"]
 config = { allow = [ { cidr = "10.0.0.0/8", bogus = 1 } ] }
 "#,
     );
-    assert!(e.iter().any(|e| e.starts_with("policies[0].config.allow[1].cidr: ")), "{e:?}");
-    assert!(e.iter().any(|e| e.starts_with("policies[1].plugin: unknown plugin \"nope\"")), "{e:?}");
-    assert!(e.iter().any(|e| e.starts_with("policies[2].headers[0]: ")), "{e:?}");
-    assert!(e.iter().any(|e| e.starts_with("policies[2].config.allow[0].bogus: unknown field")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("policies[0].config.allow[1].cidr: ")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("policies[1].plugin: unknown plugin \"nope\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("policies[2].headers[0]: ")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("policies[2].config.allow[0].bogus: unknown field")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -203,13 +304,25 @@ fn integrity_refusals_have_clear_messages() {
     let mut p = plugin("network_isolation");
     p.sha256 = Some("00".repeat(32));
     let e = load_errors(&[("ni", p.clone())]);
-    assert!(e[0].starts_with("ni.sha256: mismatch:") && e[0].contains("refusing"), "{e:?}");
+    assert!(
+        e[0].starts_with("ni.sha256: mismatch:") && e[0].contains("refusing"),
+        "{e:?}"
+    );
     p.sha256 = Some("xyz".into());
-    assert_eq!(load_errors(&[("ni", p.clone())]), ["ni.sha256: expected 64 hex digits"]);
+    assert_eq!(
+        load_errors(&[("ni", p.clone())]),
+        ["ni.sha256: expected 64 hex digits"]
+    );
     // The right pin loads, with or without the `sha256:` prefix.
-    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&p.file).unwrap()));
+    let digest = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &std::fs::read(&p.file).unwrap(),
+    ));
     p.sha256 = Some(format!("sha256:{}", digest.to_uppercase()));
-    assert_eq!(load(&[("ni", p)]).unwrap().sha256("ni"), Some(digest.as_str()));
+    assert_eq!(
+        load(&[("ni", p)]).unwrap().sha256("ni"),
+        Some(digest.as_str())
+    );
 
     let dir = tempfile::tempdir().unwrap();
     // Not a component: a core module, and not wasm at all.
@@ -217,21 +330,47 @@ fn integrity_refusals_have_clear_messages() {
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let text = dir.path().join("text.wasm");
     std::fs::write(&text, b"hello").unwrap();
-    let e = load_errors(&[("core", plugin_cfg(&format!("file = {:?}", core.display().to_string())))]);
-    assert!(e[0].starts_with("core.file: not a component: this is a core WebAssembly module"), "{e:?}");
-    let e = load_errors(&[("text", plugin_cfg(&format!("file = {:?}", text.display().to_string())))]);
-    assert!(e[0].starts_with("text.file: not a component: the file is not WebAssembly"), "{e:?}");
+    let e = load_errors(&[(
+        "core",
+        plugin_cfg(&format!("file = {:?}", core.display().to_string())),
+    )]);
+    assert!(
+        e[0].starts_with("core.file: not a component: this is a core WebAssembly module"),
+        "{e:?}"
+    );
+    let e = load_errors(&[(
+        "text",
+        plugin_cfg(&format!("file = {:?}", text.display().to_string())),
+    )]);
+    assert!(
+        e[0].starts_with("text.file: not a component: the file is not WebAssembly"),
+        "{e:?}"
+    );
     // Missing file.
     let e = load_errors(&[("gone", plugin_cfg("file = \"/nonexistent/x.wasm\""))]);
-    assert!(e[0].starts_with("gone.file: cannot read /nonexistent/x.wasm"), "{e:?}");
+    assert!(
+        e[0].starts_with("gone.file: cannot read /nonexistent/x.wasm"),
+        "{e:?}"
+    );
     // Wrong world, missing export, forbidden import.
     let e = load_errors(&[("ww", plugin("wrong_world"))]);
-    assert!(e[0].starts_with("ww.file: wrong world: missing export warden:policy/policy@0.1.0"), "{e:?}");
+    assert!(
+        e[0].starts_with("ww.file: wrong world: missing export warden:policy/policy@0.1.0"),
+        "{e:?}"
+    );
     assert!(e[0].contains("hello"), "lists what it does export: {e:?}");
     let e = load_errors(&[("me", plugin("missing_export"))]);
-    assert!(e[0].starts_with("me.file: missing export: warden:policy/policy@0.1.0 has no `evaluate` function"), "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "me.file: missing export: warden:policy/policy@0.1.0 has no `evaluate` function"
+        ),
+        "{e:?}"
+    );
     let e = load_errors(&[("fs", plugin("fs_reader"))]);
-    assert!(e[0].starts_with("fs.file: wrong world: the component imports wasi:filesystem"), "{e:?}");
+    assert!(
+        e[0].starts_with("fs.file: wrong world: the component imports wasi:filesystem"),
+        "{e:?}"
+    );
     // Limits out of range.
     let e = load_errors(&[(
         "big",
@@ -241,7 +380,10 @@ fn integrity_refusals_have_clear_messages() {
         )),
     )]);
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("big.limits.memory: must be at most 256MiB"), "{e:?}");
+    assert!(
+        e[0].starts_with("big.limits.memory: must be at most 256MiB"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -250,7 +392,8 @@ fn signatures_are_verified_against_trusted_keys() {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let other = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
+    let other =
+        Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
     let file = wasm("network_isolation");
     let bytes = std::fs::read(&file).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -279,12 +422,23 @@ fn signatures_are_verified_against_trusted_keys() {
     let e = h.load(&with_sig(None), Path::new("/")).unwrap_err();
     assert!(e[0].1.reason.contains("require_signatures"), "{e:?}");
     // Bad settings fail host creation.
-    let bad_settings = PolicySettings { trusted_keys: vec!["abcd".into()], ..PolicySettings::default() };
-    assert!(PolicyHost::new(&bad_settings, Path::new("/")).unwrap_err().to_string().contains("trusted_keys[0]"));
+    let bad_settings = PolicySettings {
+        trusted_keys: vec!["abcd".into()],
+        ..PolicySettings::default()
+    };
+    assert!(
+        PolicyHost::new(&bad_settings, Path::new("/"))
+            .unwrap_err()
+            .to_string()
+            .contains("trusted_keys[0]")
+    );
 }
 
 fn misbehave(extra: &str) -> PluginConfig {
-    plugin_cfg(&format!("file = {:?}\n{extra}", wasm("misbehave").display().to_string()))
+    plugin_cfg(&format!(
+        "file = {:?}\n{extra}",
+        wasm("misbehave").display().to_string()
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,23 +462,44 @@ async fn looping_plugin_hits_its_deadline_without_stalling_the_runtime() {
     let d = req("GET", "/").eval(&c, "r").await;
     let took = start.elapsed();
     assert_eq!(status(&d), 503);
-    assert_eq!(body(&d), serde_json::json!({ "error": "policy unavailable", "route": "r", "policy": "loop-a" }));
-    assert!(took >= Duration::from_millis(20) && took < Duration::from_millis(70), "took {took:?}");
-    assert_eq!(counter(&metrics().plugin_deadline_hits, "loop-a"), before + 1);
+    assert_eq!(
+        body(&d),
+        serde_json::json!({ "error": "policy unavailable", "route": "r", "policy": "loop-a" })
+    );
+    assert!(
+        took >= Duration::from_millis(20) && took < Duration::from_millis(70),
+        "took {took:?}"
+    );
+    assert_eq!(
+        counter(&metrics().plugin_deadline_hits, "loop-a"),
+        before + 1
+    );
     assert_eq!(ticker.await.unwrap(), 10);
 
     // A looping configure is refused at build time.
     let e = chain_errors(
-        &[("loop-b", misbehave("limits = { configure_deadline = \"50ms\" }"))],
+        &[(
+            "loop-b",
+            misbehave("limits = { configure_deadline = \"50ms\" }"),
+        )],
         "[[policies]]\nplugin = \"loop-b\"\nconfig = { mode = \"allow\", configure_loop = true }",
     );
-    assert!(e[0].starts_with("policies[0].config: plugin \"loop-b\" failed while checking its config (deadline)"), "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "policies[0].config: plugin \"loop-b\" failed while checking its config (deadline)"
+        ),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hog_and_traps_follow_on_error() {
     let c = chain(
-        &[("hog", misbehave("limits = { memory = \"8MiB\" }")), ("trap", misbehave("")), ("ok", misbehave(""))],
+        &[
+            ("hog", misbehave("limits = { memory = \"8MiB\" }")),
+            ("trap", misbehave("")),
+            ("ok", misbehave("")),
+        ],
         "r",
         r#"
 [[policies]]
@@ -340,25 +515,42 @@ plugin = "ok"
 config = { mode = "tag", name = "x-seen", value = "1" }
 "#,
     );
-    let (h0, t0) = (counter(&metrics().plugin_memory_limit_hits, "hog"), counter(&metrics().plugin_traps, "trap"));
+    let (h0, t0) = (
+        counter(&metrics().plugin_memory_limit_hits, "hog"),
+        counter(&metrics().plugin_traps, "trap"),
+    );
     for _ in 0..20 {
         let d = req("GET", "/").eval(&c, "r").await;
-        let Decision::Allow(ch) = d else { panic!("on_error = allow should continue: {d:?}") };
+        let Decision::Allow(ch) = d else {
+            panic!("on_error = allow should continue: {d:?}")
+        };
         assert_eq!(ch.set_headers.len(), 1);
     }
     assert_eq!(counter(&metrics().plugin_memory_limit_hits, "hog"), h0 + 20);
     assert_eq!(counter(&metrics().plugin_traps, "trap"), t0 + 20);
 
-    let c = chain(&[("hog2", misbehave("limits = { memory = \"8MiB\" }"))], "r", "[[policies]]\nplugin = \"hog2\"\nconfig = { mode = \"hog\" }");
+    let c = chain(
+        &[("hog2", misbehave("limits = { memory = \"8MiB\" }"))],
+        "r",
+        "[[policies]]\nplugin = \"hog2\"\nconfig = { mode = \"hog\" }",
+    );
     let d = req("GET", "/").eval(&c, "r").await;
     assert_eq!(status(&d), 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_verdicts_are_plugin_errors() {
-    let c = chain(&[("m", misbehave(""))], "r", "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"bad-header\" }");
+    let c = chain(
+        &[("m", misbehave(""))],
+        "r",
+        "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"bad-header\" }",
+    );
     assert_eq!(status(&req("GET", "/").eval(&c, "r").await), 503);
-    let c = chain(&[("m", misbehave(""))], "r", "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"bad-status\" }");
+    let c = chain(
+        &[("m", misbehave(""))],
+        "r",
+        "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"bad-status\" }",
+    );
     assert_eq!(status(&req("GET", "/").eval(&c, "r").await), 503);
 }
 
@@ -383,15 +575,23 @@ plugin = "m"
 config = { mode = "tag", name = "x-b", value = "2" }
 "#,
     );
-    let shadow = metrics().policy_verdicts.get_or_create(&crate::telemetry::VerdictLabels {
-        plugin: "ni".into(),
-        route: "r".into(),
-        verdict: "deny".into(),
-        mode: "shadow".into(),
-    });
+    let shadow = metrics()
+        .policy_verdicts
+        .get_or_create(&crate::telemetry::VerdictLabels {
+            plugin: "ni".into(),
+            route: "r".into(),
+            verdict: "deny".into(),
+            mode: "shadow".into(),
+        });
     let before = shadow.get();
-    let Decision::Allow(ch) = req("GET", "/").eval(&c, "r").await else { panic!("shadow blocked") };
-    let set: Vec<(&str, &str)> = ch.set_headers.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+    let Decision::Allow(ch) = req("GET", "/").eval(&c, "r").await else {
+        panic!("shadow blocked")
+    };
+    let set: Vec<(&str, &str)> = ch
+        .set_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
     assert_eq!(set, [("x-a", "1"), ("x-b", "2")]);
     assert_eq!(ch.response_headers.len(), 2);
     assert_eq!(shadow.get(), before + 1);
@@ -412,10 +612,21 @@ config = { mode = "loop" }
 "#,
     );
     let d = req("GET", "/").eval(&c, "r").await;
-    let Decision::Deny { status, body, headers } = d else { panic!() };
+    let Decision::Deny {
+        status,
+        body,
+        headers,
+    } = d
+    else {
+        panic!()
+    };
     assert_eq!(status.as_u16(), 451);
     assert_eq!(&body[..], br#"{"error":"unavailable for legal reasons"}"#);
-    assert!(headers.iter().any(|(n, v)| n == "x-denied-by" && v == "misbehave"));
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "x-denied-by" && v == "misbehave")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +665,10 @@ config = { mode = "introspect" }
         "[[policies]]\nplugin = \"m\"\nheaders = [\"Authorization\"]\nconfig = { mode = \"introspect\" }",
     );
     let b = body(&r.eval(&c, "r").await);
-    assert_eq!(b["headers"], serde_json::json!(["authorization", "x-other"]));
+    assert_eq!(
+        b["headers"],
+        serde_json::json!(["authorization", "x-other"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,30 +684,56 @@ secrets = { api_key = "s3cret-value" }
 config = { header = "x-api-key", secret = "api_key" }
 "#,
     );
-    let ok = req("GET", "/").header("x-api-key", "s3cret-value").eval(&c, "r").await;
-    let Decision::Allow(ch) = ok else { panic!("{ok:?}") };
+    let ok = req("GET", "/")
+        .header("x-api-key", "s3cret-value")
+        .eval(&c, "r")
+        .await;
+    let Decision::Allow(ch) = ok else {
+        panic!("{ok:?}")
+    };
     assert_eq!(ch.remove_headers, ["x-api-key"]);
-    let bad = req("GET", "/").header("x-api-key", "s3cret-valuf").eval(&c, "r").await;
+    let bad = req("GET", "/")
+        .header("x-api-key", "s3cret-valuf")
+        .eval(&c, "r")
+        .await;
     assert_eq!(status(&bad), 401);
-    assert!(!String::from_utf8_lossy(match &bad {
-        Decision::Deny { body, .. } => body,
-        _ => unreachable!(),
-    })
-    .contains("s3cret"));
+    assert!(
+        !String::from_utf8_lossy(match &bad {
+            Decision::Deny { body, .. } => body,
+            _ => unreachable!(),
+        })
+        .contains("s3cret")
+    );
 
     // Asking for a secret the route does not grant is a plugin error.
-    let c = chain(&plugins, "r", "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"secret\", name = \"other\", value = \"x-k\" }");
-    assert_eq!(status(&req("GET", "/").header("x-k", "v").eval(&c, "r").await), 503);
+    let c = chain(
+        &plugins,
+        "r",
+        "[[policies]]\nplugin = \"m\"\nconfig = { mode = \"secret\", name = \"other\", value = \"x-k\" }",
+    );
+    assert_eq!(
+        status(&req("GET", "/").header("x-k", "v").eval(&c, "r").await),
+        503
+    );
 
     // api-key refuses at configure time when the secret is not granted.
-    let e = chain_errors(&plugins, "[[policies]]\nplugin = \"ak\"\nconfig = { secret = \"api_key\" }");
-    assert!(e[0].starts_with("policies[0].config.secret: the route grants no secret named \"api_key\""), "{e:?}");
+    let e = chain_errors(
+        &plugins,
+        "[[policies]]\nplugin = \"ak\"\nconfig = { secret = \"api_key\" }",
+    );
+    assert!(
+        e[0].starts_with("policies[0].config.secret: the route grants no secret named \"api_key\""),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_request_isolation_and_pool_recycling_work() {
     let c = chain(
-        &[("pr", misbehave("isolation = \"per-request\"")), ("pool", misbehave("pool = { size = 2, max_uses = 3 }"))],
+        &[
+            ("pr", misbehave("isolation = \"per-request\"")),
+            ("pool", misbehave("pool = { size = 2, max_uses = 3 }")),
+        ],
         "r",
         r#"
 [[policies]]
@@ -510,7 +750,9 @@ config = { mode = "tag", name = "x-b", value = "1" }
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..25 {
-                let Decision::Allow(ch) = req("GET", "/").eval(&c, "r").await else { panic!() };
+                let Decision::Allow(ch) = req("GET", "/").eval(&c, "r").await else {
+                    panic!()
+                };
                 assert_eq!(ch.set_headers.len(), 2);
             }
         }));
@@ -520,12 +762,19 @@ config = { mode = "tag", name = "x-b", value = "1" }
     }
     let idle = c.entries_idle();
     assert_eq!(idle[0], 0, "per-request keeps no instances");
-    assert!(idle[1] <= 2, "pool keeps at most `size` idle instances: {idle:?}");
+    assert!(
+        idle[1] <= 2,
+        "pool keeps at most `size` idle instances: {idle:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_logs_are_rate_limited() {
-    let c = chain(&[("flood", misbehave(""))], "r", "[[policies]]\nplugin = \"flood\"\nconfig = { mode = \"log-flood\" }");
+    let c = chain(
+        &[("flood", misbehave(""))],
+        "r",
+        "[[policies]]\nplugin = \"flood\"\nconfig = { mode = \"log-flood\" }",
+    );
     let start = Instant::now();
     assert_eq!(status(&req("GET", "/").eval(&c, "r").await), 200);
     assert!(start.elapsed() < Duration::from_secs(1));
@@ -538,7 +787,11 @@ async fn plugin_logs_are_rate_limited() {
 #[test]
 fn precompiled_artifacts_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = PolicySettings { cache_dir: Some(dir.path().to_path_buf()), max_instances: 4, ..PolicySettings::default() };
+    let settings = PolicySettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 4,
+        ..PolicySettings::default()
+    };
     let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
     let h = PolicyHost::new(&settings, Path::new("/")).unwrap();
     let t = Instant::now();
@@ -552,12 +805,25 @@ fn precompiled_artifacts_are_cached_on_disk() {
     let t = Instant::now();
     h.load(&plugins, Path::new("/")).unwrap();
     let warm = t.elapsed();
-    assert!(warm < cold, "cached load {warm:?} should beat compiling {cold:?}");
+    assert!(
+        warm < cold,
+        "cached load {warm:?} should beat compiling {cold:?}"
+    );
 }
 
 fn walk(p: &Path) -> usize {
     std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -565,8 +831,25 @@ fn walk(p: &Path) -> usize {
 fn inspect_reports_world_and_hash() {
     let info = inspect_component(&host(), &wasm("network_isolation")).unwrap();
     assert_eq!(info.sha256.len(), 64);
-    assert!(info.exports.iter().any(|e| e.starts_with("warden:policy/policy@0.1.0 { configure, evaluate }")), "{info:?}");
-    assert!(info.imports.iter().any(|i| i == "warden:policy/host@0.1.0"), "{info:?}");
+    assert!(
+        info.exports
+            .iter()
+            .any(|e| e.starts_with("warden:policy/policy@0.1.0 { configure, evaluate }")),
+        "{info:?}"
+    );
+    assert!(
+        info.imports
+            .iter()
+            .any(|i| i == "warden:policy/types@0.1.0"),
+        "{info:?}"
+    );
+    assert!(
+        !info
+            .imports
+            .iter()
+            .any(|i| i.starts_with("wasi:filesystem") || i.starts_with("wasi:sockets")),
+        "{info:?}"
+    );
     assert!(info.verdict.is_ok());
     let info = inspect_component(&host(), &wasm("wrong_world")).unwrap();
     assert!(info.verdict.is_err());

@@ -66,7 +66,11 @@ impl Policy for ApiKey {
     fn configure(setup: &Setup, c: Config) -> Result<Self, ConfigErrors> {
         let mut errs = ConfigErrors::new();
         let header = c.header.to_ascii_lowercase();
-        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
             errs.push("header", format!("{:?} is not a header name", c.header));
         } else if !setup.sees_header(&header) {
             errs.push(
@@ -89,12 +93,20 @@ impl Policy for ApiKey {
                 );
             }
         }
-        errs.into_result(ApiKey { header, secrets, scheme: c.scheme, strip: c.strip })
+        errs.into_result(ApiKey {
+            header,
+            secrets,
+            scheme: c.scheme,
+            strip: c.strip,
+        })
     }
 
     fn evaluate(&self, req: &Request) -> Verdict {
         let deny = |why: &str| {
-            Verdict::deny_json(401, &json!({ "error": why, "route": req.route(), "policy": "api-key" }))
+            Verdict::deny_json(
+                401,
+                &json!({ "error": why, "route": req.route(), "policy": "api-key" }),
+            )
         };
         let Some(mut presented) = req.header_bytes(&self.header) else {
             return deny("missing credential");
@@ -117,7 +129,11 @@ impl Policy for ApiKey {
         if !matched {
             return deny("invalid credential");
         }
-        if self.strip { Verdict::allow().remove_request_header(&self.header) } else { Verdict::allow() }
+        if self.strip {
+            Verdict::allow().remove_request_header(&self.header)
+        } else {
+            Verdict::allow()
+        }
     }
 }
 
@@ -142,15 +158,23 @@ mod tests {
         let v = harness().evaluate(&Request::builder().header("x-api-key", "s3cret").build());
         assert_eq!(
             v,
-            Verdict::Allow(Changes { remove_request_headers: vec!["x-api-key".into()], ..Changes::default() })
+            Verdict::Allow(Changes {
+                remove_request_headers: vec!["x-api-key".into()],
+                ..Changes::default()
+            })
         );
     }
 
     #[test]
     fn wrong_or_missing_key_is_401_without_revealing_anything() {
         let h = harness();
-        for req in [Request::builder().header("x-api-key", "nope").build(), Request::builder().build()] {
-            let Verdict::Deny(d) = h.evaluate(&req) else { panic!("allowed") };
+        for req in [
+            Request::builder().header("x-api-key", "nope").build(),
+            Request::builder().build(),
+        ] {
+            let Verdict::Deny(d) = h.evaluate(&req) else {
+                panic!("allowed")
+            };
             assert_eq!(d.status, 401);
             assert!(!d.body.contains("s3cret"));
         }
@@ -164,10 +188,40 @@ mod tests {
             .grant_header("authorization")
             .configure(json!({ "header": "authorization", "scheme": "Bearer", "secret": ["old", "new"], "strip": false }))
             .unwrap();
-        assert_eq!(h.evaluate(&Request::builder().header("authorization", "Bearer k2").build()), Verdict::allow());
-        assert_eq!(h.evaluate(&Request::builder().header("authorization", "bearer k1").build()), Verdict::allow());
-        assert_eq!(h.evaluate(&Request::builder().header("authorization", "Basic k1").build()).status(), Some(401));
-        assert_eq!(h.evaluate(&Request::builder().header("authorization", "Bearerk1").build()).status(), Some(401));
+        assert_eq!(
+            h.evaluate(
+                &Request::builder()
+                    .header("authorization", "Bearer k2")
+                    .build()
+            ),
+            Verdict::allow()
+        );
+        assert_eq!(
+            h.evaluate(
+                &Request::builder()
+                    .header("authorization", "bearer k1")
+                    .build()
+            ),
+            Verdict::allow()
+        );
+        assert_eq!(
+            h.evaluate(
+                &Request::builder()
+                    .header("authorization", "Basic k1")
+                    .build()
+            )
+            .status(),
+            Some(401)
+        );
+        assert_eq!(
+            h.evaluate(
+                &Request::builder()
+                    .header("authorization", "Bearerk1")
+                    .build()
+            )
+            .status(),
+            Some(401)
+        );
     }
 
     #[test]
@@ -178,7 +232,10 @@ mod tests {
             .unwrap();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["header", "secret"], "{e}");
-        let e = Harness::<ApiKey>::builder().configure(json!({ "header": "x-api-key" })).err().unwrap();
+        let e = Harness::<ApiKey>::builder()
+            .configure(json!({ "header": "x-api-key" }))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("missing field `secret`"), "{e}");
     }
 }

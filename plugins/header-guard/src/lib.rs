@@ -53,7 +53,9 @@ pub struct HeaderGuard {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Policy for HeaderGuard {
@@ -79,7 +81,10 @@ impl Policy for HeaderGuard {
         for (i, r) in c.require.iter().enumerate() {
             let r = r.to_ascii_lowercase();
             if strip.contains(&r) {
-                errs.push(format!("require[{i}]"), format!("{r} is both required and stripped"));
+                errs.push(
+                    format!("require[{i}]"),
+                    format!("{r} is both required and stripped"),
+                );
             }
         }
         let mut set = Vec::new();
@@ -95,21 +100,35 @@ impl Policy for HeaderGuard {
         if c.max_value_bytes == 0 {
             errs.push("max_value_bytes", "must be at least 1");
         }
-        errs.into_result(HeaderGuard { require, strip, set, max: c.max_value_bytes })
+        errs.into_result(HeaderGuard {
+            require,
+            strip,
+            set,
+            max: c.max_value_bytes,
+        })
     }
 
     fn evaluate(&self, req: &Request) -> Verdict {
         for (name, value) in req.headers() {
             if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-                return Verdict::deny_json(400, &json!({ "error": "invalid header value", "header": name }));
+                return Verdict::deny_json(
+                    400,
+                    &json!({ "error": "invalid header value", "header": name }),
+                );
             }
             if value.len() > self.max {
-                return Verdict::deny_json(431, &json!({ "error": "header value too large", "header": name }));
+                return Verdict::deny_json(
+                    431,
+                    &json!({ "error": "header value too large", "header": name }),
+                );
             }
         }
         for r in &self.require {
             if req.header_bytes(r).is_none() {
-                return Verdict::deny_json(400, &json!({ "error": "missing required header", "header": r }));
+                return Verdict::deny_json(
+                    400,
+                    &json!({ "error": "missing required header", "header": r }),
+                );
             }
         }
         let mut v = Verdict::allow();
@@ -134,14 +153,21 @@ mod tests {
 
     fn guard() -> Harness<HeaderGuard> {
         Harness::builder()
-            .configure(json!({ "require": ["X-Request-Id"], "strip": ["x-debug"], "max_value_bytes": 16,
-                               "set": { "x-gateway": "warden" } }))
+            .configure(
+                json!({ "require": ["X-Request-Id"], "strip": ["x-debug"], "max_value_bytes": 16,
+                               "set": { "x-gateway": "warden" } }),
+            )
             .unwrap()
     }
 
     #[test]
     fn clean_request_is_allowed_with_changes() {
-        let v = guard().evaluate(&Request::builder().header("x-request-id", "abc").header("x-debug", "1").build());
+        let v = guard().evaluate(
+            &Request::builder()
+                .header("x-request-id", "abc")
+                .header("x-debug", "1")
+                .build(),
+        );
         assert_eq!(
             v,
             Verdict::Allow(Changes {
@@ -156,18 +182,30 @@ mod tests {
     fn crlf_nul_and_oversized_values_are_rejected() {
         let g = guard();
         for bad in [&b"a\r\nb"[..], b"a\nb", b"a\0b"] {
-            let v = g.evaluate(&Request::builder().header("x-request-id", "1").header("x-evil", bad).build());
+            let v = g.evaluate(
+                &Request::builder()
+                    .header("x-request-id", "1")
+                    .header("x-evil", bad)
+                    .build(),
+            );
             let Verdict::Deny(d) = v else { panic!() };
             assert_eq!(d.status, 400);
             assert!(d.body.contains("x-evil"));
         }
-        let v = g.evaluate(&Request::builder().header("x-request-id", "1").header("x-big", [b'a'; 17]).build());
+        let v = g.evaluate(
+            &Request::builder()
+                .header("x-request-id", "1")
+                .header("x-big", [b'a'; 17])
+                .build(),
+        );
         assert_eq!(v.status(), Some(431));
     }
 
     #[test]
     fn missing_required_header() {
-        let Verdict::Deny(d) = guard().evaluate(&Request::builder().build()) else { panic!() };
+        let Verdict::Deny(d) = guard().evaluate(&Request::builder().build()) else {
+            panic!()
+        };
         assert_eq!(d.status, 400);
         assert!(d.body.contains("x-request-id"));
     }
@@ -179,6 +217,10 @@ mod tests {
             .err()
             .unwrap();
         let keys: Vec<&str> = e.0.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["require[0]", "require[1]", "set.y", "max_value_bytes"], "{e}");
+        assert_eq!(
+            keys,
+            ["require[0]", "require[1]", "set.y", "max_value_bytes"],
+            "{e}"
+        );
     }
 }

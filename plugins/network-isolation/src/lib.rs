@@ -86,7 +86,10 @@ impl Policy for NetworkIsolation {
         for (i, raw) in config.allow.into_iter().enumerate() {
             let key = |field: &str| format!("allow[{i}].{field}");
             if raw.identity.is_none() && raw.cidr.is_none() && raw.path.is_none() {
-                errs.push(format!("allow[{i}]"), "a rule needs at least one of identity, cidr or path");
+                errs.push(
+                    format!("allow[{i}]"),
+                    "a rule needs at least one of identity, cidr or path",
+                );
             }
             let identity = match raw.identity {
                 None => None,
@@ -100,10 +103,16 @@ impl Policy for NetworkIsolation {
             };
             let cidr = match raw.cidr {
                 None => None,
-                Some(c) => match c.parse::<IpNet>().or_else(|_| c.parse::<IpAddr>().map(IpNet::from)) {
+                Some(c) => match c
+                    .parse::<IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                {
                     Ok(net) => Some(net.trunc()),
                     Err(_) => {
-                        errs.push(key("cidr"), format!("{c:?} is not an IP network like 10.0.0.0/8 or an address"));
+                        errs.push(
+                            key("cidr"),
+                            format!("{c:?} is not an IP network like 10.0.0.0/8 or an address"),
+                        );
                         None
                     }
                 },
@@ -112,11 +121,18 @@ impl Policy for NetworkIsolation {
                 None => None,
                 Some(ms) => {
                     if ms.is_empty() {
-                        errs.push(key("methods"), "empty list matches nothing; omit it to allow every method");
+                        errs.push(
+                            key("methods"),
+                            "empty list matches nothing; omit it to allow every method",
+                        );
                     }
                     for (j, m) in ms.iter().enumerate() {
-                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
-                            errs.push(format!("allow[{i}].methods[{j}]"), format!("{m:?} is not an HTTP method"));
+                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+                        {
+                            errs.push(
+                                format!("allow[{i}].methods[{j}]"),
+                                format!("{m:?} is not an HTTP method"),
+                            );
                         }
                     }
                     Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
@@ -132,14 +148,25 @@ impl Policy for NetworkIsolation {
                     }
                 },
             };
-            rules.push(Rule { identity, cidr, methods, path });
+            rules.push(Rule {
+                identity,
+                cidr,
+                methods,
+                path,
+            });
         }
         let deny_status = config.deny_status.unwrap_or(403);
         if !(400..=599).contains(&deny_status) {
             errs.push("deny_status", "must be 400..=599");
         }
-        let rule_set = config.rule_set.unwrap_or_else(|| "network-isolation".into());
-        errs.into_result(NetworkIsolation { rules, rule_set, deny_status })
+        let rule_set = config
+            .rule_set
+            .unwrap_or_else(|| "network-isolation".into());
+        errs.into_result(NetworkIsolation {
+            rules,
+            rule_set,
+            deny_status,
+        })
     }
 
     fn evaluate(&self, req: &Request) -> Verdict {
@@ -178,7 +205,11 @@ impl Rule {
         match &self.identity {
             None => true,
             Some(Identity::Exact(id)) => req.client().identities().any(|s| s == id),
-            Some(Identity::Prefix(p)) => req.client().uri_sans().iter().any(|s| s.len() > p.len() && s.starts_with(p.as_str())),
+            Some(Identity::Prefix(p)) => req
+                .client()
+                .uri_sans()
+                .iter()
+                .any(|s| s.len() > p.len() && s.starts_with(p.as_str())),
         }
     }
 }
@@ -199,7 +230,9 @@ fn parse_identity(id: &str) -> Result<Identity, String> {
             if ok {
                 Ok(Identity::Prefix(prefix.into()))
             } else {
-                Err(format!("{id:?}: a wildcard is only allowed as a final `/*` after a trust domain, like spiffe://example.org/*"))
+                Err(format!(
+                    "{id:?}: a wildcard is only allowed as a final `/*` after a trust domain, like spiffe://example.org/*"
+                ))
             }
         }
     }
@@ -254,13 +287,19 @@ impl Glob {
         fn go(toks: &[Tok], s: &str) -> bool {
             match toks.split_first() {
                 None => s.is_empty(),
-                Some((Tok::Lit(l), rest)) => s.strip_prefix(l.as_str()).is_some_and(|s| go(rest, s)),
+                Some((Tok::Lit(l), rest)) => {
+                    s.strip_prefix(l.as_str()).is_some_and(|s| go(rest, s))
+                }
                 Some((Tok::Star, rest)) => {
                     let seg_end = s.find('/').unwrap_or(s.len());
                     (0..=seg_end).rev().any(|i| go(rest, &s[i..]))
                 }
                 Some((Tok::DoubleStar, rest)) => {
-                    rest.is_empty() || (0..=s.len()).rev().filter(|&i| s.is_char_boundary(i)).any(|i| go(rest, &s[i..]))
+                    rest.is_empty()
+                        || (0..=s.len())
+                            .rev()
+                            .filter(|&i| s.is_char_boundary(i))
+                            .any(|i| go(rest, &s[i..]))
                 }
             }
         }
@@ -277,7 +316,10 @@ mod tests {
     use warden_sdk::testing::Harness;
 
     fn policy(config: Value) -> Harness<NetworkIsolation> {
-        Harness::builder().route("inference").configure(config).expect("valid config")
+        Harness::builder()
+            .route("inference")
+            .configure(config)
+            .expect("valid config")
     }
 
     fn errors(config: Value) -> Vec<String> {
@@ -290,32 +332,55 @@ mod tests {
     #[test]
     fn exact_identity_allows_and_others_are_denied_with_a_body_naming_route_not_rules() {
         let h = policy(json!({ "allow": [ { "identity": "spiffe://sophia/sophia-api" } ] }));
-        let ok = Request::builder().uri_san("spiffe://sophia/sophia-api").build();
+        let ok = Request::builder()
+            .uri_san("spiffe://sophia/sophia-api")
+            .build();
         assert!(h.evaluate(&ok).is_allow());
         let other = Request::builder().uri_san("spiffe://sophia/other").build();
         let v = h.evaluate(&other);
         assert_eq!(v.status(), Some(403));
         let Verdict::Deny(d) = v else { unreachable!() };
         let body: Value = warden_sdk::serde_json::from_str(&d.body).unwrap();
-        assert_eq!(body, json!({ "error": "forbidden", "route": "inference", "policy": "network-isolation" }));
-        assert!(!d.body.contains("spiffe"), "deny body must not reveal rules");
+        assert_eq!(
+            body,
+            json!({ "error": "forbidden", "route": "inference", "policy": "network-isolation" })
+        );
+        assert!(
+            !d.body.contains("spiffe"),
+            "deny body must not reveal rules"
+        );
         assert!(!h.evaluate(&Request::builder().build()).is_allow());
     }
 
     #[test]
     fn trust_domain_prefix() {
         let h = policy(json!({ "allow": [ { "identity": "spiffe://ml/*" } ] }));
-        assert!(h.evaluate(&Request::builder().uri_san("spiffe://ml/ns/a/sa/b").build()).is_allow());
-        assert!(!h.evaluate(&Request::builder().uri_san("spiffe://mlx/a").build()).is_allow());
-        assert!(!h.evaluate(&Request::builder().uri_san("spiffe://ml/").build()).is_allow());
+        assert!(
+            h.evaluate(&Request::builder().uri_san("spiffe://ml/ns/a/sa/b").build())
+                .is_allow()
+        );
+        assert!(
+            !h.evaluate(&Request::builder().uri_san("spiffe://mlx/a").build())
+                .is_allow()
+        );
+        assert!(
+            !h.evaluate(&Request::builder().uri_san("spiffe://ml/").build())
+                .is_allow()
+        );
         // A DNS SAN never matches a URI prefix.
-        assert!(!h.evaluate(&Request::builder().dns_san("spiffe://ml/a").build()).is_allow());
+        assert!(
+            !h.evaluate(&Request::builder().dns_san("spiffe://ml/a").build())
+                .is_allow()
+        );
     }
 
     #[test]
     fn dns_san_exact() {
         let h = policy(json!({ "allow": [ { "identity": "api.internal" } ] }));
-        assert!(h.evaluate(&Request::builder().dns_san("api.internal").build()).is_allow());
+        assert!(
+            h.evaluate(&Request::builder().dns_san("api.internal").build())
+                .is_allow()
+        );
     }
 
     #[test]
@@ -324,15 +389,33 @@ mod tests {
             { "cidr": "10.1.0.0/16", "methods": ["get"], "path": "/v1/models/*" },
             { "cidr": "::1" },
         ] }));
-        let r = |ip: &str, m: &str, p: &str| Request::builder().client_ip(ip).method(m).path(p).build();
-        assert!(h.evaluate(&r("10.1.2.3", "GET", "/v1/models/gpt")).is_allow());
-        assert!(!h.evaluate(&r("10.1.2.3", "GET", "/v1/models/gpt/x")).is_allow());
-        assert!(!h.evaluate(&r("10.1.2.3", "POST", "/v1/models/gpt")).is_allow());
-        assert!(!h.evaluate(&r("10.2.2.3", "GET", "/v1/models/gpt")).is_allow());
+        let r =
+            |ip: &str, m: &str, p: &str| Request::builder().client_ip(ip).method(m).path(p).build();
+        assert!(
+            h.evaluate(&r("10.1.2.3", "GET", "/v1/models/gpt"))
+                .is_allow()
+        );
+        assert!(
+            !h.evaluate(&r("10.1.2.3", "GET", "/v1/models/gpt/x"))
+                .is_allow()
+        );
+        assert!(
+            !h.evaluate(&r("10.1.2.3", "POST", "/v1/models/gpt"))
+                .is_allow()
+        );
+        assert!(
+            !h.evaluate(&r("10.2.2.3", "GET", "/v1/models/gpt"))
+                .is_allow()
+        );
         assert!(h.evaluate(&r("::1", "DELETE", "/anything")).is_allow());
         // IPv4-mapped IPv6 peers are matched as IPv4.
-        assert!(h.evaluate(&r("::ffff:10.1.0.1", "GET", "/v1/models/a")).is_allow());
-        let Verdict::Deny(d) = h.evaluate(&r("192.0.2.1", "GET", "/")) else { panic!() };
+        assert!(
+            h.evaluate(&r("::ffff:10.1.0.1", "GET", "/v1/models/a"))
+                .is_allow()
+        );
+        let Verdict::Deny(d) = h.evaluate(&r("192.0.2.1", "GET", "/")) else {
+            panic!()
+        };
         assert!(d.body.contains("\"lan\""));
     }
 
@@ -358,13 +441,22 @@ mod tests {
             { "methods": ["GET"] },
             { "path": "v1", "methods": ["G T"] },
         ] }));
-        assert!(e.iter().any(|e| e.starts_with("allow[0].identity:")), "{e:?}");
+        assert!(
+            e.iter().any(|e| e.starts_with("allow[0].identity:")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|e| e.starts_with("allow[1].cidr:")), "{e:?}");
         assert!(e.iter().any(|e| e.starts_with("allow[2]:")), "{e:?}");
         assert!(e.iter().any(|e| e.starts_with("allow[3].path:")), "{e:?}");
-        assert!(e.iter().any(|e| e.starts_with("allow[3].methods[0]:")), "{e:?}");
+        assert!(
+            e.iter().any(|e| e.starts_with("allow[3].methods[0]:")),
+            "{e:?}"
+        );
         let e = errors(json!({ "allow": [ { "cidr": "10.0.0.0/8", "port": 1 } ] }));
-        assert!(e[0].starts_with("allow[0].port:") && e[0].contains("unknown field `port`"), "{e:?}");
+        assert!(
+            e[0].starts_with("allow[0].port:") && e[0].contains("unknown field `port`"),
+            "{e:?}"
+        );
         let e = errors(json!({ "allow": [] }));
         assert!(e[0].starts_with("allow:"), "{e:?}");
         let e = errors(json!({}));

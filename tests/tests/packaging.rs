@@ -986,6 +986,10 @@ fn configmap_config_passes_warden_check() {
         tmp.path().join("warden.toml").to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
+    assert!(
+        err.contains("error: /"),
+        "file:line errors expected:\n{err}"
+    );
     for line in err.lines().filter(|l| l.starts_with("error: /")) {
         assert!(
             line.contains("/run/secrets") || line.contains("/usr/share/warden/plugins/"),

@@ -202,14 +202,14 @@ pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, client: Arc<Cli
     let mut resp = match pipeline(req, &snap, &client, &mut ex).await {
         Ok(r) => r,
         Err(e) => {
-            if e.is_upstream_failure() {
-                if let Some(u) = &ex.upstream {
-                    let label = UpstreamLabel { upstream: u.to_string() };
-                    match e {
-                        ProxyError::UpstreamTimeout => metrics().upstream_timeouts.get_or_create(&label).inc(),
-                        _ => metrics().upstream_connect_errors.get_or_create(&label).inc(),
-                    };
-                }
+            if e.is_upstream_failure()
+                && let Some(u) = &ex.upstream
+            {
+                let label = UpstreamLabel { upstream: u.to_string() };
+                match e {
+                    ProxyError::UpstreamTimeout => metrics().upstream_timeouts.get_or_create(&label).inc(),
+                    _ => metrics().upstream_connect_errors.get_or_create(&label).inc(),
+                };
             }
             e.log(&ex.request_id, ex.route.as_deref());
             e.into_response(&ex.request_id, ex.route.as_deref())

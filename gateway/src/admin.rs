@@ -74,6 +74,17 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             json_response(StatusCode::OK, serde_json::to_value(snap.secrets.status()).unwrap_or_default())
         }
         (Method::GET, "/metrics") => {
+            let mut oldest: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+            for st in gw.current().secrets.status() {
+                if let Some(age) = st.age_seconds {
+                    let e = oldest.entry(st.provider).or_default();
+                    *e = (*e).max(age);
+                }
+            }
+            for (provider, age) in oldest {
+                let age = i64::try_from(age).unwrap_or(i64::MAX);
+                metrics().secret_age.get_or_create(&crate::telemetry::ProviderLabel { provider }).set(age);
+            }
             let mut r = Response::new(full(metrics().encode()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -137,6 +137,9 @@ pub struct Metrics {
     pub secret_refresh_failure: Family<ProviderLabel, Counter>,
     /// Unix time of the last successful refresh, by provider; `/metrics` derives the age.
     pub secret_last_success: Family<ProviderLabel, Gauge>,
+    /// Seconds since the oldest value of each provider was last read successfully; set
+    /// when `/metrics` is scraped.
+    pub secret_age: Family<ProviderLabel, Gauge>,
     /// Config reloads applied or refused.
     pub reloads: Family<ReloadLabels, Counter>,
     started: Instant,
@@ -224,6 +227,12 @@ impl Metrics {
             "Unix time of the last successful secret refresh by provider",
             secret_last_success.clone(),
         );
+        let secret_age = Family::<ProviderLabel, Gauge>::default();
+        registry.register(
+            "secret_age_seconds",
+            "Seconds since the last successful refresh, by provider (oldest value)",
+            secret_age.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("reloads", "Configuration reloads by result", reloads.clone());
         registry.register(
@@ -248,6 +257,7 @@ impl Metrics {
             secret_refresh_success,
             secret_refresh_failure,
             secret_last_success,
+            secret_age,
             reloads,
             started: Instant::now(),
         }

@@ -215,7 +215,7 @@ impl bindings::warden::policy::host::Host for StoreState {
     }
 
     fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
-        if !self.granted.iter().any(|g| *g == name) {
+        if !self.granted.contains(&name) {
             return Err(wasmtime::format_err!(
                 "plugin asked for secret {name:?}, which this route does not grant it"
             ));

@@ -496,7 +496,7 @@ async fn looping_plugin_hits_its_deadline_without_stalling_the_runtime() {
 async fn memory_hog_and_traps_follow_on_error() {
     let c = chain(
         &[
-            ("hog", misbehave("limits = { memory = \"8MiB\" }")),
+            ("hog", misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }")),
             ("trap", misbehave("")),
             ("ok", misbehave("")),
         ],
@@ -530,7 +530,7 @@ config = { mode = "tag", name = "x-seen", value = "1" }
     assert_eq!(counter(&metrics().plugin_traps, "trap"), t0 + 20);
 
     let c = chain(
-        &[("hog2", misbehave("limits = { memory = \"8MiB\" }"))],
+        &[("hog2", misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }"))],
         "r",
         "[[policies]]\nplugin = \"hog2\"\nconfig = { mode = \"hog\" }",
     );
@@ -582,7 +582,10 @@ config = { mode = "tag", name = "x-b", value = "2" }
             route: "r".into(),
             verdict: "deny".into(),
             mode: "shadow".into(),
-        });
+        })
+        // Clone the counter: holding the family's read guard would deadlock the next
+        // registration in this family.
+        .clone();
     let before = shadow.get();
     let Decision::Allow(ch) = req("GET", "/").eval(&c, "r").await else {
         panic!("shadow blocked")

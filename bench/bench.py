@@ -1,0 +1,709 @@
+#!/usr/bin/env python3
+"""Side-by-side proxy benchmark: upstream direct vs nginx vs HAProxy vs Warden variants.
+
+Driven by scripts/bench.sh (which builds the plugins and the release binary first).
+Plain stdlib. Everything listens on 127.0.0.1; every child is killed on exit (explicitly,
+and by PR_SET_PDEATHSIG should this driver die).
+
+Method (see /work/notes/bench-gateway.md):
+  * upstream: nginx, 1 process, `return 200 "ok"`, pinned with the load generator;
+  * each proxy gets one core of its own (1 worker / 1 thread), the load generator (wrk) and
+    the upstream share the other core;
+  * all proxies are started once; the ones not being measured are SIGSTOPped (no idle
+    timers stealing the proxy core);
+  * rounds are interleaved (round 1: every target, round 2: every target, ...) and the
+    median per target is reported;
+  * per run: `wrk -t1 -cC -dD --latency` (throughput + loaded latency), then `wrk -t1 -c1`
+    (unloaded per-request latency), and the proxy's CPU time per request from
+    /proc/PID/stat (less sensitive to a noisy neighbour than req/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import json
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WARDEN = ROOT / "target" / "release" / "warden"
+PLUGIN = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release" / "network_isolation.wasm"
+SECRET = "bench-secret-4f1c9a"
+HZ = os.sysconf("SC_CLK_TCK")
+
+CHILDREN: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# processes
+
+
+def _pdeathsig() -> None:
+    # Die with the driver even if it is SIGKILLed (prctl(PR_SET_PDEATHSIG, SIGKILL)).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def spawn(argv, *, cpus: str | None, env=None, stdout=None, stderr=None) -> subprocess.Popen:
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
+    p = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=stderr if stderr is not None else subprocess.DEVNULL,
+        preexec_fn=_pdeathsig,
+    )
+    CHILDREN.append(p)
+    return p
+
+
+def kill(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    if p in CHILDREN:
+        CHILDREN.remove(p)
+
+
+def kill_all() -> None:
+    for p in list(CHILDREN):
+        kill(p)
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def http_get(port: int, path: str = "/", timeout: float = 1.0) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET with Connection: close; returns (status, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving :{port}")
+        try:
+            status, _ = http_get(port, path)
+            if status == 200:
+                return
+            last = status
+        except OSError as e:
+            last = e
+        time.sleep(0.01)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready in {timeout}s (last: {last})")
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    # fields 14 (utime) and 15 (stime), 1-based, of the whole line; rest starts at field 3.
+    return int(rest[11]) + int(rest[12])
+
+
+def sys_ticks() -> tuple[int, int, int]:
+    """(busy, steal, total) clock ticks of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    steal = v[7] if len(v) > 7 else 0
+    total = sum(v[:8])
+    return total - idle - steal, steal, total
+
+
+def children_ticks() -> int:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((ru.ru_utime + ru.ru_stime) * HZ)
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+# ---------------------------------------------------------------------------------------
+# configs
+
+
+def nginx_upstream_conf(tmp: Path, port: int) -> str:
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/upstream.pid;
+error_log {tmp}/upstream-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/ngx-body; proxy_temp_path {tmp}/ngx-proxy;
+    fastcgi_temp_path {tmp}/ngx-fcgi; uwsgi_temp_path {tmp}/ngx-uwsgi; scgi_temp_path {tmp}/ngx-scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        default_type text/plain;
+        location / {{ return 200 "ok"; }}
+        # Sanity check for secret injection (only used before the load).
+        location = /__auth {{
+            if ($http_authorization != "Bearer {SECRET}") {{ return 401; }}
+            return 200 "auth-ok";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_proxy_conf(tmp: Path, port: int, up: int) -> str:
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/ngxp-body; proxy_temp_path {tmp}/ngxp-proxy;
+    fastcgi_temp_path {tmp}/ngxp-fcgi; uwsgi_temp_path {tmp}/ngxp-uwsgi; scgi_temp_path {tmp}/ngxp-scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream up {{
+        server 127.0.0.1:{up};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # roughly what Warden does to every request
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port: int, up: int) -> str:
+    return f"""
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    option forwardfor
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-header X-Request-Id
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend be
+backend be
+    server s1 127.0.0.1:{up}
+"""
+
+
+def isolation_rules() -> str:
+    """20 rules; only the last one matches GET from 127.0.0.1. The first 19 fail at
+    different conditions (cidr, path glob, identity) so the evaluation does real work."""
+    rules = []
+    for i in range(19):
+        kind = i % 3
+        if kind == 0:
+            rules.append(f'{{ cidr = "10.{i}.0.0/16", methods = ["GET", "POST"] }}')
+        elif kind == 1:
+            rules.append(f'{{ path = "/internal/{i}/**", methods = ["GET"] }}')
+        else:
+            rules.append(f'{{ identity = "spiffe://bench/svc-{i}" }}')
+    rules.append('{ cidr = "127.0.0.0/8", methods = ["GET", "HEAD"], path = "/**" }')
+    return "[\n    " + ",\n    ".join(rules) + ",\n]"
+
+
+def warden_conf(
+    tmp: Path,
+    port: int,
+    admin: int,
+    up: int,
+    *,
+    policy: bool,
+    isolation: str = "pooled",
+    secret: bool = False,
+    workers: int | None = 1,
+    cache_dir: Path | None = None,
+) -> str:
+    out = ["[gateway]", f'listen = "127.0.0.1:{port}"']
+    if workers:
+        out.append(f"worker_threads = {workers}")
+    out += ["", "[admin]", f'listen = "127.0.0.1:{admin}"', ""]
+    out += ["[policy]", f'cache_dir = "{cache_dir or (tmp / "plugin-cache")}"', ""]
+    if secret:
+        out += ["[secrets.file]", 'type = "dir"', f'path = "{tmp / "secrets"}"', ""]
+    out += ["[upstreams.up]", f'url = "http://127.0.0.1:{up}"', ""]
+    if policy:
+        out += [
+            "[plugins.network-isolation]",
+            f'file = "{PLUGIN}"',
+            f'isolation = "{isolation}"',
+            "",
+        ]
+    out += ["[[routes]]", 'name = "bench"', 'match = { path_prefix = "/" }', 'upstream = "up"']
+    if secret:
+        out.append('inject = { authorization = "Bearer ${file:key}" }')
+    out.append("")
+    if policy:
+        out += [
+            "[[routes.policies]]",
+            'plugin = "network-isolation"',
+            f'config = {{ rule_set = "bench", allow = {isolation_rules()} }}',
+            "",
+        ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# targets
+
+
+@dataclass
+class Target:
+    key: str
+    label: str
+    port: int
+    proc: subprocess.Popen | None = None  # the proxy (None: direct to upstream)
+    admin: int | None = None  # Warden's admin listener (metrics)
+    results: list[dict] = field(default_factory=list)
+    rss: tuple[int, int] | None = None
+    metrics: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def cont(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+
+def start_warden(
+    tmp: Path, name: str, up: int, *, cpus: str | None, rust_log: str = "warn", **kw
+) -> tuple[subprocess.Popen, int, Path]:
+    port, admin = free_ports(2)
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(warden_conf(tmp, port, admin, up, **kw))
+    logf = tmp / f"{name}.log"
+    env = dict(os.environ, RUST_LOG=rust_log)
+    with open(logf, "wb") as f:
+        p = spawn([str(WARDEN), "run", "--config", str(cfg)], cpus=cpus, env=env, stderr=f)
+    try:
+        wait_http(port, "/", p)
+    except RuntimeError:
+        log(logf.read_text(errors="replace")[-3000:])
+        raise
+    return p, port, admin, logf
+
+
+# ---------------------------------------------------------------------------------------
+# wrk
+
+UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def parse_latency(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", s)
+    if not m:
+        raise ValueError(s)
+    return float(m.group(1)) * UNIT[m.group(2)]
+
+
+def wrk(port: int, conns: int, duration: str, cpus: str | None, path: str = "/") -> dict:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}", "--latency", f"http://127.0.0.1:{port}{path}"]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, preexec_fn=_pdeathsig).stdout
+    r: dict = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}"] = parse_latency(m.group(1)) if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    r["sockerr"] = m.group(1) if m else ""
+    r["raw"] = out
+    return r
+
+
+def scrape(admin: int) -> dict:
+    """Sums of the Warden metrics the report uses (over the whole run, warm-up included)."""
+    _, body = http_get(admin, "/metrics", timeout=5)
+    want = {
+        "warden_plugin_eval_duration_seconds_sum": "eval_sum",
+        "warden_plugin_eval_duration_seconds_count": "eval_count",
+        "warden_plugin_deadline_hits_total": "deadline",
+        "warden_plugin_traps_total": "traps",
+        "warden_requests_total": "requests",
+    }
+    out = {v: 0.0 for v in want.values()}
+    for line in body.decode().splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in want:
+            out[want[name]] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# main
+
+
+def fmt_us(us: float) -> str:
+    if us != us:  # nan
+        return "–"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def median(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def measure_startup(tmp: Path, up: int, reps_warm: int, reps_cold: int) -> dict:
+    """exec → first proxied 200 (policy chain on, default worker threads, unpinned)."""
+    res: dict = {}
+    warm_cache = tmp / "startup-cache"
+
+    def once(cache: Path, policy: bool) -> float:
+        port, admin = free_ports(2)
+        cfg = tmp / "startup.toml"
+        cfg.write_text(
+            warden_conf(tmp, port, admin, up, policy=policy, workers=None, cache_dir=cache)
+        )
+        env = dict(os.environ, RUST_LOG="warn")
+        t0 = time.monotonic()
+        p = spawn([str(WARDEN), "run", "--config", str(cfg)], cpus=None, env=env)
+        try:
+            while True:
+                if p.poll() is not None:
+                    raise RuntimeError(f"warden exited {p.returncode} during start-up")
+                try:
+                    if http_get(port, "/", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            return time.monotonic() - t0
+        finally:
+            kill(p)
+
+    once(warm_cache, True)  # populate the cache
+    res["warm"] = [once(warm_cache, True) for _ in range(reps_warm)]
+    res["cold"] = []
+    for i in range(reps_cold):
+        res["cold"].append(once(tmp / f"cold-cache-{i}", True))
+    res["nopolicy"] = [once(warm_cache, False) for _ in range(reps_warm)]
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)))
+    ap.add_argument("--duration", default=os.environ.get("BENCH_DURATION", "4s"))
+    ap.add_argument("--lat-duration", default=os.environ.get("BENCH_LAT_DURATION", "2s"))
+    ap.add_argument("--conns", type=int, default=int(os.environ.get("BENCH_CONNS", 32)))
+    ap.add_argument("--no-pin", action="store_true", help="do not pin (proxy/wrk float on both cores)")
+    ap.add_argument("--only", default="", help="comma-separated target keys (default: all)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, raw wrk output)")
+    args = ap.parse_args()
+
+    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+        if not shutil.which(tool):
+            log(f"missing tool: {tool}")
+            return 1
+    for f in (WARDEN, PLUGIN):
+        if not f.exists():
+            log(f"missing {f} (run scripts/bench.sh, which builds it)")
+            return 1
+
+    proxy_cpu = None if args.no_pin else "0"
+    load_cpu = None if args.no_pin else "1"
+
+    tmp = Path(tempfile.mkdtemp(prefix="warden-bench-"))
+    (tmp / "secrets").mkdir()
+    (tmp / "secrets" / "key").write_text(SECRET + "\n")
+    t_start = time.monotonic()
+    try:
+        # upstream
+        (up,) = free_ports(1)
+        (tmp / "upstream.conf").write_text(nginx_upstream_conf(tmp, up))
+        upstream = spawn(
+            ["nginx", "-p", str(tmp), "-e", str(tmp / "upstream-error.log"), "-c", str(tmp / "upstream.conf")],
+            cpus=load_cpu,
+        )
+        wait_http(up, "/", upstream)
+
+        # start-up time (before the load, nothing else running but the upstream)
+        log("==> start-up time")
+        startup = measure_startup(tmp, up, reps_warm=5, reps_cold=3)
+
+        targets: list[Target] = [Target("direct", "upstream direct (nginx `return 200`)", up)]
+
+        (np,) = free_ports(1)
+        (tmp / "nginx-proxy.conf").write_text(nginx_proxy_conf(tmp, np, up))
+        p = spawn(
+            ["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-proxy-error.log"), "-c", str(tmp / "nginx-proxy.conf")],
+            cpus=proxy_cpu,
+        )
+        wait_http(np, "/", p)
+        targets.append(Target("nginx", "nginx 1.22 (1 worker, upstream keepalive)", np, p))
+
+        (hp,) = free_ports(1)
+        (tmp / "haproxy.cfg").write_text(haproxy_conf(hp, up))
+        with open(tmp / "haproxy.log", "wb") as f:
+            p = spawn(["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")], cpus=proxy_cpu, stderr=f)
+        wait_http(hp, "/", p)
+        targets.append(Target("haproxy", "HAProxy 2.6 (nbthread 1, http-reuse always)", hp, p))
+
+        variants = [
+            ("w-none", "Warden, no policy", dict(policy=False)),
+            ("w-none-info", "Warden, no policy, RUST_LOG=info (access log on)", dict(policy=False, rust_log="info")),
+            ("w-pool", "Warden, network-isolation ×20 rules, pooled", dict(policy=True)),
+            ("w-perreq", "Warden, network-isolation ×20 rules, per-request", dict(policy=True, isolation="per-request")),
+            ("w-secret", "Warden, pooled chain + secret injection (dir)", dict(policy=True, secret=True)),
+        ]
+        for key, label, kw in variants:
+            p, port, admin, _ = start_warden(tmp, key, up, cpus=proxy_cpu, **kw)
+            targets.append(Target(key, label, port, p, admin=admin))
+
+        # sanity: every target answers 200 "ok"; injection reaches the upstream
+        for t in targets:
+            st, body = http_get(t.port, "/")
+            assert st == 200 and body == b"ok", (t.key, st, body)
+        for t in targets:
+            if t.key.startswith("w-"):
+                st, _ = http_get(t.port, "/__auth")
+                want = 200 if t.key == "w-secret" else 401
+                assert st == want, f"{t.key}: /__auth answered {st}, expected {want}"
+
+        if args.only:
+            keep = set(args.only.split(","))
+            targets = [t for t in targets if t.key in keep or t.key == "direct"]
+
+        for t in targets:
+            t.stop()
+
+        log(f"==> warm-up (1s each), then {args.rounds} interleaved rounds of "
+            f"wrk -t1 -c{args.conns} -d{args.duration} + wrk -t1 -c1 -d{args.lat_duration}")
+        for t in targets:
+            t.cont()
+            wrk(t.port, args.conns, "1s", load_cpu)
+            t.stop()
+
+        for rnd in range(args.rounds):
+            for t in targets:
+                t.cont()
+                time.sleep(0.05)
+                c0 = cpu_ticks(t.proc.pid) if t.proc else 0
+                up0 = cpu_ticks(upstream.pid)
+                s0, w0 = sys_ticks(), children_ticks()
+                loaded = wrk(t.port, args.conns, args.duration, load_cpu)
+                c1 = cpu_ticks(t.proc.pid) if t.proc else 0
+                up1 = cpu_ticks(upstream.pid)
+                s1, w1 = sys_ticks(), children_ticks()
+                ours = (c1 - c0) + (up1 - up0) + (w1 - w0)
+                window = max(s1[2] - s0[2], 1)  # all CPUs
+                foreign = max(0, (s1[0] - s0[0]) - ours) / window * 100
+                steal = (s1[1] - s0[1]) / window * 100
+                single = wrk(t.port, 1, args.lat_duration, load_cpu)
+                if t.proc and rnd == args.rounds - 1:
+                    t.rss = rss_kib(t.proc.pid)
+                t.stop()
+                res = {
+                    "rps": loaded["rps"],
+                    "p50": loaded["p50"],
+                    "p99": loaded["p99"],
+                    "c1_p50": single["p50"],
+                    "c1_p99": single["p99"],
+                    "c1_rps": single["rps"],
+                    "cpu_us": ((c1 - c0) / HZ * 1e6 / loaded["requests"]) if t.proc and loaded["requests"] else float("nan"),
+                    "up_cpu_us": (up1 - up0) / HZ * 1e6 / max(loaded["requests"], 1),
+                    "foreign": foreign,
+                    "steal": steal,
+                    "errors": loaded["non2xx"] + single["non2xx"],
+                }
+                if res["errors"] or loaded["sockerr"] or single["sockerr"]:
+                    log(f"!! {t.key}: non-2xx={res['errors']} socket errors: {loaded['sockerr']} {single['sockerr']}")
+                t.results.append(res)
+                (tmp / f"wrk-{t.key}-r{rnd}.txt").write_text(loaded["raw"] + "\n---- c1\n" + single["raw"])
+                log(f"  round {rnd + 1} {t.key:12} {res['rps']:9.0f} req/s  p50 {fmt_us(res['p50']):>9}  "
+                    f"p99 {fmt_us(res['p99']):>9}  c1 p50 {fmt_us(res['c1_p50']):>7}  cpu {res['cpu_us']:.1f} µs/req  "
+                    f"(foreign load {foreign:.0f}%, steal {steal:.0f}%)")
+
+        for t in targets:
+            if t.admin:
+                t.cont()
+                t.metrics = scrape(t.admin)
+                t.stop()
+        elapsed = time.monotonic() - t_start
+        raw = {t.key: {"label": t.label, "results": t.results, "rss": t.rss, "metrics": t.metrics} for t in targets}
+        (ROOT / "target" / "bench-last.json").write_text(json.dumps(
+            {"targets": raw, "startup": startup, "args": vars(args), "elapsed": elapsed}, indent=1))
+        report(targets, startup, args, elapsed, pinned=not args.no_pin)
+    finally:
+        kill_all()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: bool) -> None:
+    med = {t.key: {k: median([r[k] for r in t.results]) for k in t.results[0]} if t.results else {} for t in targets}
+    d = med.get("direct", {}).get("rps", float("nan"))
+    n = med.get("nginx", {}).get("rps", float("nan"))
+    print()
+    print(f"Load: `wrk -t1 -c{args.conns} -d{args.duration} --latency` (loaded) and `wrk -t1 -c1 -d{args.lat_duration}` "
+          f"(unloaded), {args.rounds} interleaved rounds, median shown. "
+          + ("Proxy pinned to CPU 0 (1 worker/thread), wrk + upstream pinned to CPU 1." if pinned else "Unpinned."))
+    print()
+    nc = med.get("nginx", {}).get("cpu_us", float("nan"))
+    print("| target | req/s | × direct | × nginx | p50 | p99 | p50 @c1 | p99 @c1 | proxy CPU µs/req | CPU × nginx | RSS after load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        m = med[t.key]
+        if not m:
+            continue
+        rss = f"{t.rss[0] / 1024:.1f} MiB" if t.rss else "–"
+        errs = sum(r["errors"] for r in t.results)
+        flag = f" ⚠ {errs} non-2xx" if errs else ""
+        cpu = "–" if m["cpu_us"] != m["cpu_us"] else f"{m['cpu_us']:.1f}"
+        cpux = "–" if m["cpu_us"] != m["cpu_us"] else f"{m['cpu_us'] / nc:.2f}"
+        print(f"| {t.label}{flag} | {m['rps']:.0f} | {m['rps'] / d:.2f} | {m['rps'] / n:.2f} | {fmt_us(m['p50'])} | "
+              f"{fmt_us(m['p99'])} | {fmt_us(m['c1_p50'])} | {fmt_us(m['c1_p99'])} | {cpu} | {cpux} | {rss} |")
+
+    def over(a: str, b: str) -> str:
+        if a not in med or b not in med or not med[a] or not med[b]:
+            return "–"
+        ma, mb = med[a], med[b]
+        thr = (1 / ma["rps"] - 1 / mb["rps"]) * 1e6
+        return (f"{thr:+.1f} µs (1/throughput) · {ma['cpu_us'] - mb['cpu_us']:+.1f} µs (proxy CPU) · "
+                f"{ma['c1_p50'] - mb['c1_p50']:+.0f} µs (p50 @c1)")
+
+    fg = [r["foreign"] for t in targets for r in t.results]
+    st = [r["steal"] for t in targets for r in t.results]
+    print()
+    print(f"Noise: CPU used by other processes during the loaded runs: median {median(fg):.0f}%, max {max(fg):.0f}% "
+          f"of the machine; steal median {median(st):.0f}%, max {max(st):.0f}%. "
+          "Proxy CPU µs/req is the least noise-sensitive column.")
+    print()
+    print("Per-request overhead (medians):")
+    print()
+    print(f"- policy chain, pooled vs no policy: {over('w-pool', 'w-none')}")
+    print(f"- policy chain, per-request vs no policy: {over('w-perreq', 'w-none')}")
+    print(f"- per-request vs pooled: {over('w-perreq', 'w-pool')}")
+    print(f"- secret injection + chain vs chain: {over('w-secret', 'w-pool')}")
+    print(f"- access log at info vs warn: {over('w-none-info', 'w-none')}")
+    print(f"- Warden (no policy) vs nginx: {over('w-none', 'nginx')}")
+    print(f"- Warden (no policy) vs HAProxy: {over('w-none', 'haproxy')}")
+    print()
+    print("Inside Warden (its own metrics, whole run): plugin evaluation time per request "
+          "(`warden_plugin_eval_duration_seconds` sum/count; per-request includes instantiate + configure), "
+          "deadline hits, traps:")
+    print()
+    for t in targets:
+        m = t.metrics
+        if m and m["eval_count"]:
+            print(f"- {t.label}: {m['eval_sum'] / m['eval_count'] * 1e6:.1f} µs/evaluation over "
+                  f"{m['eval_count']:.0f} evaluations; deadline hits {m['deadline']:.0f}, traps {m['traps']:.0f}")
+    print()
+    print("Start-up, exec → first proxied 200 (policy chain on, default workers, median of runs):")
+    print()
+    for k, label in (("nopolicy", "no plugins"), ("warm", "precompiled plugin in the cache"),
+                     ("cold", "empty cache_dir (compiles the plugin)")):
+        xs = startup[k]
+        print(f"- {label}: {statistics.median(xs) * 1000:.0f} ms "
+              f"(runs: {', '.join(f'{x * 1000:.0f}' for x in xs)} ms)")
+    size = WARDEN.stat().st_size
+    with tempfile.TemporaryDirectory() as td:
+        s = Path(td) / "warden"
+        subprocess.run(["strip", "-o", str(s), str(WARDEN)], check=True)
+        ssize = s.stat().st_size
+    print()
+    print(f"Binary: target/release/warden {size / 2**20:.1f} MiB as built (line-tables debug info), "
+          f"{ssize / 2**20:.1f} MiB stripped.")
+    print(f"Harness wall time: {elapsed:.0f} s.")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    try:
+        sys.exit(main())
+    finally:
+        kill_all()

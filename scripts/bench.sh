@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark, one invocation: upstream direct, nginx, HAProxy and Warden
+# (no policy / access log on / policy chain pooled / per-request / + secret injection).
+# Prints a markdown table of ratios (absolute numbers on a shared VM are noise), per-request
+# overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; < 5 minutes.
+#
+#   scripts/bench.sh                     build (release) + run, defaults: 3 rounds, -c32 -d4s
+#   scripts/bench.sh --no-build ...      skip the builds
+#   scripts/bench.sh --rounds 5 --duration 5s --conns 64 --only nginx,w-pool --keep --no-pin
+#
+# Method and caveats: bench/bench.py (docstring) and BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=1
+if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+
+for tool in nginx haproxy wrk taskset python3 strip; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (scripts/setup.sh installs it)" >&2; exit 1; }
+done
+
+if [[ $build == 1 ]]; then
+    scripts/build-plugins.sh --no-test >&2
+    cargo build --release -p warden >&2
+fi
+
+pid=
+cleanup() {
+    # The driver kills its children itself (and they die with it: PR_SET_PDEATHSIG).
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Bounded: the harness itself takes ~3 minutes with the defaults.
+timeout --signal=TERM --kill-after=10s 280s python3 bench/bench.py "$@" &
+pid=$!
+wait "$pid"

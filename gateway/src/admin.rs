@@ -37,7 +37,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
                 async move { Ok::<_, std::convert::Infallible>(handle(req, gw).await) }
             });
             let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
             if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
                 debug!(peer = %peer, error = %e, "admin connection error");
             }
@@ -48,7 +50,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(full(Bytes::from(v.to_string() + "\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -63,7 +68,11 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             let snap = gw.current();
             let ready = snap.secrets.is_ready();
             json_response(
-                if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE },
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
                 json!({"status": if ready { "ready" } else { "secrets_unavailable" },
                        "config_hash": snap.config.content_hash, "routes": snap.routes.len()}),
             )
@@ -71,10 +80,14 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
         (Method::GET, "/secrets") => {
             // Reference, provider, version, age: never a value.
             let snap = gw.current();
-            json_response(StatusCode::OK, serde_json::to_value(snap.secrets.status()).unwrap_or_default())
+            json_response(
+                StatusCode::OK,
+                serde_json::to_value(snap.secrets.status()).unwrap_or_default(),
+            )
         }
         (Method::GET, "/metrics") => {
-            let mut oldest: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+            let mut oldest: std::collections::BTreeMap<String, u64> =
+                std::collections::BTreeMap::new();
             for st in gw.current().secrets.status() {
                 if let Some(age) = st.age_seconds {
                     let e = oldest.entry(st.provider).or_default();
@@ -83,12 +96,17 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             }
             for (provider, age) in oldest {
                 let age = i64::try_from(age).unwrap_or(i64::MAX);
-                metrics().secret_age.get_or_create(&crate::telemetry::ProviderLabel { provider }).set(age);
+                metrics()
+                    .secret_age
+                    .get_or_create(&crate::telemetry::ProviderLabel { provider })
+                    .set(age);
             }
             let mut r = Response::new(full(metrics().encode()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -102,7 +120,10 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             }
             drain(req).await;
             match gw.reload("admin API").await {
-                Ok(hash) => json_response(StatusCode::OK, json!({"status": "applied", "config_hash": hash})),
+                Ok(hash) => json_response(
+                    StatusCode::OK,
+                    json!({"status": "applied", "config_hash": hash}),
+                ),
                 Err(errs) => json_response(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     json!({"status": "refused", "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
@@ -116,18 +137,26 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             drain(req).await;
             match gw.refresh_secrets().await {
                 Ok(()) => json_response(StatusCode::OK, json!({"status": "refreshed"})),
-                Err(errs) => json_response(StatusCode::BAD_GATEWAY, json!({"status": "partial", "errors": errs})),
+                Err(errs) => json_response(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"status": "partial", "errors": errs}),
+                ),
             }
         }
         (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/secrets/refresh") => {
-            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method_not_allowed"}))
+            json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed"}),
+            )
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
 }
 
 async fn drain(req: Request<Incoming>) {
-    let _ = http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await;
+    let _ = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await;
 }
 
 /// `None` when the request carries the admin token; otherwise the response to send.
@@ -144,7 +173,10 @@ fn authorize(req: &Request<Incoming>, gw: &Gateway) -> Option<Response<ProxyBody
         Ok(v) => v,
         Err(e) => {
             warn!(error = %e, "admin token unavailable");
-            return Some(json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "admin_token_unavailable"})));
+            return Some(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "admin_token_unavailable"}),
+            ));
         }
     };
     let presented = req
@@ -156,7 +188,10 @@ fn authorize(req: &Request<Incoming>, gw: &Gateway) -> Option<Response<ProxyBody
         None
     } else {
         let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
-        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
         Some(r)
     }
 }
@@ -177,7 +212,9 @@ fn active_config(cfg: &crate::config::Config) -> serde_json::Value {
             let mut table: toml::Table = toml::from_str(&s.text).unwrap_or_default();
             if let Some(toml::Value::Table(admin)) = table.get_mut("admin")
                 && let Some(toml::Value::String(tok)) = admin.get_mut("token")
-                && crate::secrets::Template::parse(tok).map(|t| t.is_literal()).unwrap_or(true)
+                && crate::secrets::Template::parse(tok)
+                    .map(|t| t.is_literal())
+                    .unwrap_or(true)
             {
                 *tok = "[redacted]".to_string();
             }

@@ -37,7 +37,10 @@ pub struct FieldError {
 impl FieldError {
     /// A new field error.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError { key: key.into(), reason: reason.into() }
+        FieldError {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -89,7 +92,8 @@ impl std::error::Error for ConfigErrors {}
 
 /// A duration written as `"5s"`, `"250ms"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"5s\", \"250ms\")"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"5s\", \"250ms\")"))
 }
 
 /// A size written as `"16MiB"`, `"64KiB"`, `"1024"`.
@@ -113,7 +117,8 @@ pub mod de {
     /// Optional `"5s"` → `Option<Duration>`.
     pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 
     /// `"16MiB"` → bytes.
@@ -158,7 +163,10 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a client may take to send a full request head.
-    #[serde(default = "defaults::header_read_timeout", deserialize_with = "de::duration")]
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "de::duration"
+    )]
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1.1 read buffer; HTTP/2 header list size).
     #[serde(default = "defaults::max_header_bytes", deserialize_with = "de::size")]
@@ -170,7 +178,10 @@ pub struct GatewayConfig {
     #[serde(default = "defaults::max_body", deserialize_with = "de::size")]
     pub max_body: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
-    #[serde(default = "defaults::shutdown_grace", deserialize_with = "de::duration")]
+    #[serde(
+        default = "defaults::shutdown_grace",
+        deserialize_with = "de::duration"
+    )]
     pub shutdown_grace: Duration,
     /// HTTP/2 server limits.
     #[serde(default)]
@@ -282,7 +293,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: defaults::admin_listen(), token: None }
+        AdminConfig {
+            listen: defaults::admin_listen(),
+            token: None,
+        }
     }
 }
 
@@ -319,10 +333,16 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub http2: bool,
     /// TCP + TLS connect timeout.
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "de::duration")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "de::duration"
+    )]
     pub connect_timeout: Duration,
     /// Default time to the response head for routes to this upstream.
-    #[serde(default = "defaults::upstream_timeout", deserialize_with = "de::duration")]
+    #[serde(
+        default = "defaults::upstream_timeout",
+        deserialize_with = "de::duration"
+    )]
     pub timeout: Duration,
     /// `Host` sent upstream: "upstream" (default), "preserve", or a fixed value.
     #[serde(default)]
@@ -351,7 +371,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { idle_timeout: defaults::pool_idle_timeout(), max_idle: defaults::pool_max_idle() }
+        PoolConfig {
+            idle_timeout: defaults::pool_idle_timeout(),
+            max_idle: defaults::pool_max_idle(),
+        }
     }
 }
 
@@ -474,7 +497,11 @@ impl Config {
 
     /// Every secret reference the config uses, deduplicated, in a stable order.
     pub fn secret_refs(&self) -> Vec<SecretRef> {
-        let mut out: Vec<SecretRef> = self.templates().into_iter().flat_map(|(_, _, t)| t.refs()).collect();
+        let mut out: Vec<SecretRef> = self
+            .templates()
+            .into_iter()
+            .flat_map(|(_, _, t)| t.refs())
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -522,7 +549,16 @@ fn join_key(prefix: &str, key: &str) -> String {
 }
 
 /// Top-level keys of the main config file.
-const MAIN_KEYS: &[&str] = &["include", "gateway", "admin", "secrets", "policy", "plugins", "upstreams", "routes"];
+const MAIN_KEYS: &[&str] = &[
+    "include",
+    "gateway",
+    "admin",
+    "secrets",
+    "policy",
+    "plugins",
+    "upstreams",
+    "routes",
+];
 /// Top-level keys allowed in an included policy file.
 const INCLUDE_KEYS: &[&str] = &["plugins", "routes"];
 
@@ -574,7 +610,12 @@ impl Loader {
     }
 
     /// Deserialize one item; on error record it with its location.
-    fn item<T: DeserializeOwned>(&mut self, file: usize, key: &str, value: toml::Value) -> Option<T> {
+    fn item<T: DeserializeOwned>(
+        &mut self,
+        file: usize,
+        key: &str,
+        value: toml::Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -587,7 +628,12 @@ impl Loader {
         }
     }
 
-    fn table_items(&mut self, file: usize, key: &str, value: Option<toml::Value>) -> Vec<(String, toml::Value)> {
+    fn table_items(
+        &mut self,
+        file: usize,
+        key: &str,
+        value: Option<toml::Value>,
+    ) -> Vec<(String, toml::Value)> {
         match value {
             None => Vec::new(),
             Some(toml::Value::Table(t)) => t.into_iter().collect(),
@@ -598,7 +644,12 @@ impl Loader {
         }
     }
 
-    fn array_items(&mut self, file: usize, key: &str, value: Option<toml::Value>) -> Vec<toml::Value> {
+    fn array_items(
+        &mut self,
+        file: usize,
+        key: &str,
+        value: Option<toml::Value>,
+    ) -> Vec<toml::Value> {
         match value {
             None => Vec::new(),
             Some(toml::Value::Array(a)) => a,
@@ -617,7 +668,11 @@ impl Loader {
         let (main, mut table) = self.read(&path)?;
         for key in table.keys() {
             if !MAIN_KEYS.contains(&key.as_str()) {
-                self.err(main, key, format!("unknown key; expected one of: {}", MAIN_KEYS.join(", ")));
+                self.err(
+                    main,
+                    key,
+                    format!("unknown key; expected one of: {}", MAIN_KEYS.join(", ")),
+                );
             }
         }
 
@@ -686,16 +741,24 @@ impl Loader {
         // Includes: policy files with routes and plugins, relative to the main file.
         let includes = match table.remove("include") {
             None => Vec::new(),
-            Some(v) => self.item::<Vec<PathBuf>>(main, "include", v).unwrap_or_default(),
+            Some(v) => self
+                .item::<Vec<PathBuf>>(main, "include", v)
+                .unwrap_or_default(),
         };
         let mut files = vec![path.clone()];
         for (i, inc) in includes.iter().enumerate() {
             let inc_path = base_dir.join(inc);
             if files.contains(&inc_path) {
-                self.err(main, &format!("include[{i}]"), format!("{} is included twice", inc.display()));
+                self.err(
+                    main,
+                    &format!("include[{i}]"),
+                    format!("{} is included twice", inc.display()),
+                );
                 continue;
             }
-            let Some((file, mut t)) = self.read(&inc_path) else { continue };
+            let Some((file, mut t)) = self.read(&inc_path) else {
+                continue;
+            };
             files.push(inc_path.clone());
             for key in t.keys() {
                 if !INCLUDE_KEYS.contains(&key.as_str()) {
@@ -771,14 +834,21 @@ impl Loader {
         dir: &Path,
         plugin_values: Option<toml::Value>,
         route_values: Option<toml::Value>,
-        (plugins, plugin_sources): (&mut BTreeMap<String, PluginConfig>, &mut BTreeMap<String, ItemSource>),
+        (plugins, plugin_sources): (
+            &mut BTreeMap<String, PluginConfig>,
+            &mut BTreeMap<String, ItemSource>,
+        ),
         (routes, route_sources): (&mut Vec<RouteConfig>, &mut Vec<ItemSource>),
     ) {
         for (name, v) in self.table_items(file, "plugins", plugin_values) {
             let key = format!("plugins.{name}");
             if let Some(prev) = plugin_sources.get(&name) {
                 let prev_file = self.sources[prev.file].path.display().to_string();
-                self.err(file, &key, format!("plugin {name:?} is already defined in {prev_file}"));
+                self.err(
+                    file,
+                    &key,
+                    format!("plugin {name:?} is already defined in {prev_file}"),
+                );
                 continue;
             }
             if let Some(mut p) = self.item::<PluginConfig>(file, &key, v) {
@@ -787,7 +857,11 @@ impl Loader {
                 plugin_sources.insert(name, ItemSource { file, key });
             }
         }
-        for (i, v) in self.array_items(file, "routes", route_values).into_iter().enumerate() {
+        for (i, v) in self
+            .array_items(file, "routes", route_values)
+            .into_iter()
+            .enumerate()
+        {
             let key = format!("routes[{i}]");
             if let Some(r) = self.item::<RouteConfig>(file, &key, v) {
                 routes.push(r);
@@ -805,7 +879,10 @@ impl Loader {
             && tls.client_auth != ClientAuth::Off
             && tls.client_ca_file.is_none()
         {
-            errs.push(main.error("gateway.tls.client_ca_file", "client_auth needs a client_ca_file to verify against".into()));
+            errs.push(main.error(
+                "gateway.tls.client_ca_file",
+                "client_auth needs a client_ca_file to verify against".into(),
+            ));
         }
         if cfg.admin.listen == cfg.gateway.listen && cfg.gateway.listen.port() != 0 {
             errs.push(main.error("admin.listen", "must differ from gateway.listen".into()));
@@ -817,33 +894,53 @@ impl Loader {
                 Ok(uri) => {
                     let scheme = uri.scheme_str().unwrap_or("");
                     if scheme != "http" && scheme != "https" {
-                        errs.push(main.error(&format!("{key}.url"), format!("scheme must be http or https, got {:?}", u.url)));
+                        errs.push(main.error(
+                            &format!("{key}.url"),
+                            format!("scheme must be http or https, got {:?}", u.url),
+                        ));
                     }
                     if uri.host().is_none() {
                         errs.push(main.error(&format!("{key}.url"), "missing host".into()));
                     }
                     if uri.query().is_some() {
-                        errs.push(main.error(&format!("{key}.url"), "must not have a query string".into()));
+                        errs.push(
+                            main.error(
+                                &format!("{key}.url"),
+                                "must not have a query string".into(),
+                            ),
+                        );
                     }
                     if scheme == "http" && u.tls.is_some() {
-                        errs.push(main.error(&format!("{key}.tls"), "tls settings need an https:// url".into()));
+                        errs.push(main.error(
+                            &format!("{key}.tls"),
+                            "tls settings need an https:// url".into(),
+                        ));
                     }
                 }
                 Err(e) => errs.push(main.error(&format!("{key}.url"), format!("invalid URL: {e}"))),
             }
             if let Some(tls) = &u.tls {
                 if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
-                    errs.push(main.error(&format!("{key}.tls"), "client_cert_file and client_key_file go together".into()));
+                    errs.push(main.error(
+                        &format!("{key}.tls"),
+                        "client_cert_file and client_key_file go together".into(),
+                    ));
                 }
                 if let Some(sn) = &tls.server_name
                     && rustls_pki_types::ServerName::try_from(sn.as_str()).is_err()
                 {
-                    errs.push(main.error(&format!("{key}.tls.server_name"), format!("{sn:?} is not a valid DNS name or IP")));
+                    errs.push(main.error(
+                        &format!("{key}.tls.server_name"),
+                        format!("{sn:?} is not a valid DNS name or IP"),
+                    ));
                 }
             }
             for h in u.inject.keys() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    errs.push(main.error(&format!("{key}.inject.{h}"), "not a valid header name".into()));
+                    errs.push(main.error(
+                        &format!("{key}.inject.{h}"),
+                        "not a valid header name".into(),
+                    ));
                 }
             }
         }
@@ -861,14 +958,24 @@ impl Loader {
                 let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
                 errs.push(map.error(
                     &k("upstream"),
-                    format!("unknown upstream {:?} (defined: {})", r.upstream, list_or_none(&known)),
+                    format!(
+                        "unknown upstream {:?} (defined: {})",
+                        r.upstream,
+                        list_or_none(&known)
+                    ),
                 ));
             }
             let m = &r.matcher;
             if m.path.is_some() && m.path_prefix.is_some() {
-                errs.push(map.error(&k("match"), "use either path or path_prefix, not both".into()));
+                errs.push(map.error(
+                    &k("match"),
+                    "use either path or path_prefix, not both".into(),
+                ));
             }
-            for (field, p) in [("match.path", &m.path), ("match.path_prefix", &m.path_prefix)] {
+            for (field, p) in [
+                ("match.path", &m.path),
+                ("match.path_prefix", &m.path_prefix),
+            ] {
                 if let Some(p) = p
                     && !p.starts_with('/')
                 {
@@ -876,8 +983,13 @@ impl Loader {
                 }
             }
             for (i, meth) in m.methods.iter().enumerate() {
-                if http::Method::from_bytes(meth.as_bytes()).is_err() || meth.to_ascii_uppercase() != *meth {
-                    errs.push(map.error(&k(&format!("match.methods[{i}]")), format!("{meth:?} is not an upper-case HTTP method")));
+                if http::Method::from_bytes(meth.as_bytes()).is_err()
+                    || meth.to_ascii_uppercase() != *meth
+                {
+                    errs.push(map.error(
+                        &k(&format!("match.methods[{i}]")),
+                        format!("{meth:?} is not an upper-case HTTP method"),
+                    ));
                 }
             }
             if let Some(h) = &m.host
@@ -887,9 +999,14 @@ impl Loader {
             }
             for h in r.inject.keys() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    errs.push(map.error(&k(&format!("inject.{h}")), "not a valid header name".into()));
+                    errs.push(
+                        map.error(&k(&format!("inject.{h}")), "not a valid header name".into()),
+                    );
                 } else if crate::proxy::is_hop_by_hop(h) || h.eq_ignore_ascii_case("host") {
-                    errs.push(map.error(&k(&format!("inject.{h}")), "cannot inject a hop-by-hop or Host header".into()));
+                    errs.push(map.error(
+                        &k(&format!("inject.{h}")),
+                        "cannot inject a hop-by-hop or Host header".into(),
+                    ));
                 }
             }
             for (i, p) in r.policies.iter().enumerate() {
@@ -897,7 +1014,11 @@ impl Loader {
                     let known: Vec<&str> = cfg.plugins.keys().map(String::as_str).collect();
                     errs.push(map.error(
                         &k(&format!("policies[{i}].plugin")),
-                        format!("unknown plugin {:?} (defined: {})", p.plugin, list_or_none(&known)),
+                        format!(
+                            "unknown plugin {:?} (defined: {})",
+                            p.plugin,
+                            list_or_none(&known)
+                        ),
                     ));
                 }
             }
@@ -937,7 +1058,9 @@ impl Loader {
                 }
                 for (key, t) in templates {
                     for e in crate::secrets::validate_refs(&cfg.secrets, &t.refs()) {
-                        errs.push(cfg.sources[src.file].error(&join_key(&prefix, &key), e.to_string()));
+                        errs.push(
+                            cfg.sources[src.file].error(&join_key(&prefix, &key), e.to_string()),
+                        );
                     }
                 }
             }
@@ -947,7 +1070,11 @@ impl Loader {
 }
 
 fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn resolve_opt(base: &Path, p: &mut Option<PathBuf>) {
@@ -1028,13 +1155,21 @@ match = { methods = ["get"] }
         assert_eq!(find("upstreams.api.connect_timeout").line, Some(8));
         assert_eq!(find("routes[0].upstream").line, Some(12));
         assert_eq!(find("routes[1].match.methods[0]").line, Some(17));
-        assert!(find("routes[0].upstream").reason.contains("unknown upstream \"nope\""));
+        assert!(
+            find("routes[0].upstream")
+                .reason
+                .contains("unknown upstream \"nope\"")
+        );
     }
 
     #[test]
     fn syntax_error_has_line() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "w.toml", "[gateway]\nlisten = \"127.0.0.1:0\"\nfoo = [\n");
+        let p = write(
+            d.path(),
+            "w.toml",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nfoo = [\n",
+        );
         let errs = load(&p).unwrap_err().0;
         assert_eq!(errs.len(), 1);
         assert!(errs[0].line.is_some(), "{:?}", errs[0]);
@@ -1049,14 +1184,22 @@ match = { methods = ["get"] }
             "policies/p.toml",
             "[[routes]]\nname = \"inc\"\nupstream = \"api\"\n\n[gateway]\nlisten = \"127.0.0.1:1\"\n",
         );
-        let p = write(d.path(), "w.toml", &format!("include = [\"policies/p.toml\"]\n{MIN}"));
+        let p = write(
+            d.path(),
+            "w.toml",
+            &format!("include = [\"policies/p.toml\"]\n{MIN}"),
+        );
         let errs = load(&p).unwrap_err().0;
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].file.ends_with("policies/p.toml"));
         assert_eq!(errs[0].key, "gateway");
         assert_eq!(errs[0].line, Some(5));
 
-        write(d.path(), "policies/p.toml", "[[routes]]\nname = \"inc\"\nupstream = \"api\"\n");
+        write(
+            d.path(),
+            "policies/p.toml",
+            "[[routes]]\nname = \"inc\"\nupstream = \"api\"\n",
+        );
         let cfg = load(&p).unwrap();
         assert_eq!(cfg.routes.len(), 2);
         assert_eq!(cfg.files.len(), 2);

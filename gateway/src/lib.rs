@@ -7,8 +7,8 @@
 
 pub mod admin;
 pub mod config;
-pub mod proxy;
 pub mod policy;
+pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod secrets;

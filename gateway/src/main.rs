@@ -13,10 +13,20 @@ use warden::reload::{Gateway, build_snapshot};
 use warden::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "Wasm-extensible policy and secrets gateway")]
+#[command(
+    name = "warden",
+    version,
+    about = "Wasm-extensible policy and secrets gateway"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "WARDEN_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "WARDEN_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
@@ -81,7 +91,10 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn block_on(workers: Option<usize>, f: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    match runtime(workers).map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {
+    match runtime(workers)
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(f))
+    {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -94,7 +107,8 @@ async fn health(url: String, timeout: std::time::Duration) -> anyhow::Result<Exi
     use http_body_util::Empty;
     use hyper_util::client::legacy::Client;
     let uri: http::Uri = url.parse().context("invalid --url")?;
-    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let client =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     match tokio::time::timeout(timeout, client.get(uri)).await {
         Ok(Ok(resp)) if resp.status().is_success() => Ok(ExitCode::SUCCESS),
         Ok(Ok(resp)) => {
@@ -198,7 +212,10 @@ async fn serve(gw: Arc<Gateway>) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 error!("cannot install signal handlers");
                 return;
             };

@@ -113,7 +113,13 @@ async fn serve_connection(
 
     match snap.tls.clone() {
         None => {
-            let client = Arc::new(ClientInfo { addr: peer, tls: false, sni: None, uri_sans: vec![], dns_sans: vec![] });
+            let client = Arc::new(ClientInfo {
+                addr: peer,
+                tls: false,
+                sni: None,
+                uri_sans: vec![],
+                dns_sans: vec![],
+            });
             let svc = service(gw, client);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -122,7 +128,8 @@ async fn serve_connection(
         }
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let handshake = tokio::time::timeout(g.header_read_timeout, acceptor.accept(stream)).await;
+            let handshake =
+                tokio::time::timeout(g.header_read_timeout, acceptor.accept(stream)).await;
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -144,8 +151,13 @@ async fn serve_connection(
                 .map(crate::tls::peer_identities)
                 .unwrap_or_default();
             let h2_only = conn.alpn_protocol() == Some(b"h2");
-            let client =
-                Arc::new(ClientInfo { addr: peer, tls: true, sni, uri_sans: ids.uris, dns_sans: ids.dns });
+            let client = Arc::new(ClientInfo {
+                addr: peer,
+                tls: true,
+                sni,
+                uri_sans: ids.uris,
+                dns_sans: ids.dns,
+            });
             let svc = service(gw, client);
             if h2_only {
                 builder = builder.http2_only();
@@ -187,7 +199,11 @@ struct Exchange {
 }
 
 /// Handle one request end to end. Never fails: every problem becomes a response.
-pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, client: Arc<ClientInfo>) -> Response<ProxyBody> {
+pub async fn handle(
+    req: Request<Incoming>,
+    snap: Arc<Snapshot>,
+    client: Arc<ClientInfo>,
+) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
     let mut ex = Exchange {
         request_id: request_id.clone(),
@@ -205,10 +221,17 @@ pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, client: Arc<Cli
             if e.is_upstream_failure()
                 && let Some(u) = &ex.upstream
             {
-                let label = UpstreamLabel { upstream: u.to_string() };
+                let label = UpstreamLabel {
+                    upstream: u.to_string(),
+                };
                 match e {
-                    ProxyError::UpstreamTimeout => metrics().upstream_timeouts.get_or_create(&label).inc(),
-                    _ => metrics().upstream_connect_errors.get_or_create(&label).inc(),
+                    ProxyError::UpstreamTimeout => {
+                        metrics().upstream_timeouts.get_or_create(&label).inc()
+                    }
+                    _ => metrics()
+                        .upstream_connect_errors
+                        .get_or_create(&label)
+                        .inc(),
                 };
             }
             e.log(&ex.request_id, ex.route.as_deref());
@@ -220,7 +243,11 @@ pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, client: Arc<Cli
     let route_label = ex.route.as_deref().unwrap_or("none").to_string();
     metrics()
         .requests
-        .get_or_create(&RequestLabels { route: route_label.clone(), method: MethodClass::of(&ex.method), status: status.as_u16() })
+        .get_or_create(&RequestLabels {
+            route: route_label.clone(),
+            method: MethodClass::of(&ex.method),
+            status: status.as_u16(),
+        })
         .inc();
     metrics()
         .request_duration
@@ -264,7 +291,11 @@ async fn pipeline(
     ex.upstream = Some(route.upstream.name.clone());
 
     // Refuse a declared body over the limit before anything is sent upstream.
-    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
         && len > route.max_body
     {
         return Err(ProxyError::BodyTooLarge);
@@ -296,7 +327,11 @@ async fn pipeline(
                 }
                 response_headers = changes.response_headers;
             }
-            Decision::Deny { status, body, headers } => {
+            Decision::Deny {
+                status,
+                body,
+                headers,
+            } => {
                 ex.verdict = "deny";
                 let mut resp = Response::new(full(body));
                 *resp.status_mut() = status;
@@ -315,8 +350,15 @@ async fn pipeline(
     let (mut parts, body) = req.into_parts();
     let original_host = headers::authority_of(&parts);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(&mut parts.headers, client, original_host.as_ref(), &snap.trusted_proxies);
-    parts.headers.insert(headers::X_REQUEST_ID, ex.request_id.clone());
+    headers::set_forwarded(
+        &mut parts.headers,
+        client,
+        original_host.as_ref(),
+        &snap.trusted_proxies,
+    );
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID, ex.request_id.clone());
 
     // Injected headers replace whatever the client sent under the same name: a client can
     // neither spoof nor read them. Rendering is an in-memory lookup; the request path never
@@ -340,7 +382,11 @@ async fn pipeline(
             parts.headers.remove(HOST);
         }
     }
-    parts.version = if upstream.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if upstream.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     if upstream.http2 {
         // HTTP/2 carries the authority in :authority; a Host header next to it is redundant.
         parts.headers.remove(HOST);
@@ -354,7 +400,9 @@ async fn pipeline(
     ex.upstream_time = Some(sent.elapsed());
     metrics()
         .upstream_duration
-        .get_or_create(&UpstreamLabel { upstream: upstream.name.to_string() })
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.name.to_string(),
+        })
         .observe(sent.elapsed().as_secs_f64());
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
@@ -384,8 +432,13 @@ async fn pipeline(
         // HTTP request: close the connection after this response.
         let (mut parts, b) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        parts.headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(Response::from_parts(parts, b.map_err(BoxError::from).boxed()));
+        parts
+            .headers
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(Response::from_parts(
+            parts,
+            b.map_err(BoxError::from).boxed(),
+        ));
     }
 
     let (mut parts, b) = resp.into_parts();
@@ -393,15 +446,25 @@ async fn pipeline(
     for (n, v) in response_headers {
         parts.headers.append(n, v);
     }
-    Ok(Response::from_parts(parts, b.map_err(BoxError::from).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        b.map_err(BoxError::from).boxed(),
+    ))
 }
 
 /// Strip a port from an authority for host matching.
 pub(crate) fn host_without_port(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority.split(']').next().map(|h| &authority[..h.len() + 1]).unwrap_or(authority);
+        return authority
+            .split(']')
+            .next()
+            .map(|h| &authority[..h.len() + 1])
+            .unwrap_or(authority);
     }
-    authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+    authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority)
 }
 
 /// Parse a header-safe JSON error body.

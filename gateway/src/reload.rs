@@ -135,7 +135,9 @@ pub async fn build_snapshot(
             },
             None => Chain::default(),
         };
-        let Some(upstream) = upstreams.get(&r.upstream).cloned() else { continue };
+        let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+            continue;
+        };
         let mut inject: BTreeMap<String, Template> = BTreeMap::new();
         let up_cfg = &cfg.upstreams[&r.upstream];
         for (h, v) in up_cfg.inject.iter().chain(r.inject.iter()) {
@@ -161,7 +163,14 @@ pub async fn build_snapshot(
         return Err(ConfigErrors(errs));
     }
 
-    let secrets = match SecretStore::start(&cfg.secrets, &cfg.base_dir, cfg.secret_refs(), background).await {
+    let secrets = match SecretStore::start(
+        &cfg.secrets,
+        &cfg.base_dir,
+        cfg.secret_refs(),
+        background,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(list) => {
             let templates = cfg.templates();
@@ -170,7 +179,9 @@ pub async fn build_snapshot(
                 .map(|e| {
                     let msg = e.to_string();
                     // Point at the first place that uses the failing reference.
-                    let at = templates.iter().find(|(_, _, t)| t.refs().iter().any(|r| msg.contains(&r.to_string())));
+                    let at = templates
+                        .iter()
+                        .find(|(_, _, t)| t.refs().iter().any(|r| msg.contains(&r.to_string())));
                     match at {
                         Some((file, key, _)) => cfg.sources[*file].error(key, msg),
                         None => cfg.locate_main("secrets", msg),
@@ -181,7 +192,11 @@ pub async fn build_snapshot(
         }
     };
 
-    let admin_token = cfg.admin.token.as_deref().and_then(|t| Template::parse(t).ok());
+    let admin_token = cfg
+        .admin
+        .token
+        .as_deref()
+        .and_then(|t| Template::parse(t).ok());
     let mut watched: Vec<PathBuf> = cfg.files.clone();
     watched.extend(cfg.plugins.values().map(|p| p.file.clone()));
     if let Some(t) = &cfg.gateway.tls {
@@ -247,11 +262,21 @@ impl Gateway {
         let result = self.reload_locked().await;
         match &result {
             Ok(hash) => {
-                metrics().reloads.get_or_create(&ReloadLabels { result: "applied".into() }).inc();
+                metrics()
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "applied".into(),
+                    })
+                    .inc();
                 info!(trigger, config_hash = %hash, "configuration reloaded");
             }
             Err(errs) => {
-                metrics().reloads.get_or_create(&ReloadLabels { result: "refused".into() }).inc();
+                metrics()
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "refused".into(),
+                    })
+                    .inc();
                 for e in &errs.0 {
                     warn!(trigger, error = %e, "reload refused; previous configuration still serving");
                 }
@@ -265,13 +290,22 @@ impl Gateway {
         let old = self.current();
         let mut errs = Vec::new();
         if cfg.gateway.listen != old.config.gateway.listen {
-            errs.push(cfg.locate_main("gateway.listen", "the listen address cannot change while running; restart to move it"));
+            errs.push(cfg.locate_main(
+                "gateway.listen",
+                "the listen address cannot change while running; restart to move it",
+            ));
         }
         if cfg.admin.listen != old.config.admin.listen {
-            errs.push(cfg.locate_main("admin.listen", "the admin address cannot change while running; restart to move it"));
+            errs.push(cfg.locate_main(
+                "admin.listen",
+                "the admin address cannot change while running; restart to move it",
+            ));
         }
         if cfg.gateway.tls.is_some() != old.config.gateway.tls.is_some() {
-            errs.push(cfg.locate_main("gateway.tls", "switching the listener between TLS and plaintext needs a restart"));
+            errs.push(cfg.locate_main(
+                "gateway.tls",
+                "switching the listener between TLS and plaintext needs a restart",
+            ));
         }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
@@ -285,15 +319,22 @@ impl Gateway {
     /// Re-read every secret provider now.
     pub async fn refresh_secrets(&self) -> Result<(), Vec<String>> {
         let snap = self.current();
-        snap.secrets.refresh().await.map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
+        snap.secrets
+            .refresh()
+            .await
+            .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
     }
 
     /// Reload on SIGHUP and when a watched file changes (debounced), until shutdown.
     pub fn spawn_reload_triggers(self: &Arc<Self>) {
         let gw = self.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                warn!("cannot install SIGHUP handler; reload via the admin API or file changes only");
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                warn!(
+                    "cannot install SIGHUP handler; reload via the admin API or file changes only"
+                );
                 return;
             };
             loop {
@@ -342,7 +383,10 @@ async fn watch_files(gw: Arc<Gateway>) {
                 if let Some(n) = f.file_name() {
                     names.insert(n.to_os_string());
                 }
-                let dir = f.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+                let dir = f
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
                 if watched_dirs.insert(dir.clone())
                     && let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive)
                 {
@@ -353,7 +397,8 @@ async fn watch_files(gw: Arc<Gateway>) {
         let relevant = |ev: &notify::Event| {
             !matches!(ev.kind, notify::EventKind::Access(_))
                 && ev.paths.iter().any(|p| {
-                    p.file_name().is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+                    p.file_name()
+                        .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
                 })
         };
         let first = tokio::select! {

@@ -69,8 +69,11 @@ impl Router {
                     (None, Some(p)) => PathMatch::Prefix(p.clone()),
                     (None, None) => PathMatch::Prefix("/".to_string()),
                 };
-                let methods: Vec<Method> =
-                    m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect();
+                let methods: Vec<Method> = m
+                    .methods
+                    .iter()
+                    .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
+                    .collect();
                 let score = (
                     matches!(path, PathMatch::Exact(_)) as u8,
                     match &path {
@@ -83,7 +86,13 @@ impl Router {
                     },
                     (!methods.is_empty()) as u8,
                 );
-                Entry { index, host, path, methods, score }
+                Entry {
+                    index,
+                    host,
+                    path,
+                    methods,
+                    score,
+                }
             })
             .collect();
         // Most specific first; the sort is stable, so ties keep declaration order.
@@ -108,7 +117,11 @@ impl Router {
                 }
             }
         }
-        if allowed.is_empty() { RouteMatch::NotFound } else { RouteMatch::MethodNotAllowed(allowed) }
+        if allowed.is_empty() {
+            RouteMatch::NotFound
+        } else {
+            RouteMatch::MethodNotAllowed(allowed)
+        }
     }
 }
 
@@ -138,7 +151,13 @@ mod tests {
     use super::*;
     use crate::config::MatchConfig;
 
-    fn route(name: &str, host: Option<&str>, path: Option<&str>, prefix: Option<&str>, methods: &[&str]) -> RouteConfig {
+    fn route(
+        name: &str,
+        host: Option<&str>,
+        path: Option<&str>,
+        prefix: Option<&str>,
+        methods: &[&str],
+    ) -> RouteConfig {
         RouteConfig {
             name: name.into(),
             matcher: MatchConfig {
@@ -166,20 +185,41 @@ mod tests {
             route("wild", Some("*.example.com"), None, Some("/v1"), &[]),
         ]);
         let get = Method::GET;
-        assert_eq!(r.route(None, "/v1/infer", &Method::POST), RouteMatch::Found(2));
-        assert_eq!(r.route(None, "/v1/infer/health", &get), RouteMatch::Found(3));
+        assert_eq!(
+            r.route(None, "/v1/infer", &Method::POST),
+            RouteMatch::Found(2)
+        );
+        assert_eq!(
+            r.route(None, "/v1/infer/health", &get),
+            RouteMatch::Found(3)
+        );
         assert_eq!(r.route(None, "/v1/inference", &get), RouteMatch::Found(1));
         assert_eq!(r.route(None, "/v10", &get), RouteMatch::Found(0));
-        assert_eq!(r.route(Some("api.example.com"), "/v1/x", &get), RouteMatch::Found(4));
-        assert_eq!(r.route(Some("Other.Example.com"), "/v1/x", &get), RouteMatch::Found(5));
-        assert_eq!(r.route(Some("example.com"), "/v1/x", &get), RouteMatch::Found(1));
+        assert_eq!(
+            r.route(Some("api.example.com"), "/v1/x", &get),
+            RouteMatch::Found(4)
+        );
+        assert_eq!(
+            r.route(Some("Other.Example.com"), "/v1/x", &get),
+            RouteMatch::Found(5)
+        );
+        assert_eq!(
+            r.route(Some("example.com"), "/v1/x", &get),
+            RouteMatch::Found(1)
+        );
         // GET on /v1/infer falls through to the /v1 prefix, which takes any method.
         assert_eq!(r.route(None, "/v1/infer", &get), RouteMatch::Found(1));
     }
 
     #[test]
     fn method_mismatch_is_405_and_nothing_is_404() {
-        let r = Router::new(&[route("infer", None, None, Some("/v1/infer"), &["POST", "PUT"])]);
+        let r = Router::new(&[route(
+            "infer",
+            None,
+            None,
+            Some("/v1/infer"),
+            &["POST", "PUT"],
+        )]);
         assert_eq!(
             r.route(None, "/v1/infer/x", &Method::GET),
             RouteMatch::MethodNotAllowed(vec![Method::POST, Method::PUT])

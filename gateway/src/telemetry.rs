@@ -36,7 +36,10 @@ pub enum MethodClass {
 }
 
 impl EncodeLabelValue for MethodClass {
-    fn encode(&self, e: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> std::fmt::Result {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
         use std::fmt::Write;
         e.write_str(match self {
             MethodClass::Read => "read",
@@ -154,23 +157,33 @@ impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("warden");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests by route, method class and status", requests.clone());
-        let request_duration =
-            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "requests",
+            "Requests by route, method class and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "request_duration_seconds",
             "Downstream latency: request head in to response head out",
             request_duration.clone(),
         );
-        let upstream_duration =
-            Family::<UpstreamLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let upstream_duration = Family::<UpstreamLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "upstream_duration_seconds",
             "Upstream latency: request sent to response head received",
             upstream_duration.clone(),
         );
         let active_connections = Gauge::default();
-        registry.register("active_connections", "Open downstream connections", active_connections.clone());
+        registry.register(
+            "active_connections",
+            "Open downstream connections",
+            active_connections.clone(),
+        );
         let upstream_connect_errors = Family::<UpstreamLabel, Counter>::default();
         registry.register(
             "upstream_connect_errors",
@@ -178,7 +191,11 @@ impl Metrics {
             upstream_connect_errors.clone(),
         );
         let upstream_timeouts = Family::<UpstreamLabel, Counter>::default();
-        registry.register("upstream_timeouts", "Upstream connect or request timeouts", upstream_timeouts.clone());
+        registry.register(
+            "upstream_timeouts",
+            "Upstream connect or request timeouts",
+            upstream_timeouts.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -202,7 +219,11 @@ impl Metrics {
         let plugin_traps = Family::<PluginLabel, Counter>::default();
         registry.register("plugin_traps", "Plugin traps", plugin_traps.clone());
         let plugin_deadline_hits = Family::<PluginLabel, Counter>::default();
-        registry.register("plugin_deadline_hits", "Plugin evaluations stopped at their deadline", plugin_deadline_hits.clone());
+        registry.register(
+            "plugin_deadline_hits",
+            "Plugin evaluations stopped at their deadline",
+            plugin_deadline_hits.clone(),
+        );
         let plugin_memory_limit_hits = Family::<PluginLabel, Counter>::default();
         registry.register(
             "plugin_memory_limit_hits",
@@ -234,11 +255,18 @@ impl Metrics {
             secret_age.clone(),
         );
         let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register("reloads", "Configuration reloads by result", reloads.clone());
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
         registry.register(
             "build",
             "Build information",
-            Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
         );
         Metrics {
             registry,
@@ -300,7 +328,10 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

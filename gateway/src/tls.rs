@@ -34,7 +34,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Read a PEM certificate chain.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let file_err = |reason: String| TlsError::File {
+        path: path.display().to_string(),
+        reason,
+    };
     let data = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<_, _>>()
@@ -47,19 +50,24 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Read a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path)
-        .map_err(|e| TlsError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    let data = std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     // The parser's message never contains key material.
-    PrivateKeyDer::from_pem_slice(&data)
-        .map_err(|e| TlsError::File { path: path.display().to_string(), reason: format!("no usable PEM private key: {e}") })
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        reason: format!("no usable PEM private key: {e}"),
+    })
 }
 
 fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::File { path: path.display().to_string(), reason: format!("bad CA certificate: {e}") })?;
+        roots.add(c).map_err(|e| TlsError::File {
+            path: path.display().to_string(),
+            reason: format!("bad CA certificate: {e}"),
+        })?;
     }
     Ok(roots)
 }
@@ -76,8 +84,14 @@ pub fn server_config(cfg: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>,
         (mode, Some(ca)) => {
             let roots = Arc::new(roots_from(ca)?);
             let v = WebPkiClientVerifier::builder_with_provider(roots, provider());
-            let v = if mode == ClientAuth::Optional { v.allow_unauthenticated() } else { v };
-            let verifier = v.build().map_err(|e| TlsError::Rustls(format!("client CA: {e}")))?;
+            let v = if mode == ClientAuth::Optional {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            let verifier = v
+                .build()
+                .map_err(|e| TlsError::Rustls(format!("client CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -103,9 +117,10 @@ pub fn client_config(tls: Option<&UpstreamTlsConfig>) -> Result<rustls::ClientCo
     }
     if let Some(ca) = &tls.ca_file {
         for c in load_certs(ca)? {
-            roots
-                .add(c)
-                .map_err(|e| TlsError::File { path: ca.display().to_string(), reason: format!("bad CA certificate: {e}") })?;
+            roots.add(c).map_err(|e| TlsError::File {
+                path: ca.display().to_string(),
+                reason: format!("bad CA certificate: {e}"),
+            })?;
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())

@@ -117,7 +117,7 @@ macro_rules! export_policy {
                 }
             }
 
-            $crate::__rt::export!(__WardenExport with_types_in $crate::__rt::bindings);
+    $crate::__rt::export!(__WardenExport with_types_in $crate::__rt::bindings);
         };
     };
 }

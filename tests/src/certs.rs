@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// A test certificate authority.
 pub struct Ca {
@@ -27,28 +29,44 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("self-signed CA");
-        Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
+        Ca {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
     }
 
     /// A leaf for `dns` names (IP literals become IP SANs) and `uris` (e.g. SPIFFE IDs).
     pub fn leaf(&self, dns: &[&str], uris: &[&str]) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, dns.first().copied().unwrap_or("client"));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, dns.first().copied().unwrap_or("client"));
         for d in dns {
             match d.parse::<std::net::IpAddr>() {
                 Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
-                Err(_) => params.subject_alt_names.push(SanType::DnsName((*d).try_into().expect("dns name"))),
+                Err(_) => params
+                    .subject_alt_names
+                    .push(SanType::DnsName((*d).try_into().expect("dns name"))),
             }
         }
         for u in uris {
-            params.subject_alt_names.push(SanType::URI((*u).try_into().expect("uri")));
+            params
+                .subject_alt_names
+                .push(SanType::URI((*u).try_into().expect("uri")));
         }
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 
     /// Write the CA certificate to `dir/name`.
@@ -70,12 +88,18 @@ impl Leaf {
     }
 
     /// rustls types for this leaf.
-    pub fn rustls(&self) -> (Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>) {
+    pub fn rustls(
+        &self,
+    ) -> (
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ) {
         use rustls_pki_types::pem::PemObject;
         let certs = rustls_pki_types::CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("certs");
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
         (certs, key)
     }
 }

@@ -16,12 +16,17 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The cargo target directory.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// The release `warden` binary (built by `scripts/test.sh` before the tests run).
@@ -30,14 +35,24 @@ pub fn warden_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = target_dir().join("release/warden");
-    assert!(p.exists(), "{} not found: run `cargo build --release -p warden` (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --release -p warden` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
 /// A built example plugin: `plugins/target/wasm32-wasip2/release/{name}.wasm`.
 pub fn plugin_wasm(name: &str) -> PathBuf {
-    let p = repo_root().join("plugins/target/wasm32-wasip2/release").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} not found: run scripts/build-plugins.sh", p.display());
+    let p = repo_root()
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/build-plugins.sh",
+        p.display()
+    );
     p
 }
 
@@ -49,7 +64,11 @@ pub fn init_crypto() {
 /// A reqwest client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
     init_crypto();
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 /// A running `warden run` process.
@@ -68,7 +87,9 @@ impl Gateway {
     /// Write `config_toml` to `dir/warden.toml` and start the gateway on it. The config
     /// must use `127.0.0.1:0` listeners; the real ports are read from the log.
     pub async fn start(dir: &Path, config_toml: &str) -> Gateway {
-        Self::try_start(dir, config_toml).await.unwrap_or_else(|logs| panic!("gateway did not start:\n{logs}"))
+        Self::try_start(dir, config_toml)
+            .await
+            .unwrap_or_else(|logs| panic!("gateway did not start:\n{logs}"))
     }
 
     /// Like [`Gateway::start`], returning the logs when the gateway exits or never
@@ -83,15 +104,28 @@ impl Gateway {
     pub async fn spawn(config_path: &Path, env: &[(&str, &str)]) -> Result<Gateway, String> {
         let mut cmd = Command::new(warden_bin());
         cmd.arg("run").arg("--config").arg(config_path);
-        cmd.env("RUST_LOG", std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn warden");
         let logs = Arc::new(Mutex::new(String::new()));
-        for stream in [child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)]
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
         .into_iter()
         .flatten()
         {
@@ -170,7 +204,11 @@ impl Gateway {
 
     /// Send a signal (e.g. "TERM", "HUP").
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -188,7 +226,8 @@ impl Gateway {
 
     /// The gateway's resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -199,7 +238,14 @@ impl Gateway {
 
     /// Fetch `/metrics` from the admin listener.
     pub async fn metrics(&self) -> String {
-        client().get(self.admin_url("/metrics")).send().await.expect("metrics").text().await.unwrap()
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Stop the gateway.
@@ -220,14 +266,20 @@ impl Drop for Gateway {
 fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
     logs.lines().filter(|l| l.contains(marker)).find_map(|l| {
         let rest = &l[l.find("addr=")? + 5..];
-        let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .unwrap_or(rest.len());
         rest[..end].trim_matches('"').parse().ok()
     })
 }
 
 /// Run `warden` with arguments; returns (exit code, stdout, stderr).
 pub fn run_warden(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(warden_bin()).args(args).env("RUST_LOG", "warn").output().expect("run warden");
+    let out = Command::new(warden_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run warden");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

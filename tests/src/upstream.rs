@@ -91,43 +91,67 @@ impl Echo {
     }
 
     /// TLS on a fixed address (for the demo).
-    pub async fn start_tls_at(name: &str, leaf: &Leaf, client_ca_pem: Option<&str>, addr: &str) -> Echo {
+    pub async fn start_tls_at(
+        name: &str,
+        leaf: &Leaf,
+        client_ca_pem: Option<&str>,
+        addr: &str,
+    ) -> Echo {
         Self::start_inner(name, Some(tls_acceptor(leaf, client_ca_pem)), addr).await
     }
 
     async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, addr: &str) -> Echo {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State { name: name.to_string(), ..Default::default() });
+        let state = Arc::new(State {
+            name: name.to_string(),
+            ..Default::default()
+        });
         let is_tls = tls.is_some();
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
-                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         }
                         Some(acc) => {
                             if let Ok(s) = acc.accept(stream).await {
-                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
                             }
                         }
                     }
                 });
             }
         });
-        Echo { addr, tls: is_tls, state, task }
+        Echo {
+            addr,
+            tls: is_tls,
+            state,
+            task,
+        }
     }
 
     /// `http://addr` (or `https://`).
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     /// Requests received so far.
@@ -153,7 +177,9 @@ fn tls_acceptor(leaf: &Leaf, client_ca_pem: Option<&str>) -> tokio_rustls::TlsAc
             for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 roots.add(c.expect("ca pem")).expect("add ca");
             }
-            let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().expect("verifier");
+            let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .expect("verifier");
             builder.with_client_cert_verifier(v)
         }
     };
@@ -167,14 +193,19 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 fn query_param(q: Option<&str>, key: &str) -> Option<u64> {
-    q?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    q?.split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
     st.count.fetch_add(1, Ordering::SeqCst);
     st.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
-        uri: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: format!("{:?}", req.version()),
         headers: req.headers().clone(),
     });
@@ -206,18 +237,28 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         });
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert(http::header::UPGRADE, "websocket".parse().unwrap());
-        r.headers_mut().insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
         return Ok(r);
     }
 
     // Keywords work under any prefix (`/api/slow/500`), so tests can route by prefix.
-    if let Some(code) = path.split("/status/").nth(1).and_then(|c| c.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .split("/status/")
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+    {
         let mut r = Response::new(full(format!("status {code}")));
         *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
         return Ok(r);
     }
-    if let Some(ms) = path.split("/slow/").nth(1).and_then(|c| c.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .split("/slow/")
+        .nth(1)
+        .and_then(|c| c.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if path == "/sse" {
@@ -230,11 +271,20 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(gap)).await;
             }
-            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("id: {i}\ndata: token-{i}\n\n")))), i + 1))
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!(
+                    "id: {i}\ndata: token-{i}\n\n"
+                )))),
+                i + 1,
+            ))
         });
         let mut r = Response::new(StreamBody::new(stream).boxed());
-        r.headers_mut().insert(http::header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
-        r.headers_mut().insert(http::header::CACHE_CONTROL, "no-cache".parse().unwrap());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            "text/event-stream".parse().unwrap(),
+        );
+        r.headers_mut()
+            .insert(http::header::CACHE_CONTROL, "no-cache".parse().unwrap());
         return Ok(r);
     }
     if path == "/big" {
@@ -244,13 +294,20 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
                 return None;
             }
             let n = (total - sent).min(16 * 1024);
-            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; n as usize]))), sent + n))
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; n as usize]))),
+                sent + n,
+            ))
         });
         return Ok(Response::new(StreamBody::new(stream).boxed()));
     }
 
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
 
     if path == "/grpc" {
         // One length-prefixed message back, then trailers — the gRPC wire shape.
@@ -260,15 +317,24 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("grpc-message", "ok".parse().unwrap());
-        let frames = vec![Ok::<_, Infallible>(Frame::data(Bytes::from(msg))), Ok(Frame::trailers(trailers))];
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from(msg))),
+            Ok(Frame::trailers(trailers)),
+        ];
         let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
-        r.headers_mut().insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            "application/grpc".parse().unwrap(),
+        );
         return Ok(r);
     }
 
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in &parts.headers {
-        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
     let echo = json!({
         "server": st.name,
@@ -280,7 +346,11 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         "body": String::from_utf8_lossy(&body),
     });
     let mut r = Response::new(full(echo.to_string()));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
-    r.headers_mut().insert("x-upstream", st.name.parse().unwrap());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    r.headers_mut()
+        .insert("x-upstream", st.name.parse().unwrap());
     Ok(r)
 }

@@ -66,14 +66,22 @@ async fn http1_forwarding_sets_forwarded_headers_and_request_id() {
     // A client cannot forge its address: the untrusted value is replaced.
     assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
-    assert_eq!(h["x-forwarded-host"], serde_json::json!([gw.addr.to_string()]));
+    assert_eq!(
+        h["x-forwarded-host"],
+        serde_json::json!([gw.addr.to_string()])
+    );
     assert!(h.get("forwarded").is_none());
     assert_eq!(h["x-request-id"], serde_json::json!(["abc-123"]));
     // Host is rewritten to the upstream's authority by default.
     assert_eq!(h["host"], serde_json::json!([up.addr.to_string()]));
 
     // Without a usable id the gateway makes one.
-    let resp = client().get(gw.url("/")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let resp = client()
+        .get(gw.url("/"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(rid.len(), 36, "{rid}");
 }
@@ -97,8 +105,14 @@ async fn trusted_proxies_extend_forwarded_for_and_host_can_be_preserved() {
         .json()
         .await
         .unwrap();
-    assert_eq!(echo["headers"]["x-forwarded-for"], serde_json::json!(["203.0.113.9, 127.0.0.1"]));
-    assert_eq!(echo["headers"]["host"], serde_json::json!(["api.example.com"]));
+    assert_eq!(
+        echo["headers"]["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 127.0.0.1"])
+    );
+    assert_eq!(
+        echo["headers"]["host"],
+        serde_json::json!(["api.example.com"])
+    );
 }
 
 #[tokio::test]
@@ -117,7 +131,13 @@ Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: t
     let body = body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n');
     let echo: Value = serde_json::from_str(&body[..body.rfind('}').unwrap() + 1]).unwrap();
     let h = echo["headers"].as_object().unwrap();
-    for gone in ["connection", "x-hop-secret", "keep-alive", "proxy-authorization", "proxy-connection"] {
+    for gone in [
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
     }
     assert_eq!(h["te"], serde_json::json!(["trailers"]));
@@ -133,13 +153,24 @@ async fn h2c_downstream_and_h2_upstream() {
         &format!("url = \"{}\"\nhttp2 = true", up.url()),
     );
     let gw = Gateway::start(dir.path(), &cfg).await;
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let resp = h2.get(gw.url("/h2")).send().await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echo["version"], "HTTP/2.0");
     // HTTP/1.1 downstream to the same h2 upstream.
-    let echo: Value = client().get(gw.url("/h1")).send().await.unwrap().json().await.unwrap();
+    let echo: Value = client()
+        .get(gw.url("/h1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echo["version"], "HTTP/2.0");
 }
 
@@ -148,7 +179,11 @@ async fn sse_events_arrive_one_by_one() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
-    let mut resp = client().get(gw.url("/sse?n=5&gap_ms=300")).send().await.unwrap();
+    let mut resp = client()
+        .get(gw.url("/sse?n=5&gap_ms=300"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let start = Instant::now();
     let mut arrivals = Vec::new();
@@ -168,8 +203,16 @@ async fn sse_events_arrive_one_by_one() {
     // (4 gaps of 300 ms), and every event arrives after the one before it.
     let first = arrivals[0].1;
     let last = arrivals[4].1;
-    assert!(last - first >= Duration::from_millis(600), "events arrived together: {arrivals:?}");
-    assert!(arrivals.windows(2).all(|w| w[1].1 > w[0].1 + Duration::from_millis(100)), "{arrivals:?}");
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "events arrived together: {arrivals:?}"
+    );
+    assert!(
+        arrivals
+            .windows(2)
+            .all(|w| w[1].1 > w[0].1 + Duration::from_millis(100)),
+        "{arrivals:?}"
+    );
 }
 
 #[tokio::test]
@@ -183,7 +226,9 @@ async fn grpc_over_h2c_keeps_trailers() {
     let gw = Gateway::start(dir.path(), &cfg).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut msg = vec![0u8, 0, 0, 0, 5];
     msg.extend_from_slice(b"hello");
@@ -196,7 +241,10 @@ async fn grpc_over_h2c_keeps_trailers() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/grpc");
     let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers reach the client");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers reach the client");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[5..], b"hello");
     // The upstream saw the request as gRPC over HTTP/2 with TE: trailers.
@@ -212,15 +260,25 @@ async fn websocket_upgrade_and_refused_upgrade_never_smuggles() {
     let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
 
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
     s.write_all(b"ping-through-the-tunnel").await.unwrap();
     let mut got = vec![0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got, b"ping-through-the-tunnel");
 
     // A refused upgrade with a second request pipelined behind it: the bytes after the
@@ -233,7 +291,10 @@ async fn websocket_upgrade_and_refused_upgrade_never_smuggles() {
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(up.seen().iter().all(|s| s.uri != "/smuggled"), "smuggled request reached the upstream");
+    assert!(
+        up.seen().iter().all(|s| s.uri != "/smuggled"),
+        "smuggled request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -286,29 +347,50 @@ upstream = "dead"
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, POST");
 
-    let r = c.post(gw.url("/api/x")).body(vec![b'a'; 4096]).send().await.unwrap();
+    let r = c
+        .post(gw.url("/api/x"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     // Chunked (no Content-Length) over the limit is cut off too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
     let r = c
         .post(gw.url("/api/chunked"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
     let before = up.requests();
-    let r = c.post(gw.url("/api/small")).body(vec![b'a'; 512]).send().await.unwrap();
+    let r = c
+        .post(gw.url("/api/small"))
+        .body(vec![b'a'; 512])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.requests(), before + 1);
 
-    let r = c.get(gw.url("/api/x")).header("x-big", "v".repeat(32 * 1024)).send().await.unwrap();
+    let r = c
+        .get(gw.url("/api/x"))
+        .header("x-big", "v".repeat(32 * 1024))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 431);
 
     let r = c.get(gw.url("/dead/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let body = r.text().await.unwrap();
-    assert!(!body.contains(&closed.to_string()), "error body leaks the upstream address: {body}");
+    assert!(
+        !body.contains(&closed.to_string()),
+        "error body leaks the upstream address: {body}"
+    );
 
     let t = Instant::now();
     let r = c.get(gw.url("/api/slow/3000")).send().await.unwrap();
@@ -323,7 +405,11 @@ upstream = "dead"
 async fn slow_request_head_is_cut_off() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "header_read_timeout = \"500ms\"", "")).await;
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&up.url(), "header_read_timeout = \"500ms\"", ""),
+    )
+    .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let t = Instant::now();
@@ -338,16 +424,29 @@ async fn slow_request_head_is_cut_off() {
 async fn graceful_shutdown_drains_in_flight_requests() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start(dir.path(), &config(&up.url(), "shutdown_grace = \"10s\"", "")).await;
+    let mut gw = Gateway::start(
+        dir.path(),
+        &config(&up.url(), "shutdown_grace = \"10s\"", ""),
+    )
+    .await;
     let url = gw.url("/slow/1500");
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
-    let status = inflight.await.unwrap().expect("in-flight request completed");
+    let status = inflight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
     assert_eq!(status, 200);
-    let exit = gw.wait_exit(Duration::from_secs(10)).await.expect("gateway exited");
+    let exit = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("gateway exited");
     assert!(exit.success(), "{exit:?}");
-    assert!(TcpStream::connect(gw.addr).await.is_err(), "listener still accepting after shutdown");
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "listener still accepting after shutdown"
+    );
 }
 
 /// Real curl, run without blocking the runtime that serves the test's upstream.
@@ -371,10 +470,14 @@ async fn downstream_tls_and_mtls_with_curl() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("warden test CA");
     let ca_file = ca.write(dir.path(), "ca.crt");
-    let (crt, key) = ca.leaf(&["localhost", "127.0.0.1"], &[]).write(dir.path(), "gw");
+    let (crt, key) = ca
+        .leaf(&["localhost", "127.0.0.1"], &[])
+        .write(dir.path(), "gw");
     let clients_ca = Ca::new("clients CA");
     let clients_ca_file = clients_ca.write(dir.path(), "clients.crt");
-    let (ccrt, ckey) = clients_ca.leaf(&["sophia-api.internal"], &["spiffe://sophia/sophia-api"]).write(dir.path(), "client");
+    let (ccrt, ckey) = clients_ca
+        .leaf(&["sophia-api.internal"], &["spiffe://sophia/sophia-api"])
+        .write(dir.path(), "client");
     let tls = format!(
         "tls = {{ cert_file = \"{}\", key_file = \"{}\", client_ca_file = \"{}\", client_auth = \"required\" }}",
         crt.display(),
@@ -386,7 +489,14 @@ async fn downstream_tls_and_mtls_with_curl() {
     let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
 
     // No client certificate: refused during the handshake.
-    let (ok, _, err) = curl(&["--resolve", &resolve, "--cacert", ca_file.to_str().unwrap(), &url]).await;
+    let (ok, _, err) = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        &url,
+    ])
+    .await;
     assert!(!ok, "request without client certificate succeeded");
     assert!(!err.is_empty());
 
@@ -405,16 +515,29 @@ async fn downstream_tls_and_mtls_with_curl() {
             "-w",
             "\n%{http_version}",
             &url,
-        ]).await;
+        ])
+        .await;
         assert!(ok, "{err}");
         let (body, v) = out.rsplit_once('\n').unwrap();
         assert_eq!(v, version);
         let echo: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(echo["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+        assert_eq!(
+            echo["headers"]["x-forwarded-proto"],
+            serde_json::json!(["https"])
+        );
     }
 
     // TLS 1.1 and below are refused.
-    let (ok, _, _) = curl(&["--resolve", &resolve, "--cacert", ca_file.to_str().unwrap(), "--tls-max", "1.1", &url]).await;
+    let (ok, _, _) = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "--tls-max",
+        "1.1",
+        &url,
+    ])
+    .await;
     assert!(!ok);
 }
 
@@ -424,8 +547,15 @@ async fn upstream_tls_verifies_and_presents_client_certificate() {
     let ca = Ca::new("ml CA");
     let ca_file = ca.write(dir.path(), "ml-ca.crt");
     let gw_ca = Ca::new("gateway client CA");
-    let (gcrt, gkey) = gw_ca.leaf(&["mcp-gateway.internal"], &["spiffe://sophia/mcp-gateway"]).write(dir.path(), "gw-client");
-    let up = Echo::start_tls("ml-gateway", &ca.leaf(&["ml-gateway.internal"], &[]), Some(&gw_ca.cert_pem)).await;
+    let (gcrt, gkey) = gw_ca
+        .leaf(&["mcp-gateway.internal"], &["spiffe://sophia/mcp-gateway"])
+        .write(dir.path(), "gw-client");
+    let up = Echo::start_tls(
+        "ml-gateway",
+        &ca.leaf(&["ml-gateway.internal"], &[]),
+        Some(&gw_ca.cert_pem),
+    )
+    .await;
     let other_ca = Ca::new("someone else");
     let other_ca_file = other_ca.write(dir.path(), "other.crt");
 
@@ -479,14 +609,22 @@ upstream = "no-client-cert"
     assert_eq!(r.status(), 200);
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["version"], "HTTP/2.0");
-    assert_eq!(echo["headers"]["host"], Value::Null, "h2 carries :authority, not Host");
+    assert_eq!(
+        echo["headers"]["host"],
+        Value::Null,
+        "h2 carries :authority, not Host"
+    );
 
     let seen_before = up.requests();
     let r = c.get(gw.url("/wrong/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let r = c.get(gw.url("/nocert/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    assert_eq!(up.requests(), seen_before, "a request reached an upstream that failed verification");
+    assert_eq!(
+        up.requests(),
+        seen_before,
+        "a request reached an upstream that failed verification"
+    );
     assert!(!gw.logs().contains("must-never-be-sent"));
 }
 
@@ -537,7 +675,11 @@ policies = [ { plugin = "ghost" } ]
     }
 
     // A syntax error names its line; `run` refuses the same way before binding anything.
-    std::fs::write(&path, "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[routes]\nname = \"x\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[routes]\nname = \"x\"\n",
+    )
+    .unwrap();
     let (code, _, err) = run_warden(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains(&format!("{p}:4: invalid TOML")), "{err}");
@@ -551,5 +693,8 @@ policies = [ { plugin = "ghost" } ]
     .unwrap();
     let (code, _, err) = run_warden(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains(&format!("{p}:3: gateway.tls:")) && err.contains("missing.crt"), "{err}");
+    assert!(
+        err.contains(&format!("{p}:3: gateway.tls:")) && err.contains("missing.crt"),
+        "{err}"
+    );
 }

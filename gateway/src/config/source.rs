@@ -29,7 +29,14 @@ impl SourceMap {
             }
             Err(e) => Err(syntax_error(path, &text, &e)),
         };
-        (SourceMap { path: path.to_path_buf(), text, lines }, parsed)
+        (
+            SourceMap {
+                path: path.to_path_buf(),
+                text,
+                lines,
+            },
+            parsed,
+        )
     }
 
     /// The line of `key`, or of its nearest enclosing key that has one.
@@ -46,7 +53,12 @@ impl SourceMap {
 
     /// A located error for `key` in this file.
     pub fn error(&self, key: &str, reason: String) -> ConfigError {
-        ConfigError { file: self.path.clone(), line: self.line_of(key), key: key.to_string(), reason }
+        ConfigError {
+            file: self.path.clone(),
+            line: self.line_of(key),
+            key: key.to_string(),
+            reason,
+        }
     }
 }
 
@@ -60,12 +72,20 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 fn walk_table(text: &str, prefix: &str, table: &DeTable<'_>, out: &mut HashMap<String, usize>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
         out.insert(key.clone(), line_at(text, k.span().start));
         walk_value(text, &key, v.get_ref(), out);
     }

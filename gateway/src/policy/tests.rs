@@ -496,7 +496,10 @@ async fn looping_plugin_hits_its_deadline_without_stalling_the_runtime() {
 async fn memory_hog_and_traps_follow_on_error() {
     let c = chain(
         &[
-            ("hog", misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }")),
+            (
+                "hog",
+                misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }"),
+            ),
             ("trap", misbehave("")),
             ("ok", misbehave("")),
         ],
@@ -530,7 +533,10 @@ config = { mode = "tag", name = "x-seen", value = "1" }
     assert_eq!(counter(&metrics().plugin_traps, "trap"), t0 + 20);
 
     let c = chain(
-        &[("hog2", misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }"))],
+        &[(
+            "hog2",
+            misbehave("limits = { memory = \"8MiB\", deadline = \"1s\" }"),
+        )],
         "r",
         "[[policies]]\nplugin = \"hog2\"\nconfig = { mode = \"hog\" }",
     );

@@ -63,14 +63,23 @@ pin_project_lite::pin_project! {
 }
 
 pub(crate) fn observed(inner: ProxyBody, log: AccessLog) -> ProxyBody {
-    Observed { inner, bytes: 0, log: Some(log), complete: false }.boxed()
+    Observed {
+        inner,
+        bytes: 0,
+        log: Some(log),
+        complete: false,
+    }
+    .boxed()
 }
 
 impl Body for Observed {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_frame(cx);
         match &r {

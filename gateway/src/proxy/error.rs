@@ -66,13 +66,19 @@ impl ProxyError {
 
     /// Whether this counts as an upstream failure for metrics.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(self, ProxyError::UpstreamTimeout | ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_))
+        matches!(
+            self,
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_)
+        )
     }
 
     pub(crate) fn log(&self, request_id: &HeaderValue, route: Option<&str>) {
         let rid = request_id.to_str().unwrap_or("-");
         match self {
-            ProxyError::NoRoute | ProxyError::MethodNotAllowed(_) | ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => {
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge => {
                 debug!(request_id = rid, route, error = %self, "request refused")
             }
             _ => warn!(request_id = rid, route, error = %self, "request failed"),
@@ -81,9 +87,14 @@ impl ProxyError {
 
     /// The client-facing response: a small JSON body with the code and request id. The
     /// detail (addresses, reference names, library messages) stays in the log.
-    pub fn into_response(self, request_id: &HeaderValue, route: Option<&str>) -> http::Response<ProxyBody> {
+    pub fn into_response(
+        self,
+        request_id: &HeaderValue,
+        route: Option<&str>,
+    ) -> http::Response<ProxyBody> {
         let status = self.status();
-        let mut body = json!({ "error": self.code(), "request_id": request_id.to_str().unwrap_or("-") });
+        let mut body =
+            json!({ "error": self.code(), "request_id": request_id.to_str().unwrap_or("-") });
         if let Some(r) = route {
             body["route"] = json!(r);
         }
@@ -92,9 +103,16 @@ impl ProxyError {
         }
         let mut resp = http::Response::new(super::json_body(body));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let ProxyError::MethodNotAllowed(methods) = &self {
-            let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            let allow = methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 resp.headers_mut().insert(http::header::ALLOW, v);
             }
@@ -118,7 +136,11 @@ impl ProxyError {
             src = s.source();
         }
         let detail = error_chain(&e);
-        if e.is_connect() { ProxyError::UpstreamConnect(detail) } else { ProxyError::Upstream(detail) }
+        if e.is_connect() {
+            ProxyError::UpstreamConnect(detail)
+        } else {
+            ProxyError::Upstream(detail)
+        }
     }
 }
 

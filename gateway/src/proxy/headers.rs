@@ -28,7 +28,8 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name` is a hop-by-hop header (case-insensitive).
 pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || name.to_ascii_lowercase().starts_with("proxy-")
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name.to_ascii_lowercase().starts_with("proxy-")
 }
 
 /// Remove hop-by-hop headers and every header `Connection` names. When `upgrading`, keep
@@ -42,15 +43,27 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrading: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade = if upgrading { h.get(UPGRADE).cloned() } else { None };
-    let te_trailers = h
-        .get_all(TE)
-        .iter()
-        .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false));
+    let upgrade = if upgrading {
+        h.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    let te_trailers = h.get_all(TE).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false)
+    });
     for n in named {
         h.remove(n);
     }
-    let to_remove: Vec<HeaderName> = h.keys().filter(|k| is_hop_by_hop(k.as_str())).cloned().collect();
+    let to_remove: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
     for n in to_remove {
         h.remove(n);
     }
@@ -72,7 +85,10 @@ pub fn upgrade_requested<B>(req: &Request<B>) -> bool {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The request authority: `:authority` / absolute-form URI, else `Host`.
@@ -97,7 +113,9 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(X_REQUEST_ID)
         && v.len() <= 128
         && !v.is_empty()
-        && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     {
         return v.clone();
     }
@@ -117,7 +135,12 @@ pub fn has_dot_segments(path: &str) -> bool {
 /// Set `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
 /// and the peer appended; from anyone else they are replaced, so a client cannot forge
 /// its address. `Forwarded` is dropped from untrusted peers for the same reason.
-pub fn set_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>, trusted: &[ipnet::IpNet]) {
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+    trusted: &[ipnet::IpNet],
+) {
     let peer_ip = client.addr.ip();
     let trusted_peer = trusted.iter().any(|n| n.contains(&peer_ip));
     let peer = peer_ip.to_string();
@@ -140,7 +163,10 @@ pub fn set_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<&Heade
         }
     } else {
         h.remove(FORWARDED);
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_str(&peer).expect("an IP is a valid header value"));
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_str(&peer).expect("an IP is a valid header value"),
+        );
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         match host {
             Some(host) => {
@@ -160,7 +186,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));

@@ -35,9 +35,18 @@ pub struct Upstream {
 impl Upstream {
     /// Build an upstream from validated config.
     pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, FieldError> {
-        let uri: Uri = cfg.url.parse().map_err(|e| FieldError::new("url", format!("invalid URL: {e}")))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| FieldError::new("url", "missing scheme"))?;
-        let authority = uri.authority().cloned().ok_or_else(|| FieldError::new("url", "missing host"))?;
+        let uri: Uri = cfg
+            .url
+            .parse()
+            .map_err(|e| FieldError::new("url", format!("invalid URL: {e}")))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| FieldError::new("url", "missing scheme"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| FieldError::new("url", "missing host"))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
         let https = scheme == Scheme::HTTPS;
 
@@ -50,7 +59,11 @@ impl Upstream {
         let tls = crate::tls::client_config(cfg.tls.as_ref())
             .map_err(|e| FieldError::new("tls", e.to_string()))?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if https { builder.https_only() } else { builder.https_or_http() };
+        let builder = if https {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
         let builder = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
             Some(sn) => {
                 let sn = rustls_pki_types::ServerName::try_from(sn)
@@ -78,7 +91,10 @@ impl Upstream {
             HostHeader::Upstream => (HeaderValue::from_str(authority.as_str()).ok(), false),
             HostHeader::Preserve => (None, true),
             HostHeader::Fixed(h) => (
-                Some(HeaderValue::from_str(h).map_err(|_| FieldError::new("host_header", "not a valid header value"))?),
+                Some(
+                    HeaderValue::from_str(h)
+                        .map_err(|_| FieldError::new("host_header", "not a valid header value"))?,
+                ),
                 false,
             ),
         };
@@ -103,8 +119,15 @@ impl Upstream {
     /// The upstream URI for a downstream request URI: upstream scheme and authority, the
     /// upstream's base path, then the request path and query unchanged.
     pub fn target_uri(&self, orig: &Uri) -> Result<Uri, ProxyError> {
-        let pq = orig.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
-        let pq = if self.base_path.is_empty() { pq.to_string() } else { format!("{}{}", self.base_path, pq) };
+        let pq = orig
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let pq = if self.base_path.is_empty() {
+            pq.to_string()
+        } else {
+            format!("{}{}", self.base_path, pq)
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -115,6 +138,10 @@ impl Upstream {
 
     /// The `Host` to send: the client's (preserve), a fixed value, or the upstream's.
     pub fn host_header(&self, original: Option<&HeaderValue>) -> Option<HeaderValue> {
-        if self.preserve_host { original.cloned() } else { self.host.clone() }
+        if self.preserve_host {
+            original.cloned()
+        } else {
+            self.host.clone()
+        }
     }
 }

@@ -9,4 +9,4 @@ scripts/build-plugins.sh
 cargo build --release --workspace --bins
 # End-to-end tests start many gateways and upstreams; two at a time keeps timing checks
 # honest on a 2-core machine.
-cargo test --release --workspace -- --test-threads="${WARDEN_TEST_THREADS:-2}"
+cargo test --release --workspace --no-fail-fast -- --test-threads="${WARDEN_TEST_THREADS:-2}"

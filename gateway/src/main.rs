@@ -70,7 +70,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     // One process-wide crypto provider for every rustls user (upstream TLS, Vault client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {

@@ -189,6 +189,7 @@ fn service(
 /// What the access log and metrics need about one request.
 struct Exchange {
     request_id: HeaderValue,
+    route_idx: Option<usize>,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     method: Method,
@@ -207,6 +208,7 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     let mut ex = Exchange {
         request_id: request_id.clone(),
+        route_idx: None,
         route: None,
         upstream: None,
         method: req.method().clone(),
@@ -240,19 +242,29 @@ pub async fn handle(
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     let status = resp.status();
-    let route_label = ex.route.as_deref().unwrap_or("none").to_string();
-    metrics()
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route_label.clone(),
-            method: MethodClass::of(&ex.method),
-            status: status.as_u16(),
-        })
-        .inc();
-    metrics()
-        .request_duration
-        .get_or_create(&RouteLabel { route: route_label })
-        .observe(ex.started.elapsed().as_secs_f64());
+    let class = MethodClass::of(&ex.method);
+    let elapsed = ex.started.elapsed().as_secs_f64();
+    let route_metrics = ex.route_idx.map(|i| &snap.routes[i].metrics);
+    match route_metrics {
+        Some(m) if status == StatusCode::OK => m.ok[class.clone() as usize].inc(),
+        _ => metrics()
+            .requests
+            .get_or_create(&RequestLabels {
+                route: ex.route.as_deref().unwrap_or("none").to_string(),
+                method: class,
+                status: status.as_u16(),
+            })
+            .inc(),
+    };
+    match route_metrics {
+        Some(m) => m.duration.observe(elapsed),
+        None => metrics()
+            .request_duration
+            .get_or_create(&RouteLabel {
+                route: "none".to_string(),
+            })
+            .observe(elapsed),
+    }
     let log = body::AccessLog {
         request_id: ex.request_id.to_str().unwrap_or("-").to_string(),
         route: ex.route,
@@ -287,6 +299,7 @@ async fn pipeline(
         RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
     };
     let route: &RouteRuntime = &snap.routes[route_idx];
+    ex.route_idx = Some(route_idx);
     ex.route = Some(route.name.clone());
     ex.upstream = Some(route.upstream.name.clone());
 
@@ -397,13 +410,9 @@ async fn pipeline(
 
     let sent = Instant::now();
     let result = tokio::time::timeout(route.timeout, upstream.client.request(out)).await;
-    ex.upstream_time = Some(sent.elapsed());
-    metrics()
-        .upstream_duration
-        .get_or_create(&UpstreamLabel {
-            upstream: upstream.name.to_string(),
-        })
-        .observe(sent.elapsed().as_secs_f64());
+    let took = sent.elapsed();
+    ex.upstream_time = Some(took);
+    upstream.duration.observe(took.as_secs_f64());
     let mut resp = match result {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) => return Err(ProxyError::from_client_error(e)),

@@ -21,7 +21,9 @@ use crate::policy::{Chain, PolicyHost};
 use crate::proxy::upstream::Upstream;
 use crate::routing::Router;
 use crate::secrets::{SecretStore, Template};
-use crate::telemetry::{ReloadLabels, metrics};
+use crate::telemetry::{MethodClass, ReloadLabels, RequestLabels, RouteLabel, metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A route ready to serve.
 pub struct RouteRuntime {
@@ -37,6 +39,39 @@ pub struct RouteRuntime {
     pub inject: Vec<(HeaderName, Template)>,
     /// Policy chain.
     pub chain: Chain,
+    /// Metric handles resolved once, so the request path does no label lookups for the
+    /// common case.
+    pub metrics: RouteMetrics,
+}
+
+/// Per-route metric handles.
+pub struct RouteMetrics {
+    /// `request_duration_seconds{route}`.
+    pub duration: Histogram,
+    /// `requests_total{route, method, status="200"}` for read and write methods.
+    pub ok: [Counter; 2],
+}
+
+impl RouteMetrics {
+    fn new(route: &str) -> RouteMetrics {
+        let m = metrics();
+        let ok = |method| {
+            let labels = RequestLabels {
+                route: route.to_string(),
+                method,
+                status: 200,
+            };
+            m.requests.get_or_create(&labels).clone()
+        };
+        let ok = [ok(MethodClass::Read), ok(MethodClass::Write)];
+        let duration = m
+            .request_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone();
+        RouteMetrics { duration, ok }
+    }
 }
 
 /// Everything one request needs, immutable.
@@ -150,6 +185,7 @@ pub async fn build_snapshot(
             .filter_map(|(h, t)| HeaderName::from_bytes(h.as_bytes()).ok().map(|h| (h, t)))
             .collect();
         routes.push(RouteRuntime {
+            metrics: RouteMetrics::new(&r.name),
             name: r.name.as_str().into(),
             upstream: upstream.clone(),
             timeout: r.timeout.unwrap_or(upstream.timeout),

@@ -321,19 +321,29 @@ pub enum LogFormat {
 }
 
 /// Install the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
+///
+/// Lines are handed to a writer thread: a synchronous `write` per access-log line on the
+/// worker that serves the request cost more than the rest of the proxying. Nothing is
+/// dropped: when the writer falls behind, logging waits. Keep the returned guard alive for
+/// the life of the process; dropping it flushes what is buffered.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     // The Vault client libraries log every failed call at ERROR on their own; the secrets
     // module already reports each failure once, with the provider name.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,vaultrs=off,rustify=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("warden-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }

@@ -61,11 +61,16 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A reqwest client builder that never uses a proxy from the environment, with the
+/// process crypto provider installed (reqwest's rustls needs one).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    init_crypto();
+    reqwest::Client::builder().no_proxy()
+}
+
 /// A reqwest client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
-    init_crypto();
-    reqwest::Client::builder()
-        .no_proxy()
+    client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")

@@ -277,6 +277,7 @@ async fn every_kind_of_change_applies_under_load_with_zero_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_swap_reaches_new_connections_without_failures() {
+    warden_tests::init_crypto();
     let s = Stack::new().await;
     let d = s.dir.path();
     let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
@@ -290,8 +291,7 @@ async fn certificate_swap_reaches_new_connections_without_failures() {
     let url = format!("https://localhost:{}/load", gw.addr.port());
 
     let trusting = |cas: &[&Ca]| {
-        let mut b = reqwest::Client::builder()
-            .no_proxy()
+        let mut b = warden_tests::client_builder()
             .resolve("localhost", gw.addr)
             .pool_max_idle_per_host(0);
         for ca in cas {

@@ -153,8 +153,7 @@ async fn h2c_downstream_and_h2_upstream() {
         &format!("url = \"{}\"\nhttp2 = true", up.url()),
     );
     let gw = Gateway::start(dir.path(), &cfg).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
+    let h2 = warden_tests::client_builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();

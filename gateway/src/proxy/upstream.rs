@@ -30,6 +30,8 @@ pub struct Upstream {
     preserve_host: bool,
     /// Everything the client depends on; equal fingerprints can share a pool across reloads.
     pub fingerprint: String,
+    /// `upstream_duration_seconds{upstream}`, resolved once.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Upstream {
@@ -102,7 +104,14 @@ impl Upstream {
             "{}|{}|{:?}|{:?}|{:?}",
             cfg.url, cfg.http2, cfg.connect_timeout, cfg.tls, cfg.pool
         );
+        let duration = crate::telemetry::metrics()
+            .upstream_duration
+            .get_or_create(&crate::telemetry::UpstreamLabel {
+                upstream: name.to_string(),
+            })
+            .clone();
         Ok(Upstream {
+            duration,
             name: name.into(),
             http2: cfg.http2,
             timeout: cfg.timeout,

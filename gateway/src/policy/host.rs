@@ -671,12 +671,7 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)
-        .max_memory_size(MAX_PLUGIN_MEMORY as usize)
-        // Keep the first pages of a slot's memory and tables resident when an instance is
-        // freed: per-request instances would otherwise fault the same pages in and
-        // unmap them again on every request.
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10);
+        .max_memory_size(MAX_PLUGIN_MEMORY as usize);
 
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true)

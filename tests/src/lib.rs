@@ -301,3 +301,29 @@ pub fn metric_value(text: &str, name: &str, parts: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Output of a real `curl` run.
+pub struct CurlOutput {
+    /// Whether curl exited 0.
+    pub ok: bool,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// Run the real `curl -sS --max-time 10 ARGS…` without blocking the runtime (the test's
+/// own upstreams run on it).
+pub async fn curl(args: &[&str]) -> CurlOutput {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .await
+        .expect("run curl");
+    CurlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

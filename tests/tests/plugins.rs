@@ -174,19 +174,6 @@ config = {{ header = "x-api-key", secret = "client" }}
     );
 }
 
-async fn curl(args: &[&str]) -> (String, String) {
-    let out = tokio::process::Command::new("curl")
-        .arg("-sS")
-        .args(args)
-        .output()
-        .await
-        .expect("curl");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn mtls_identity_reaches_network_isolation() {
     let _serial = HEAVY.lock().await;
@@ -246,7 +233,10 @@ config = {{ allow = [ {{ identity = "spiffe://sophia/sophia-api" }} ] }}
         args.push(url.clone());
         async move {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            curl(&a).await
+            {
+                let o = warden_tests::curl(&a).await;
+                (o.stdout, o.stderr)
+            }
         }
     };
     let (out, err) = code(Some((&good_crt, &good_key))).await;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_tests::certs::Ca;
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, run_warden};
+use warden_tests::{Gateway, client, curl, run_warden};
 
 fn config(upstream: &str, extra_gateway: &str, rest: &str) -> String {
     format!(
@@ -448,21 +448,6 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     );
 }
 
-/// Real curl, run without blocking the runtime that serves the test's upstream.
-async fn curl(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .await
-        .expect("curl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn downstream_tls_and_mtls_with_curl() {
     let up = Echo::start().await;
@@ -488,7 +473,7 @@ async fn downstream_tls_and_mtls_with_curl() {
     let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
 
     // No client certificate: refused during the handshake.
-    let (ok, _, err) = curl(&[
+    let r = curl(&[
         "--resolve",
         &resolve,
         "--cacert",
@@ -496,12 +481,12 @@ async fn downstream_tls_and_mtls_with_curl() {
         &url,
     ])
     .await;
-    assert!(!ok, "request without client certificate succeeded");
-    assert!(!err.is_empty());
+    assert!(!r.ok, "request without client certificate succeeded");
+    assert!(!r.stderr.is_empty());
 
     // With a client certificate, over HTTP/2 (ALPN) and HTTP/1.1.
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
-        let (ok, out, err) = curl(&[
+        let r = curl(&[
             "--resolve",
             &resolve,
             "--cacert",
@@ -516,8 +501,8 @@ async fn downstream_tls_and_mtls_with_curl() {
             &url,
         ])
         .await;
-        assert!(ok, "{err}");
-        let (body, v) = out.rsplit_once('\n').unwrap();
+        assert!(r.ok, "{}", r.stderr);
+        let (body, v) = r.stdout.rsplit_once('\n').unwrap();
         assert_eq!(v, version);
         let echo: Value = serde_json::from_str(body).unwrap();
         assert_eq!(
@@ -527,7 +512,7 @@ async fn downstream_tls_and_mtls_with_curl() {
     }
 
     // TLS 1.1 and below are refused.
-    let (ok, _, _) = curl(&[
+    let r = curl(&[
         "--resolve",
         &resolve,
         "--cacert",
@@ -537,7 +522,7 @@ async fn downstream_tls_and_mtls_with_curl() {
         &url,
     ])
     .await;
-    assert!(!ok);
+    assert!(!r.ok);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-scripts/build-plugins.sh
+scripts/build-plugins.sh --no-test
 cargo build --release -p warden -p warden-tests --bins
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 

@@ -372,7 +372,10 @@ impl Entry {
             self.route.clone(),
             self.granted_secrets.clone(),
         );
-        store.data_mut().deadline = Instant::now() + self.plugin.config.limits.configure_deadline;
+        let tick = self.host.settings.epoch_tick;
+        store
+            .data_mut()
+            .arm_deadline(self.plugin.config.limits.configure_deadline, tick);
         let plugin = match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
             Err(e) => return Err(classify(&store, e)),
@@ -455,11 +458,12 @@ impl Entry {
             },
         };
 
-        let deadline = Instant::now() + self.plugin.config.limits.deadline;
         {
             let s = warm.store.data_mut();
-            s.deadline = deadline;
-            s.deadline_hit = false;
+            s.arm_deadline(
+                self.plugin.config.limits.deadline,
+                self.host.settings.epoch_tick,
+            );
             s.secrets = self
                 .secrets
                 .iter()

@@ -75,7 +75,8 @@ pub struct Limits {
     /// Linear memory limit of one instance; growing past it traps.
     #[serde(deserialize_with = "de::size")]
     pub memory: u64,
-    /// Wall-clock budget of one evaluation.
+    /// Running-time budget of one evaluation, counted in epoch ticks that find the plugin
+    /// executing (time spent queued for a worker after a yield does not count).
     #[serde(deserialize_with = "de::duration")]
     pub deadline: Duration,
     /// Budget of `configure` (once per instance; at `warden check`, load and reload).

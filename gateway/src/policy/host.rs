@@ -119,8 +119,21 @@ pub(crate) struct StoreState {
     pub(crate) secrets: Vec<(String, Result<SecretBytes, String>)>,
     /// Granted secret names (also outside an evaluation, e.g. during `configure`).
     pub(crate) granted: Arc<[String]>,
-    pub(crate) deadline: Instant,
+    /// Epoch ticks the plugin may still run for. Counted only when a tick finds the
+    /// plugin executing, so time spent waiting for a worker thread after a yield (a busy
+    /// or starved machine) does not count against it: a 5 µs policy never fails its 10 ms
+    /// deadline because the runtime was slow to resume it.
+    pub(crate) ticks_left: u64,
     pub(crate) deadline_hit: bool,
+}
+
+impl StoreState {
+    /// Arm the deadline: `budget` of running time, in ticks of `tick` (at least one).
+    pub(crate) fn arm_deadline(&mut self, budget: Duration, tick: Duration) {
+        let ticks = budget.as_nanos().div_ceil(tick.as_nanos().max(1));
+        self.ticks_left = u64::try_from(ticks).unwrap_or(u64::MAX).max(1);
+        self.deadline_hit = false;
+    }
 }
 
 impl WasiView for StoreState {
@@ -644,18 +657,24 @@ impl PolicyHost {
             logs: plugin.logs.clone(),
             secrets: Vec::new(),
             granted,
-            deadline: Instant::now() + plugin.config.limits.configure_deadline,
+            ticks_left: 0,
             deadline_hit: false,
         };
+        let mut state = state;
+        state.arm_deadline(
+            plugin.config.limits.configure_deadline,
+            self.settings.epoch_tick,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
-            if Instant::now() >= s.deadline {
+            if s.ticks_left == 0 {
                 s.deadline_hit = true;
                 return Err(DeadlineExceeded.into());
             }
+            s.ticks_left -= 1;
             // Let other tasks run on this worker thread, then continue for another tick.
             Ok(UpdateDeadline::Yield(1))
         });

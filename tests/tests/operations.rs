@@ -525,10 +525,18 @@ async fn metrics_parse_and_carry_the_documented_series() {
     let ok = scrape
         .samples
         .iter()
-        .find(|s| s.metric == "warden_requests_total" && s.labels.get("status") == Some("200"))
+        .find(|s| {
+            s.metric == "warden_requests_total"
+                && s.labels.get("status") == Some("200")
+                && s.labels.get("method") == Some("read")
+        })
         .expect("200s counted");
     assert_eq!(ok.labels.get("route"), Some("main"));
-    assert_eq!(ok.labels.get("method"), Some("read"));
+    let count = match ok.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("requests_total is not a counter: {other:?}"),
+    };
+    assert_eq!(count, 3.0, "three GETs answered 200");
     // Labels carry names and classes, never header values or secrets.
     assert!(
         !text.contains("svc-token") && !text.contains(ADMIN_TOKEN) && !text.contains("aaaaaaaa")

@@ -13,7 +13,9 @@ use warden_tests::certs::Ca;
 use warden_tests::upstream::Echo;
 use warden_tests::{Gateway, client, curl, run_warden};
 
-fn config(upstream: &str, extra_gateway: &str, rest: &str) -> String {
+/// A one-route config: `extra_gateway` lines go in `[gateway]`, `extra_upstream` lines in
+/// the upstream's table.
+fn config(upstream: &str, extra_gateway: &str, extra_upstream: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -25,12 +27,12 @@ listen = "127.0.0.1:0"
 
 [upstreams.api]
 url = "{upstream}"
+{extra_upstream}
 
 [[routes]]
 name = "api"
 match = {{ path_prefix = "/" }}
 upstream = "api"
-{rest}
 "#
     )
 }
@@ -90,9 +92,10 @@ async fn http1_forwarding_sets_forwarded_headers_and_request_id() {
 async fn trusted_proxies_extend_forwarded_for_and_host_can_be_preserved() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&up.url(), "trusted_proxies = [\"127.0.0.0/8\"]", "").replace(
-        &format!("url = \"{}\"", up.url()),
-        &format!("url = \"{}\"\nhost_header = \"preserve\"", up.url()),
+    let cfg = config(
+        &up.url(),
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+        "host_header = \"preserve\"",
     );
     let gw = Gateway::start(dir.path(), &cfg).await;
     let echo: Value = client()
@@ -148,10 +151,7 @@ Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: t
 async fn h2c_downstream_and_h2_upstream() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&up.url(), "", "").replace(
-        &format!("url = \"{}\"", up.url()),
-        &format!("url = \"{}\"\nhttp2 = true", up.url()),
-    );
+    let cfg = config(&up.url(), "", "http2 = true");
     let gw = Gateway::start(dir.path(), &cfg).await;
     let h2 = warden_tests::client_builder()
         .http2_prior_knowledge()
@@ -218,10 +218,7 @@ async fn sse_events_arrive_one_by_one() {
 async fn grpc_over_h2c_keeps_trailers() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&up.url(), "", "").replace(
-        &format!("url = \"{}\"", up.url()),
-        &format!("url = \"{}\"\nhttp2 = true", up.url()),
-    );
+    let cfg = config(&up.url(), "", "http2 = true");
     let gw = Gateway::start(dir.path(), &cfg).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut send, conn) =

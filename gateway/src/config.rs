@@ -507,28 +507,35 @@ impl Config {
         out
     }
 
-    /// Every template in the config with where it is: (file index, key, parsed template).
-    /// Only templates that parse are returned; `load` has already reported the others.
-    pub fn templates(&self) -> Vec<(usize, String, Template)> {
-        let mut out = Vec::new();
-        if let Some(t) = &self.admin.token
-            && let Ok(t) = Template::parse(t)
-        {
-            out.push((0, "admin.token".to_string(), t));
+    /// The templates written as plain strings (admin token, upstream and route `inject`),
+    /// unparsed, with where they are: (file index, key, text).
+    fn header_templates(&self) -> Vec<(usize, String, &str)> {
+        let mut out: Vec<(usize, String, &str)> = Vec::new();
+        if let Some(t) = &self.admin.token {
+            out.push((0, "admin.token".into(), t));
         }
         for (name, u) in &self.upstreams {
             for (h, v) in &u.inject {
-                if let Ok(t) = Template::parse(v) {
-                    out.push((0, format!("upstreams.{name}.inject.{h}"), t));
-                }
+                out.push((0, format!("upstreams.{name}.inject.{h}"), v));
             }
         }
         for (r, src) in self.routes.iter().zip(&self.route_sources) {
             for (h, v) in &r.inject {
-                if let Ok(t) = Template::parse(v) {
-                    out.push((src.file, format!("{}.inject.{h}", src.key), t));
-                }
+                out.push((src.file, format!("{}.inject.{h}", src.key), v));
             }
+        }
+        out
+    }
+
+    /// Every template in the config with where it is: (file index, key, parsed template).
+    /// Only templates that parse are returned; `load` has already reported the others.
+    pub fn templates(&self) -> Vec<(usize, String, Template)> {
+        let mut out: Vec<(usize, String, Template)> = self
+            .header_templates()
+            .into_iter()
+            .filter_map(|(file, key, text)| Template::parse(text).ok().map(|t| (file, key, t)))
+            .collect();
+        for (r, src) in self.routes.iter().zip(&self.route_sources) {
             for (i, p) in r.policies.iter().enumerate() {
                 for (k, t) in p.secret_templates().0 {
                     out.push((src.file, format!("{}.policies[{i}].{k}", src.key), t));
@@ -1025,20 +1032,7 @@ impl Loader {
         }
 
         // Secret references: syntax everywhere, provider names known.
-        let mut templates: Vec<(usize, String, &str)> = Vec::new();
-        if let Some(t) = &cfg.admin.token {
-            templates.push((0, "admin.token".into(), t));
-        }
-        for (name, u) in &cfg.upstreams {
-            for (h, v) in &u.inject {
-                templates.push((0, format!("upstreams.{name}.inject.{h}"), v));
-            }
-        }
-        for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
-            for (h, v) in &r.inject {
-                templates.push((src.file, format!("{}.inject.{h}", src.key), v));
-            }
-        }
+        let templates = cfg.header_templates();
         for (file, key, text) in templates {
             match Template::parse(text) {
                 Err(e) => errs.push(cfg.sources[file].error(&key, e.to_string())),

@@ -476,7 +476,7 @@ pub(crate) fn host_without_port(authority: &str) -> &str {
         .unwrap_or(authority)
 }
 
-/// Parse a header-safe JSON error body.
+/// A JSON error body.
 pub(crate) fn json_body(value: serde_json::Value) -> ProxyBody {
     full(Bytes::from(value.to_string()))
 }

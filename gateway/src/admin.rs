@@ -1,8 +1,9 @@
 //! The admin listener: health, readiness, metrics, reload, secret refresh, active config.
 //!
-//! Separate address, loopback by default. Anything that changes state needs the bearer
-//! token from `[admin].token` (a secret reference), compared in constant time; without a
-//! configured token those endpoints are off (403).
+//! Separate address, loopback by default. With `[admin].token` (a secret reference) set,
+//! every endpoint but `/healthz` and `/readyz` needs it as a bearer token, compared in
+//! constant time; without a token the read endpoints are open and the ones that change
+//! state are off (403).
 
 use std::sync::Arc;
 
@@ -60,6 +61,15 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody
 /// Route one admin request.
 pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
+    // With a token configured, everything but the probes needs it: the config, the secret
+    // status and the metrics describe the deployment to whoever can reach the port.
+    // Without one, reads stay open and anything that changes state is off.
+    if !matches!(path.as_str(), "/healthz" | "/readyz")
+        && (gw.current().admin_token.is_some() || req.method() == Method::POST)
+        && let Some(denied) = authorize(&req, &gw)
+    {
+        return denied;
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "alive"})),
         (Method::GET, "/readyz") => {
@@ -115,9 +125,6 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             json_response(StatusCode::OK, active_config(&snap.config))
         }
         (Method::POST, "/reload") => {
-            if let Some(denied) = authorize(&req, &gw) {
-                return denied;
-            }
             drain(req).await;
             match gw.reload("admin API").await {
                 Ok(hash) => json_response(
@@ -131,9 +138,6 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             }
         }
         (Method::POST, "/secrets/refresh") => {
-            if let Some(denied) = authorize(&req, &gw) {
-                return denied;
-            }
             drain(req).await;
             match gw.refresh_secrets().await {
                 Ok(()) => json_response(StatusCode::OK, json!({"status": "refreshed"})),
@@ -203,7 +207,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The active configuration as JSON: what each file says (secrets appear only as the
-/// references written there; a literal admin token is masked) and the content hash.
+/// references written there; a literal admin token or a literal credential in an `inject`
+/// table is masked) and the content hash.
 fn active_config(cfg: &crate::config::Config) -> serde_json::Value {
     let files: Vec<serde_json::Value> = cfg
         .sources
@@ -211,15 +216,42 @@ fn active_config(cfg: &crate::config::Config) -> serde_json::Value {
         .map(|s| {
             let mut table: toml::Table = toml::from_str(&s.text).unwrap_or_default();
             if let Some(toml::Value::Table(admin)) = table.get_mut("admin")
-                && let Some(toml::Value::String(tok)) = admin.get_mut("token")
-                && crate::secrets::Template::parse(tok)
-                    .map(|t| t.is_literal())
-                    .unwrap_or(true)
+                && let Some(v) = admin.get_mut("token")
             {
-                *tok = "[redacted]".to_string();
+                redact_literal(v);
+            }
+            for (section, value) in table.iter_mut() {
+                let items: Vec<&mut toml::Value> = match (section.as_str(), value) {
+                    ("upstreams", toml::Value::Table(ups)) => {
+                        ups.iter_mut().map(|(_, u)| u).collect()
+                    }
+                    ("routes", toml::Value::Array(routes)) => routes.iter_mut().collect(),
+                    _ => continue,
+                };
+                for item in items {
+                    if let Some(toml::Value::Table(inject)) = item.get_mut("inject") {
+                        for (name, v) in inject.iter_mut() {
+                            if cfg.gateway.is_credential_header(name) {
+                                redact_literal(v);
+                            }
+                        }
+                    }
+                }
             }
             json!({"path": s.path.display().to_string(), "config": table})
         })
         .collect();
     json!({"config_hash": cfg.content_hash, "files": files})
+}
+
+/// Mask a value unless it is made of secret references only: literal text there may be
+/// a credential.
+fn redact_literal(v: &mut toml::Value) {
+    if let toml::Value::String(s) = v
+        && crate::secrets::Template::parse(s)
+            .map(|t| t.is_literal())
+            .unwrap_or(true)
+    {
+        *s = "[redacted]".to_string();
+    }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::http::normalize::{self, EscapedSlashes, PathParams, PathRules};
 use crate::policy::{PluginConfig, PolicyConfig, PolicySettings};
 use crate::secrets::{ProviderConfig, SecretRef, Template};
 pub use source::SourceMap;
@@ -186,6 +187,79 @@ pub struct GatewayConfig {
     /// HTTP/2 server limits.
     #[serde(default)]
     pub http2: Http2Limits,
+    /// Merge repeated slashes in request paths (`/a//b` → `/a/b`).
+    #[serde(default = "defaults::yes")]
+    pub merge_slashes: bool,
+    /// `%2F` / `%5C` in a path: "reject" (400, default) or "keep".
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// `;` path parameters: "reject" (400, default) or "keep".
+    #[serde(default)]
+    pub path_params: PathParams,
+    /// `X-HTTP-Method-Override` and its variants: "strip" (default) or "keep".
+    #[serde(default)]
+    pub method_override: MethodOverride,
+    /// Forward `TRACE` (never on a route that injects secrets). Off by default: an
+    /// upstream answering TRACE reflects the request, injected credentials included.
+    #[serde(default)]
+    pub allow_trace: bool,
+    /// Header names treated as credentials besides `authorization`,
+    /// `proxy-authorization`, `cookie` and `x-api-key`: a literal value injected into one
+    /// is refused unless `allow_literal = true`, and `GET /config` masks it.
+    #[serde(default)]
+    pub sensitive_headers: Vec<String>,
+}
+
+impl GatewayConfig {
+    /// The path normalization rules these settings choose.
+    pub fn path_rules(&self) -> PathRules {
+        PathRules {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+            path_params: self.path_params,
+        }
+    }
+
+    /// Whether `name` is a credential header: one of the well-known ones or a name in
+    /// `sensitive_headers` (case-insensitive).
+    pub fn is_credential_header(&self, name: &str) -> bool {
+        CREDENTIAL_HEADERS
+            .iter()
+            .copied()
+            .chain(self.sensitive_headers.iter().map(String::as_str))
+            .any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Headers that carry credentials whatever the deployment.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+/// Method-override headers (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverride {
+    /// Remove them before policies run (default): a GET-only policy means nothing to an
+    /// upstream that turns a GET into the DELETE a header asks for.
+    #[default]
+    Strip,
+    /// Forward them.
+    Keep,
+}
+
+/// What a route does with an upgrade to a protocol it does not allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisallowedUpgrade {
+    /// Forward the request as a plain request without `Upgrade` (default).
+    #[default]
+    Strip,
+    /// Refuse it with 400.
+    Reject,
 }
 
 /// `[gateway.http2]`: explicit HTTP/2 limits (flood and abuse protection).
@@ -217,6 +291,12 @@ impl Default for Http2Limits {
 
 mod defaults {
     use std::time::Duration;
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn upgrades() -> Vec<String> {
+        vec!["websocket".to_string()]
+    }
     pub fn header_read_timeout() -> Duration {
         Duration::from_secs(10)
     }
@@ -356,6 +436,9 @@ pub struct UpstreamConfig {
     /// Headers injected into every request to this upstream (routes may override).
     #[serde(default)]
     pub inject: BTreeMap<String, String>,
+    /// Accept literal (non-`${…}`) values for credential headers in `inject`.
+    #[serde(default)]
+    pub allow_literal: bool,
 }
 
 /// Connection pool settings.
@@ -437,6 +520,16 @@ pub struct RouteConfig {
     /// Headers injected upstream, usually with secret references.
     #[serde(default)]
     pub inject: BTreeMap<String, String>,
+    /// Accept literal (non-`${…}`) values for credential headers in `inject`.
+    #[serde(default)]
+    pub allow_literal: bool,
+    /// Upgrade protocols forwarded to the upstream (`[]` turns upgrades off). `h2c` never is.
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<String>,
+    /// An upgrade to any other protocol: "strip" (forward as a plain request, default) or
+    /// "reject" (400).
+    #[serde(default)]
+    pub on_disallowed_upgrade: DisallowedUpgrade,
     /// Ordered policy chain.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
@@ -811,6 +904,12 @@ impl Loader {
             max_body: defaults::max_body(),
             shutdown_grace: defaults::shutdown_grace(),
             http2: Http2Limits::default(),
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+            path_params: PathParams::default(),
+            method_override: MethodOverride::default(),
+            allow_trace: false,
+            sensitive_headers: Vec::new(),
         });
         let admin = admin.unwrap_or_default();
         let policy = policy.unwrap_or_default();
@@ -891,6 +990,14 @@ impl Loader {
                 "client_auth needs a client_ca_file to verify against".into(),
             ));
         }
+        for (i, h) in cfg.gateway.sensitive_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(main.error(
+                    &format!("gateway.sensitive_headers[{i}]"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+        }
         if cfg.admin.listen == cfg.gateway.listen && cfg.gateway.listen.port() != 0 {
             errs.push(main.error("admin.listen", "must differ from gateway.listen".into()));
         }
@@ -942,12 +1049,15 @@ impl Loader {
                     ));
                 }
             }
-            for h in u.inject.keys() {
+            for (h, v) in &u.inject {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     errs.push(main.error(
                         &format!("{key}.inject.{h}"),
                         "not a valid header name".into(),
                     ));
+                } else if let Some(reason) = literal_credential(&cfg.gateway, h, v, u.allow_literal)
+                {
+                    errs.push(main.error(&format!("{key}.inject.{h}"), reason));
                 }
             }
         }
@@ -983,10 +1093,12 @@ impl Loader {
                 ("match.path", &m.path),
                 ("match.path_prefix", &m.path_prefix),
             ] {
+                // Requests are matched in normalized form, so a pattern must be written in
+                // it too: a pattern no normalized path can equal would silently never match.
                 if let Some(p) = p
-                    && !p.starts_with('/')
+                    && let Err(e) = normalize::check_pattern(p)
                 {
-                    errs.push(map.error(&k(field), format!("{p:?} must start with '/'")));
+                    errs.push(map.error(&k(field), e));
                 }
             }
             for (i, meth) in m.methods.iter().enumerate() {
@@ -999,10 +1111,35 @@ impl Loader {
                     ));
                 }
             }
-            if let Some(h) = &m.host
-                && (h.is_empty() || h.contains('/'))
-            {
-                errs.push(map.error(&k("match.host"), format!("{h:?} is not a host name")));
+            if let Some(h) = &m.host {
+                let name = h.strip_prefix("*.").unwrap_or(h);
+                let after_literal = match name.strip_prefix('[') {
+                    Some(v6) => v6.split_once(']').map(|(_, rest)| rest).unwrap_or(""),
+                    None => name,
+                };
+                if after_literal.contains(':') || normalize::normalize_host(name).is_err() {
+                    errs.push(map.error(
+                        &k("match.host"),
+                        format!("{h:?} is not a host name (write `api.example.com` or `*.example.com`, no port)"),
+                    ));
+                }
+            }
+            for (i, proto) in r.upgrades.iter().enumerate() {
+                let key = k(&format!("upgrades[{i}]"));
+                if proto.is_empty()
+                    || !proto
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+                {
+                    errs.push(map.error(&key, format!("{proto:?} is not a protocol name")));
+                } else if proto.eq_ignore_ascii_case("h2c")
+                    || proto.to_ascii_lowercase().starts_with("h2c/")
+                {
+                    errs.push(map.error(
+                        &key,
+                        "h2c upgrades are never forwarded: Warden serves h2c itself, with prior knowledge".into(),
+                    ));
+                }
             }
             for h in r.inject.keys() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -1014,6 +1151,11 @@ impl Loader {
                         &k(&format!("inject.{h}")),
                         "cannot inject a hop-by-hop or Host header".into(),
                     ));
+                }
+            }
+            for (h, v) in &r.inject {
+                if let Some(reason) = literal_credential(&cfg.gateway, h, v, r.allow_literal) {
+                    errs.push(map.error(&k(&format!("inject.{h}")), reason));
                 }
             }
             for (i, p) in r.policies.iter().enumerate() {
@@ -1060,6 +1202,27 @@ impl Loader {
             }
         }
         self.errors.extend(errs);
+    }
+}
+
+/// Why a value injected into header `name` is refused as a literal credential, if it is:
+/// a credential written into the config is readable by everyone who can read the config
+/// (its repository, `GET /config`, backups), where a reference is not.
+fn literal_credential(
+    g: &GatewayConfig,
+    name: &str,
+    value: &str,
+    allow_literal: bool,
+) -> Option<String> {
+    if allow_literal || !g.is_credential_header(name) {
+        return None;
+    }
+    match Template::parse(value) {
+        Ok(t) if t.is_literal() => Some(format!(
+            "a literal value for the credential header {name:?}; write a secret reference instead, e.g. \"${{file:{}}}\" or \"Bearer ${{vault:path#key}}\" (or set allow_literal = true beside inject)",
+            name.to_ascii_lowercase()
+        )),
+        _ => None,
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod http;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

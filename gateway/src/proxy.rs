@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use std::borrow::Cow;
+
+use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -25,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::{DisallowedUpgrade, MethodOverride};
+use crate::http::normalize::{normalize_host, normalize_path};
 use crate::policy::{Decision, PolicyRequest};
 use crate::reload::{Gateway, RouteRuntime, Snapshot};
 use crate::routing::RouteMatch;
@@ -285,15 +289,15 @@ async fn pipeline(
     client: &ClientInfo,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed(vec![]));
-    }
-    let path = req.uri().path();
-    if headers::has_dot_segments(path) {
-        return Err(ProxyError::BadRequest("path has dot segments"));
-    }
-    let host = headers::request_host(&req);
-    let route_idx = match snap.router.route(host.as_deref(), path, req.method()) {
+    let gw = &snap.config.gateway;
+    check_method(req.method(), gw.allow_trace)?;
+    let host = normalize_request(&mut req, gw)?;
+    ex.path = req.uri().path().to_string();
+
+    let route_idx = match snap
+        .router
+        .route(host.as_deref(), req.uri().path(), req.method())
+    {
         RouteMatch::Found(i) => i,
         RouteMatch::NotFound => return Err(ProxyError::NoRoute),
         RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
@@ -302,6 +306,14 @@ async fn pipeline(
     ex.route_idx = Some(route_idx);
     ex.route = Some(route.name.clone());
     ex.upstream = Some(route.upstream.name.clone());
+
+    // A reflected request carries its injected credentials back to the client, whatever
+    // `allow_trace` says.
+    if is_trace(req.method()) && !route.inject.is_empty() {
+        return Err(ProxyError::MethodRefused(
+            "TRACE is never forwarded on a route that injects secrets",
+        ));
+    }
 
     // Refuse a declared body over the limit before anything is sent upstream.
     if let Some(len) = req
@@ -313,6 +325,8 @@ async fn pipeline(
     {
         return Err(ProxyError::BodyTooLarge);
     }
+
+    let upgrade = choose_upgrade(&mut req, route)?;
 
     // One secret snapshot for the whole request: the policy chain's comparisons and the
     // injected headers see the same values.
@@ -357,12 +371,11 @@ async fn pipeline(
     }
 
     let upstream = &route.upstream;
-    let upgrade = headers::upgrade_requested(&req);
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let original_host = headers::authority_of(&parts);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
     headers::set_forwarded(
         &mut parts.headers,
         client,
@@ -419,6 +432,25 @@ async fn pipeline(
         Ok(Ok(r)) => r,
     };
 
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel opens only to the protocol this route allows and the client asked for;
+        // an upstream that switches to anything else (or unasked) gets no tunnel.
+        let switched_to = resp.headers().get(UPGRADE).and_then(|v| v.to_str().ok());
+        let agreed = match (&upgrade, switched_to) {
+            (Some(offered), Some(to)) => offered
+                .to_str()
+                .map(|o| {
+                    o.split(',')
+                        .any(|p| p.trim().eq_ignore_ascii_case(to.trim()))
+                })
+                .unwrap_or(false),
+            _ => false,
+        };
+        if !agreed {
+            return Err(ProxyError::UpstreamBadUpgrade);
+        }
+    }
+
     if let Some(down) = downstream_upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let up = hyper::upgrade::on(&mut resp);
@@ -433,14 +465,15 @@ async fn pipeline(
                 }
             });
             let (mut parts, _) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, true);
+            let switched_to = parts.headers.get(UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers, switched_to);
             return Ok(Response::from_parts(parts, body::empty()));
         }
         // The upstream refused the upgrade. Anything the client sent after its request
         // head belongs to the protocol it asked for, so it must never be read as another
         // HTTP request: close the connection after this response.
         let (mut parts, b) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false);
+        headers::strip_hop_by_hop(&mut parts.headers, None);
         parts
             .headers
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -451,7 +484,7 @@ async fn pipeline(
     }
 
     let (mut parts, b) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers, None);
     for (n, v) in response_headers {
         parts.headers.append(n, v);
     }
@@ -461,19 +494,108 @@ async fn pipeline(
     ))
 }
 
-/// Strip a port from an authority for host matching.
-pub(crate) fn host_without_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority
-            .split(']')
-            .next()
-            .map(|h| &authority[..h.len() + 1])
-            .unwrap_or(authority);
+fn is_trace(m: &Method) -> bool {
+    m.as_str() == "TRACE" || m.as_str() == "TRACK"
+}
+
+/// Methods refused before routing: `CONNECT` (Warden is no forward proxy), `TRACE` and
+/// `TRACK` unless `allow_trace`, and any method with lower-case letters — `get` is not
+/// `GET` to the router or to a policy, but some upstreams treat it as one.
+fn check_method(m: &Method, allow_trace: bool) -> Result<(), ProxyError> {
+    if m.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(ProxyError::BadRequest("method must be upper case"));
     }
-    authority
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(authority)
+    if *m == Method::CONNECT {
+        return Err(ProxyError::MethodRefused("CONNECT is not supported"));
+    }
+    if is_trace(m) && !allow_trace {
+        return Err(ProxyError::MethodRefused(
+            "TRACE is disabled (it reflects the request, credentials included)",
+        ));
+    }
+    Ok(())
+}
+
+/// Bring the request into its one canonical form (see [`crate::http::normalize`]): the
+/// checked authority in `Host`, the normalized path in the URI (query untouched), and no
+/// method-override headers unless the operator keeps them. Returns the routing host.
+fn normalize_request(
+    req: &mut Request<Incoming>,
+    gw: &crate::config::GatewayConfig,
+) -> Result<Option<String>, ProxyError> {
+    let authority = headers::checked_authority(req).map_err(ProxyError::BadRequest)?;
+    let host = match &authority {
+        Some(a) => Some(
+            a.to_str()
+                .ok()
+                .and_then(|a| normalize_host(a).ok())
+                .ok_or(ProxyError::BadRequest("invalid Host"))?,
+        ),
+        None => None,
+    };
+    if let Some(a) = authority {
+        // Policies and a `preserve`d upstream Host see the authority that was routed.
+        req.headers_mut().insert(HOST, a);
+    }
+
+    let path = normalize_path(req.uri().path(), &gw.path_rules())
+        .map_err(|e| ProxyError::BadRequest(e.as_str()))?;
+    if let Cow::Owned(path) = path {
+        let mut parts = req.uri().clone().into_parts();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    }
+
+    if gw.method_override == MethodOverride::Strip {
+        for name in headers::METHOD_OVERRIDE {
+            req.headers_mut().remove(name);
+        }
+    }
+    Ok(host)
+}
+
+/// Decide what happens to an upgrade request on this route: the `Upgrade` value to
+/// forward (only the protocols the route allows), `None` for a plain request (the
+/// `Upgrade` header is then removed, so policies see what the upstream will), or 400 when
+/// the route refuses other protocols.
+fn choose_upgrade(
+    req: &mut Request<Incoming>,
+    route: &RouteRuntime,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let asked = headers::upgrade_protocols(req);
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    // An HTTP/2 upstream connection cannot carry an HTTP/1.1 upgrade.
+    let allowed: Vec<&str> = if route.upstream.http2 {
+        Vec::new()
+    } else {
+        asked
+            .into_iter()
+            .filter(|p| headers::upgrade_allowed(p, &route.upgrades))
+            .collect()
+    };
+    if allowed.is_empty() {
+        if route.on_disallowed_upgrade == DisallowedUpgrade::Reject {
+            return Err(ProxyError::BadRequest(
+                "upgrade protocol not allowed on this route",
+            ));
+        }
+        req.headers_mut().remove(UPGRADE);
+        return Ok(None);
+    }
+    let value = HeaderValue::from_str(&allowed.join(", "))
+        .map_err(|_| ProxyError::BadRequest("invalid Upgrade header"))?;
+    req.headers_mut().insert(UPGRADE, value.clone());
+    Ok(Some(value))
 }
 
 /// A JSON error body.

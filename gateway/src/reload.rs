@@ -37,6 +37,10 @@ pub struct RouteRuntime {
     pub max_body: u64,
     /// Headers to inject (route entries override the upstream's).
     pub inject: Vec<(HeaderName, Template)>,
+    /// Upgrade protocols forwarded, lower case (`h2c` is refused by validation).
+    pub upgrades: Vec<String>,
+    /// What an upgrade to any other protocol gets.
+    pub on_disallowed_upgrade: crate::config::DisallowedUpgrade,
     /// Policy chain.
     pub chain: Chain,
     /// Metric handles resolved once, so the request path does no label lookups for the
@@ -191,6 +195,8 @@ pub async fn build_snapshot(
             timeout: r.timeout.unwrap_or(upstream.timeout),
             max_body: r.max_body.unwrap_or(cfg.gateway.max_body),
             inject,
+            upgrades: r.upgrades.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            on_disallowed_upgrade: r.on_disallowed_upgrade,
             chain,
         });
     }

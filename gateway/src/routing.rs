@@ -8,6 +8,7 @@
 use http::Method;
 
 use crate::config::RouteConfig;
+use crate::http::normalize::{match_pattern, normalize_host};
 
 #[derive(Debug, Clone)]
 enum HostMatch {
@@ -57,11 +58,16 @@ impl Router {
             .enumerate()
             .map(|(index, r)| {
                 let m = &r.matcher;
+                // Hosts compare in normalized form: lower case, without a trailing dot.
                 let host = match &m.host {
                     None => HostMatch::Any,
                     Some(h) => match h.strip_prefix('*') {
-                        Some(rest) => HostMatch::Suffix(rest.to_ascii_lowercase()),
-                        None => HostMatch::Exact(h.to_ascii_lowercase()),
+                        Some(rest) => HostMatch::Suffix(
+                            rest.strip_suffix('.').unwrap_or(rest).to_ascii_lowercase(),
+                        ),
+                        None => HostMatch::Exact(
+                            normalize_host(h).unwrap_or_else(|_| h.to_ascii_lowercase()),
+                        ),
                     },
                 };
                 let path = match (&m.path, &m.path_prefix) {
@@ -100,12 +106,12 @@ impl Router {
         Router { entries }
     }
 
-    /// Route a request. `host` is the request authority without port, if any.
+    /// Route a request. `host` and `path` are in normalized form
+    /// ([`crate::http::normalize`]): the host lower case without port or trailing dot.
     pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> RouteMatch {
-        let host = host.map(|h| h.to_ascii_lowercase());
         let mut allowed: Vec<Method> = Vec::new();
         for e in &self.entries {
-            if !host_matches(&e.host, host.as_deref()) || !path_matches(&e.path, path) {
+            if !host_matches(&e.host, host) || !path_matches(&e.path, path) {
                 continue;
             }
             if e.methods.is_empty() || e.methods.contains(method) {
@@ -136,13 +142,13 @@ fn host_matches(m: &HostMatch, host: Option<&str>) -> bool {
 
 fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
-        PathMatch::Exact(p) => p == path,
-        PathMatch::Prefix(p) => {
+        PathMatch::Exact(p) => match_pattern(p, path) == Some(path.len()),
+        PathMatch::Prefix(p) => match match_pattern(p, path) {
             // Segment boundaries: "/v1" matches "/v1" and "/v1/x" but not "/v10", so a
             // policy written for one API cannot be skipped by a look-alike path.
-            path.starts_with(p.as_str())
-                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
-        }
+            Some(n) => p.ends_with('/') || n == path.len() || path.as_bytes()[n] == b'/',
+            None => false,
+        },
     }
 }
 
@@ -170,6 +176,9 @@ mod tests {
             timeout: None,
             max_body: None,
             inject: Default::default(),
+            allow_literal: false,
+            upgrades: vec![],
+            on_disallowed_upgrade: Default::default(),
             policies: vec![],
         }
     }
@@ -200,7 +209,7 @@ mod tests {
             RouteMatch::Found(4)
         );
         assert_eq!(
-            r.route(Some("Other.Example.com"), "/v1/x", &get),
+            r.route(Some("other.example.com"), "/v1/x", &get),
             RouteMatch::Found(5)
         );
         assert_eq!(
@@ -225,5 +234,138 @@ mod tests {
             RouteMatch::MethodNotAllowed(vec![Method::POST, Method::PUT])
         );
         assert_eq!(r.route(None, "/other", &Method::GET), RouteMatch::NotFound);
+    }
+
+    /// The route table the agreement properties run on: an open prefix, a protected one
+    /// below it, an exact path with a sub-delimiter, and a host-bound route.
+    /// A route in the model: path, host, exact.
+    type ModelRoute = (&'static str, Option<&'static str>, bool);
+
+    fn demo_router() -> (Router, Vec<ModelRoute>) {
+        let table = vec![
+            ("/", None, false),
+            ("/api", None, false),
+            ("/api/admin", None, false),
+            ("/api/m:p", None, true),
+            ("/api/admin", Some("admin.internal"), false),
+        ];
+        let routes: Vec<RouteConfig> = table
+            .iter()
+            .enumerate()
+            .map(|(i, (p, host, exact))| {
+                let name = format!("r{i}");
+                if *exact {
+                    route(&name, *host, Some(p), None, &[])
+                } else {
+                    route(&name, *host, None, Some(p), &[])
+                }
+            })
+            .collect();
+        (Router::new(&routes), table)
+    }
+
+    /// How a typical upstream framework routes: on the fully percent-decoded path, with
+    /// literal comparison, most specific first (the model the gateway must agree with).
+    fn upstream_route(
+        table: &[ModelRoute],
+        host: Option<&str>,
+        decoded: &str,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, (u8, usize, u8))> = None;
+        for (i, (p, h, exact)) in table.iter().enumerate() {
+            let host_ok = match h {
+                None => true,
+                Some(h) => host == Some(*h),
+            };
+            let path_ok = if *exact {
+                decoded == *p
+            } else {
+                decoded.starts_with(p)
+                    && (p.ends_with('/')
+                        || decoded.len() == p.len()
+                        || decoded.as_bytes()[p.len()] == b'/')
+            };
+            let score = (*exact as u8, p.len(), h.is_some() as u8);
+            if host_ok && path_ok && best.is_none_or(|(_, s)| score > s) {
+                best = Some((i, score));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn percent_decode(p: &str) -> String {
+        let b = p.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match crate::http::normalize::decode_escape(b, i) {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    use crate::http::normalize::{PathRules, normalize_path, tests::raw_path};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        /// Either a raw path is refused, or the route the gateway picks for it is the route
+        /// an upstream picks for what it receives — decoded, with slashes merged or
+        /// backslashes read as slashes — so no encoding reaches a handler past its route.
+        #[test]
+        fn gateway_and_upstream_agree_on_the_route(
+            raw in raw_path(),
+            host in prop_oneof![
+                Just(None),
+                Just(Some("admin.internal")),
+                Just(Some("ADMIN.internal.")),
+                Just(Some("admin.internal.:8080")),
+                Just(Some("other.internal")),
+            ],
+        ) {
+            let (router, table) = demo_router();
+            let Ok(path) = normalize_path(&raw, &PathRules::default()) else {
+                return Ok(());
+            };
+            let host = host.map(|h| normalize_host(h).unwrap());
+            let chosen = match router.route(host.as_deref(), &path, &Method::GET) {
+                RouteMatch::Found(i) => Some(i),
+                _ => None,
+            };
+            let decoded = percent_decode(&path);
+            let mut merged = decoded.replace('\\', "/");
+            while merged.contains("//") {
+                merged = merged.replace("//", "/");
+            }
+            for view in [&decoded, &merged] {
+                prop_assert_eq!(
+                    upstream_route(&table, host.as_deref(), view),
+                    chosen,
+                    "raw {:?} normalized {:?} upstream sees {:?}", raw, path, view
+                );
+            }
+            // Normalizing again changes nothing, so the route cannot change either.
+            let again = normalize_path(&path, &PathRules::default()).unwrap();
+            prop_assert_eq!(
+                router.route(host.as_deref(), &again, &Method::GET),
+                router.route(host.as_deref(), &path, &Method::GET)
+            );
+        }
+
+        /// The router never panics, whatever it is given.
+        #[test]
+        fn router_never_panics(path in "\\PC{0,30}", host in proptest::option::of("\\PC{0,12}")) {
+            let (router, _) = demo_router();
+            let _ = router.route(host.as_deref(), &path, &Method::GET);
+        }
     }
 }

@@ -84,6 +84,9 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     /// Config file path.
     pub config_path: PathBuf,
+    /// Bearer token sent by the admin helpers ([`Gateway::metrics`]), when the config sets
+    /// `[admin] token`.
+    pub admin_token: Option<String>,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
 }
@@ -151,6 +154,7 @@ impl Gateway {
             addr: "0.0.0.0:0".parse().unwrap(),
             admin_addr: "0.0.0.0:0".parse().unwrap(),
             config_path: config_path.to_path_buf(),
+            admin_token: None,
             child: Some(child),
             logs,
         };
@@ -173,6 +177,12 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Use `token` for the admin helpers from now on.
+    pub fn with_admin_token(mut self, token: &str) -> Gateway {
+        self.admin_token = Some(token.to_string());
+        self
     }
 
     /// `http://addr{path}`.
@@ -243,14 +253,11 @@ impl Gateway {
 
     /// Fetch `/metrics` from the admin listener.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .unwrap()
+        let mut req = client().get(self.admin_url("/metrics"));
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("metrics").text().await.unwrap()
     }
 
     /// Stop the gateway.

@@ -8,8 +8,11 @@
 //! - `/sse?n=N&gap_ms=G`: N server-sent events, G ms apart, each flushed on its own
 //! - `/grpc`: a gRPC-shaped answer (length-prefixed message) with `grpc-status` trailers
 //! - `/big?bytes=N`: N bytes streamed in 16 KiB chunks
-//! - upgrade requests to `/ws`: 101, then every byte received is echoed back
-//! - upgrade requests to `/ws-refuse`: 403
+//! - upgrade requests: 101 to whatever protocol was asked for (an upstream that accepts any
+//!   upgrade), then every byte received is echoed back
+//! - upgrade requests to `…/ws-refuse`: 403
+//! - upgrade requests to `…/ws-other`: 101 to `h2c`, whatever was asked for
+//! - `…/switch`: 101 `Upgrade: websocket` even without an upgrade request
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -212,8 +215,8 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
 
-    if req.headers().contains_key(http::header::UPGRADE) {
-        if path == "/ws-refuse" {
+    if req.headers().contains_key(http::header::UPGRADE) || path.ends_with("/switch") {
+        if path.ends_with("/ws-refuse") {
             let mut r = Response::new(full("upgrade refused"));
             *r.status_mut() = StatusCode::FORBIDDEN;
             return Ok(r);
@@ -235,10 +238,20 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
                 }
             }
         });
+        let protocol = match path.rsplit('/').next() {
+            Some("ws-other") => http::HeaderValue::from_static("h2c"),
+            Some("switch") => http::HeaderValue::from_static("websocket"),
+            _ => req
+                .headers()
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(http::HeaderValue::from_static("websocket")),
+        };
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        r.headers_mut().insert(http::header::UPGRADE, protocol);
         r.headers_mut()
             .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
         return Ok(r);

@@ -190,7 +190,8 @@ async fn every_kind_of_change_applies_under_load_with_zero_failures() {
         s.dir.path(),
         &s.config("a", "header_guard.wasm", GUARD_V1, ""),
     )
-    .await;
+    .await
+    .with_admin_token(ADMIN_TOKEN);
     let c = client();
     let url = gw.url("/load");
     let load = Load::start(url.clone(), c.clone(), 4);
@@ -343,7 +344,9 @@ async fn twenty_invalid_reloads_are_refused_counted_and_harmless() {
     let s = Stack::new().await;
     let path = s.dir.path().join("warden.toml");
     let good = s.config("a", "header_guard.wasm", GUARD_V1, "");
-    let gw = Gateway::start(s.dir.path(), &good).await;
+    let gw = Gateway::start(s.dir.path(), &good)
+        .await
+        .with_admin_token(ADMIN_TOKEN);
     let c = client();
     let url = gw.url("/load");
     let load = Load::start(url.clone(), c.clone(), 4);
@@ -437,7 +440,8 @@ async fn admin_posts_need_the_token() {
         s.dir.path(),
         &s.config("a", "header_guard.wasm", GUARD_V1, ""),
     )
-    .await;
+    .await
+    .with_admin_token(ADMIN_TOKEN);
     let c = client();
     for path in ["/reload", "/secrets/refresh"] {
         let r = c.post(gw.admin_url(path)).send().await.unwrap();
@@ -472,9 +476,19 @@ async fn admin_posts_need_the_token() {
         200
     );
 
-    // /config shows references, never values, and the content hash.
+    // /config shows references, never values, and the content hash; with a token
+    // configured it needs the token like everything but the probes.
+    assert_eq!(
+        c.get(gw.admin_url("/config"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let cfg: Value = c
         .get(gw.admin_url("/config"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -494,7 +508,8 @@ async fn metrics_parse_and_carry_the_documented_series() {
         s.dir.path(),
         &s.config("a", "header_guard.wasm", GUARD_V1, ""),
     )
-    .await;
+    .await
+    .with_admin_token(ADMIN_TOKEN);
     let c = client();
     for _ in 0..3 {
         echo(&c, &gw.url("/x")).await;

@@ -1249,7 +1249,9 @@ upstream = "dead"
         deadline = chaos("loop", "loop"),
         hog = chaos("hog", "hog"),
     );
-    let gw = Gateway::start(dir.path(), &config).await;
+    let gw = Gateway::start(dir.path(), &config)
+        .await
+        .with_admin_token("dash-admin-token");
     let http = client();
     for (path, want) in [
         ("/echo/a", 200),

@@ -754,10 +754,11 @@ inject = { x-openai-key = "${age:OPENAI_KEY}", x-db = "key=${file:db};" }
     }
     // Gateway-generated and admin output.
     for (method, path, auth) in [
-        ("GET", "/metrics", None),
+        ("GET", "/metrics", Some(admin_canary)),
         ("GET", "/readyz", None),
         ("GET", "/healthz", None),
-        ("GET", "/config", None),
+        ("GET", "/config", Some(admin_canary)),
+        ("GET", "/secrets", Some(admin_canary)),
         ("POST", "/secrets/refresh", Some("wrong")),
         ("POST", "/secrets/refresh", Some(admin_canary)),
         ("POST", "/reload", Some("wrong")),

@@ -15,7 +15,10 @@ pub enum ProxyError {
     /// A route matched host and path but not the method.
     #[error("method not allowed")]
     MethodNotAllowed(Vec<Method>),
-    /// The request is malformed.
+    /// A method refused whatever the route (`CONNECT`, `TRACE` …), with why.
+    #[error("method refused: {0}")]
+    MethodRefused(&'static str),
+    /// The request is malformed or ambiguous.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// The request body is over the route's limit.
@@ -30,6 +33,11 @@ pub enum ProxyError {
     /// The upstream broke the exchange after connecting.
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// The upstream answered 101 to a protocol the route does not allow or the client did
+    /// not ask for. No tunnel opens, and the client connection closes: whatever the client
+    /// sends next may belong to the protocol it asked for.
+    #[error("upstream switched to a protocol that was not allowed")]
+    UpstreamBadUpgrade,
     /// A secret the route injects is missing or past `max_stale`. The message names the
     /// reference, never a value; it goes to the log, not to the client.
     #[error("secret unavailable: {0}")]
@@ -41,11 +49,15 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MethodNotAllowed(_) | ProxyError::MethodRefused(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamBadUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::SecretUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -54,12 +66,13 @@ impl ProxyError {
     fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
-            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::MethodNotAllowed(_) | ProxyError::MethodRefused(_) => "method_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamConnect(_) => "upstream_unavailable",
             ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::UpstreamBadUpgrade => "upstream_bad_upgrade",
             ProxyError::SecretUnavailable(_) => "credentials_unavailable",
         }
     }
@@ -68,7 +81,10 @@ impl ProxyError {
     pub fn is_upstream_failure(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamTimeout | ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_)
+            ProxyError::UpstreamTimeout
+                | ProxyError::UpstreamConnect(_)
+                | ProxyError::Upstream(_)
+                | ProxyError::UpstreamBadUpgrade
         )
     }
 
@@ -77,6 +93,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::MethodNotAllowed(_)
+            | ProxyError::MethodRefused(_)
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge => {
                 debug!(request_id = rid, route, error = %self, "request refused")
@@ -98,7 +115,7 @@ impl ProxyError {
         if let Some(r) = route {
             body["route"] = json!(r);
         }
-        if let ProxyError::BadRequest(why) = &self {
+        if let ProxyError::BadRequest(why) | ProxyError::MethodRefused(why) = &self {
             body["detail"] = json!(why);
         }
         let mut resp = http::Response::new(super::json_body(body));
@@ -107,6 +124,16 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let ProxyError::MethodRefused(_) = &self {
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
+        if matches!(self, ProxyError::UpstreamBadUpgrade) {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ProxyError::MethodNotAllowed(methods) = &self {
             let allow = methods
                 .iter()

@@ -24,6 +24,16 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // Only meaningful for an h2c upgrade, which is never forwarded.
+    "http2-settings",
+];
+
+/// Method-override headers: an upstream that honours them runs another method than the
+/// one the router and the policies saw.
+pub const METHOD_OVERRIDE: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// Whether `name` is a hop-by-hop header (case-insensitive).
@@ -32,10 +42,10 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         || name.to_ascii_lowercase().starts_with("proxy-")
 }
 
-/// Remove hop-by-hop headers and every header `Connection` names. When `upgrading`, keep
-/// `Connection: upgrade` and `Upgrade` so the upgrade reaches the other side. `TE:
-/// trailers` is kept: gRPC needs it end to end and it asks nothing of the proxy.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrading: bool) {
+/// Remove hop-by-hop headers and every header `Connection` names. With `upgrade`, send
+/// that `Upgrade` value and `Connection: upgrade` so the upgrade reaches the other side.
+/// `TE: trailers` is kept: gRPC needs it end to end and it asks nothing of the proxy.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
@@ -43,11 +53,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrading: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let upgrade = if upgrading {
-        h.get(UPGRADE).cloned()
-    } else {
-        None
-    };
     let te_trailers = h.get_all(TE).iter().any(|v| {
         v.to_str()
             .map(|s| {
@@ -76,10 +81,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-/// Whether an HTTP/1.1 request asks for a protocol upgrade (WebSocket …).
-pub fn upgrade_requested<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
+/// The protocols an HTTP/1.1 upgrade request asks for (`Upgrade: websocket, h2c`), as
+/// written; empty when the request is not an upgrade (HTTP/1.0, no `Connection: upgrade`).
+pub fn upgrade_protocols<B>(req: &Request<B>) -> Vec<&str> {
+    let asks = req.version() == Version::HTTP_11
         && req
             .headers()
             .get_all(CONNECTION)
@@ -88,7 +93,29 @@ pub fn upgrade_requested<B>(req: &Request<B>) -> bool {
             .any(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            });
+    if !asks {
+        return Vec::new();
+    }
+    req.headers()
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether an upgrade protocol token (`websocket`, `foo/2`) is one of `allowed` (lower-case
+/// names; an entry without a version allows every version). `h2c` never is.
+pub fn upgrade_allowed(token: &str, allowed: &[String]) -> bool {
+    let t = token.to_ascii_lowercase();
+    let name = t.split('/').next().unwrap_or("");
+    name != "h2c"
+        && allowed
+            .iter()
+            .any(|a| *a == t || (!a.contains('/') && a == name))
 }
 
 /// The request authority: `:authority` / absolute-form URI, else `Host`.
@@ -99,13 +126,33 @@ pub fn authority_of(parts: &http::request::Parts) -> Option<HeaderValue> {
     parts.headers.get(HOST).cloned()
 }
 
-/// Host for routing, lower-case, without port.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let a = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req.headers().get(HOST)?.to_str().ok()?.to_string(),
-    };
-    Some(super::host_without_port(&a).to_ascii_lowercase())
+/// The one authority of a request, checked: two `Host` headers, an HTTP/2 `:authority`
+/// that a `host` header contradicts, or an HTTP/1.1 request without `Host` is an error
+/// (RFC 9112 §3.2, RFC 9113 §8.3.1). In absolute form the target's authority wins over
+/// `Host` (RFC 9112 §3.2.2).
+pub fn checked_authority<B>(req: &Request<B>) -> Result<Option<HeaderValue>, &'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(a) = req.uri().authority() {
+        if req.version() == Version::HTTP_2
+            && let Some(h) = host
+            && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+        {
+            return Err(":authority and Host disagree");
+        }
+        return HeaderValue::from_str(a.as_str())
+            .map(Some)
+            .map_err(|_| "invalid authority");
+    }
+    match host {
+        Some(h) if !h.is_empty() => Ok(Some(h.clone())),
+        Some(_) => Ok(None),
+        None if req.version() == Version::HTTP_11 => Err("missing Host header"),
+        None => Ok(None),
+    }
 }
 
 /// Keep a client's request id when it is short and printable, else make one.
@@ -120,16 +167,6 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
         return v.clone();
     }
     HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a valid header value")
-}
-
-/// Whether a path has `.` or `..` segments (raw or percent-encoded), which upstreams may
-/// resolve differently from our routing.
-pub fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase();
-        let s = s.replace("%2e", ".");
-        s == "." || s == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
 }
 
 /// Set `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
@@ -195,18 +232,57 @@ mod tests {
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
         h.insert(TE, HeaderValue::from_static("trailers, deflate"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h.get(TE).unwrap(), "trailers");
         assert!(h.contains_key("x-keep"));
+
+        h.insert(UPGRADE, HeaderValue::from_static("websocket, h2c"));
+        strip_hop_by_hop(&mut h, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
     }
 
     #[test]
-    fn dot_segments() {
-        assert!(has_dot_segments("/a/../b"));
-        assert!(has_dot_segments("/a/%2E%2e/b"));
-        assert!(has_dot_segments("/a/%2fb"));
-        assert!(!has_dot_segments("/a/..b/c"));
+    fn upgrades_are_allowed_by_name_and_h2c_never() {
+        let ws = vec!["websocket".to_string()];
+        assert!(upgrade_allowed("WebSocket", &ws));
+        assert!(!upgrade_allowed("h2c", &ws));
+        assert!(!upgrade_allowed("h2c", &["h2c".to_string()]));
+        assert!(!upgrade_allowed("tls/1.2", &ws));
+        assert!(upgrade_allowed("foo/2", &["foo".to_string()]));
+        assert!(!upgrade_allowed("foo/3", &["foo/2".to_string()]));
+        assert!(!upgrade_allowed("websocket", &[]));
+    }
+
+    #[test]
+    fn one_authority_per_request() {
+        let req = |v: Version, uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().version(v).uri(uri);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        let h11 = Version::HTTP_11;
+        assert!(checked_authority(&req(h11, "/", &["a", "b"])).is_err());
+        assert!(checked_authority(&req(h11, "/", &["a", "a"])).is_err());
+        assert!(checked_authority(&req(h11, "/", &[])).is_err());
+        assert_eq!(
+            checked_authority(&req(Version::HTTP_10, "/", &[])),
+            Ok(None)
+        );
+        assert_eq!(
+            checked_authority(&req(h11, "http://real.example/x", &["other"])).unwrap(),
+            Some(HeaderValue::from_static("real.example"))
+        );
+        let h2 = Version::HTTP_2;
+        assert!(checked_authority(&req(h2, "http://a.example/", &["b.example"])).is_err());
+        assert!(checked_authority(&req(h2, "http://a.example/", &["A.example"])).is_ok());
     }
 }

@@ -1206,3 +1206,88 @@ async fn vault_tls_with_ca_file() {
         errs[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Template parser properties
+// ---------------------------------------------------------------------------------------
+
+mod template_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Piece {
+        Lit(String),
+        Ref(String, String),
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            "[ -~]{0,12}".prop_map(Piece::Lit),
+            ("[A-Za-z0-9_-]{1,8}", "[a-zA-Z0-9/#._:-]{1,16}").prop_map(|(p, n)| Piece::Ref(p, n)),
+        ]
+    }
+
+    fn source(pieces: &[Piece]) -> String {
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Lit(s) => s.replace('$', "$$"),
+                Piece::Ref(p, n) => format!("${{{p}:{n}}}"),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// Whatever is written, parsing neither panics nor accepts a reference that does not
+        /// print back to itself.
+        #[test]
+        fn parse_never_panics_and_refs_round_trip(s in "\\PC{0,48}") {
+            if let Ok(t) = Template::parse(&s) {
+                for r in t.refs() {
+                    let again = Template::parse(&r.to_string()).unwrap();
+                    prop_assert_eq!(again.refs(), vec![r]);
+                }
+            }
+        }
+
+        /// A template built from pieces parses back to the same references, and a
+        /// literal-only one renders to its text with `$$` unescaped.
+        #[test]
+        fn built_templates_parse_back(pieces in prop::collection::vec(piece(), 0..6)) {
+            let text = source(&pieces);
+            let t = Template::parse(&text).unwrap();
+            let want: Vec<SecretRef> = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Ref(p, n) => Some(SecretRef::new(p, n)),
+                    Piece::Lit(_) => None,
+                })
+                .collect();
+            prop_assert_eq!(t.is_literal(), want.is_empty());
+            prop_assert_eq!(t.refs(), want);
+            if t.is_literal() {
+                let lit: String = pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Lit(s) => s.as_str(),
+                        Piece::Ref(..) => "",
+                    })
+                    .collect();
+                let rendered = t.render(&SecretSnapshot::empty()).unwrap();
+                prop_assert_eq!(rendered.expose(), lit.as_bytes());
+            }
+        }
+
+        /// Errors never echo literal text: it may be a pasted credential.
+        #[test]
+        fn errors_never_echo_literal_text(tail in "\\PC{0,24}") {
+            let secret = "sk-live-0d2f9c1b";
+            if let Err(e) = Template::parse(&format!("{secret} {tail}")) {
+                prop_assert!(!e.to_string().contains(secret), "{}", e);
+            }
+        }
+    }
+}

@@ -349,7 +349,8 @@ class Target:
 
 
 def start_warden(
-    tmp: Path, name: str, up: int, *, cpus: str | None, rust_log: str = "warn", **kw
+    tmp: Path, name: str, up: int, *, cpus: str | None, rust_log: str = "warn",
+    binary: Path = WARDEN, **kw
 ) -> tuple[subprocess.Popen, int, Path]:
     port, admin = free_ports(2)
     cfg = tmp / f"{name}.toml"
@@ -357,7 +358,7 @@ def start_warden(
     logf = tmp / f"{name}.log"
     env = dict(os.environ, RUST_LOG=rust_log)
     with open(logf, "wb") as f:
-        p = spawn([str(WARDEN), "run", "--config", str(cfg)], cpus=cpus, env=env, stderr=f)
+        p = spawn([str(binary), "run", "--config", str(cfg)], cpus=cpus, env=env, stderr=f)
     try:
         wait_http(port, "/", p)
     except RuntimeError:
@@ -479,6 +480,7 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin (proxy/wrk float on both cores)")
     ap.add_argument("--only", default="", help="comma-separated target keys (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, raw wrk output)")
+    ap.add_argument("--baseline", default="", help="another warden binary to run as b-none/b-pool (A/B)")
     args = ap.parse_args()
 
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
@@ -536,6 +538,15 @@ def main() -> int:
             ("w-perreq", "Warden, network-isolation ×20 rules, per-request", dict(policy=True, isolation="per-request")),
             ("w-secret", "Warden, pooled chain + secret injection (dir)", dict(policy=True, secret=True)),
         ]
+        if args.baseline:
+            # A/B against another build (e.g. the previous commit), interleaved with the
+            # rest so both see the same machine.
+            base = Path(args.baseline).resolve()
+            variants += [
+                ("b-none", f"baseline {base.name}, no policy", dict(policy=False, binary=base)),
+                ("b-pool", f"baseline {base.name}, network-isolation ×20 rules, pooled",
+                 dict(policy=True, binary=base)),
+            ]
         for key, label, kw in variants:
             p, port, admin, _ = start_warden(tmp, key, up, cpus=proxy_cpu, **kw)
             targets.append(Target(key, label, port, p, admin=admin))
@@ -545,7 +556,7 @@ def main() -> int:
             st, body = http_get(t.port, "/")
             assert st == 200 and body == b"ok", (t.key, st, body)
         for t in targets:
-            if t.key.startswith("w-"):
+            if t.key.startswith(("w-", "b-")):
                 st, _ = http_get(t.port, "/__auth")
                 want = 200 if t.key == "w-secret" else 401
                 assert st == want, f"{t.key}: /__auth answered {st}, expected {want}"
@@ -671,6 +682,9 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
     print(f"- access log at info vs warn: {over('w-none-info', 'w-none')}")
     print(f"- Warden (no policy) vs nginx: {over('w-none', 'nginx')}")
     print(f"- Warden (no policy) vs HAProxy: {over('w-none', 'haproxy')}")
+    if "b-none" in med:
+        print(f"- this build vs baseline, no policy: {over('w-none', 'b-none')}")
+        print(f"- this build vs baseline, pooled chain: {over('w-pool', 'b-pool')}")
     print()
     print("Inside Warden (its own metrics, whole run): plugin evaluation time per request "
           "(`warden_plugin_eval_duration_seconds` sum/count; per-request includes instantiate + configure), "

@@ -21,11 +21,11 @@ use crate::proxy::{ProxyBody, full};
 use crate::reload::Gateway;
 use crate::telemetry::metrics;
 
-/// Serve the admin API until shutdown.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+/// Serve the admin API until `stop` (after the proxy has drained).
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => { warn!(error = %e, "admin accept failed"); continue; }
@@ -72,11 +72,18 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "alive"})),
+        (Method::GET, "/readyz") if gw.shutdown.is_cancelled() => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "draining"}),
+        ),
         (Method::GET, "/readyz") => {
-            // A snapshot exists only once config, plugins and secrets all loaded; it stays
-            // ready through refused reloads. Secrets past `max_stale` make it unready.
+            // The admin listener serves once the first snapshot is active and the proxy
+            // listener is open: from then on this replica can serve, and it stays ready
+            // through refused reloads. Provider trouble fails only the routes that need
+            // the provider, unless `[admin] readiness = "strict"`.
             let snap = gw.current();
-            let ready = snap.secrets.is_ready();
+            let strict = snap.config.admin.readiness == crate::config::Readiness::Strict;
+            let ready = !strict || snap.secrets.is_ready();
             json_response(
                 if ready {
                     StatusCode::OK
@@ -84,7 +91,8 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
                     StatusCode::SERVICE_UNAVAILABLE
                 },
                 json!({"status": if ready { "ready" } else { "secrets_unavailable" },
-                       "config_hash": snap.config.content_hash, "routes": snap.routes.len()}),
+                       "config_hash": snap.config.content_hash, "routes": snap.routes.len(),
+                       "providers": provider_states(&snap.secrets.status())}),
             )
         }
         (Method::GET, "/secrets") => {
@@ -155,6 +163,35 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
+}
+
+/// One entry per secret provider: its state (`ok`, `failing` — serving last-known-good
+/// values —, `stale` — past `max_stale` —, or `unresolved`), the age of its oldest value
+/// and how many references it serves. Never a value.
+fn provider_states(refs: &[crate::secrets::RefStatus]) -> serde_json::Value {
+    let mut by: std::collections::BTreeMap<&str, Vec<&crate::secrets::RefStatus>> =
+        Default::default();
+    for r in refs {
+        by.entry(r.provider.as_str()).or_default().push(r);
+    }
+    let list: Vec<serde_json::Value> = by
+        .into_iter()
+        .map(|(name, rs)| {
+            let state = if rs.iter().any(|r| !r.resolved) {
+                "unresolved"
+            } else if rs.iter().any(|r| r.stale) {
+                "stale"
+            } else if rs.iter().any(|r| r.last_error.is_some()) {
+                "failing"
+            } else {
+                "ok"
+            };
+            json!({"provider": name, "kind": rs[0].kind, "state": state,
+                   "age_seconds": rs.iter().filter_map(|r| r.age_seconds).max(),
+                   "references": rs.len()})
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }
 
 async fn drain(req: Request<Incoming>) {

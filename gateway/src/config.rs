@@ -369,6 +369,9 @@ pub struct AdminConfig {
     /// the POST endpoints are off.
     #[serde(default)]
     pub token: Option<String>,
+    /// What `/readyz` means: "serving" (default) or "strict".
+    #[serde(default)]
+    pub readiness: Readiness,
 }
 
 impl Default for AdminConfig {
@@ -376,8 +379,22 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: defaults::admin_listen(),
             token: None,
+            readiness: Readiness::default(),
         }
     }
+}
+
+/// What `/readyz` answers 200 for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// This replica can serve: the first snapshot is active and the listeners are open.
+    /// A secret provider past `max_stale` fails only the routes that need it, so one
+    /// secret source cannot take every replica out of a load balancer at once.
+    #[default]
+    Serving,
+    /// Also every secret reference is resolved and none is past `max_stale`.
+    Strict,
 }
 
 /// `Host` header sent upstream.
@@ -664,18 +681,29 @@ const INCLUDE_KEYS: &[&str] = &["plugins", "routes"];
 
 /// Load and validate a config file and its includes. Returns every error found.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let mut loader = Loader::default();
-    let result = loader.load(path);
-    match result {
-        Some(cfg) if loader.errors.is_empty() => Ok(cfg),
-        _ => Err(ConfigErrors(loader.errors)),
+    match load_partial(path) {
+        (Some(cfg), errors) if errors.is_empty() => Ok(cfg),
+        (_, errors) => Err(ConfigErrors(errors)),
     }
+}
+
+/// Like [`load`], but also returns what could be loaded when there are errors (items that
+/// failed are left out), so `warden check` can go on to check plugins and secret
+/// references and report every independent error in one run. `None` when the main file
+/// itself cannot be read or parsed.
+pub fn load_partial(path: &Path) -> (Option<Config>, Vec<ConfigError>) {
+    let mut loader = Loader::default();
+    let cfg = loader.load(path);
+    (cfg, loader.errors)
 }
 
 #[derive(Default)]
 struct Loader {
     errors: Vec<ConfigError>,
     sources: Vec<Arc<SourceMap>>,
+    /// Providers whose table failed to parse: their own error says what is wrong, so a
+    /// reference to them must not add "unknown provider" on top.
+    broken_providers: HashSet<String>,
 }
 
 impl Loader {
@@ -794,12 +822,17 @@ impl Loader {
         let mut secrets = BTreeMap::new();
         for (name, v) in self.table_items(main, "secrets", table.remove("secrets")) {
             let key = format!("secrets.{name}");
-            if let Some(mut p) = self.item::<ProviderConfig>(main, &key, v) {
-                p.resolve_paths(&base_dir);
-                for fe in p.check() {
-                    self.err(main, &join_key(&key, &fe.key), fe.reason);
+            match self.item::<ProviderConfig>(main, &key, v) {
+                Some(mut p) => {
+                    p.resolve_paths(&base_dir);
+                    for fe in p.check() {
+                        self.err(main, &join_key(&key, &fe.key), fe.reason);
+                    }
+                    secrets.insert(name, p);
                 }
-                secrets.insert(name, p);
+                None => {
+                    self.broken_providers.insert(name);
+                }
             }
         }
         let mut upstreams = BTreeMap::new();
@@ -1179,7 +1212,7 @@ impl Loader {
             match Template::parse(text) {
                 Err(e) => errs.push(cfg.sources[file].error(&key, e.to_string())),
                 Ok(t) => {
-                    for e in crate::secrets::validate_refs(&cfg.secrets, &t.refs()) {
+                    for e in self.validate_refs(cfg, &t.refs()) {
                         errs.push(cfg.sources[file].error(&key, e.to_string()));
                     }
                 }
@@ -1193,7 +1226,7 @@ impl Loader {
                     errs.push(cfg.sources[src.file].error(&join_key(&prefix, &fe.key), fe.reason));
                 }
                 for (key, t) in templates {
-                    for e in crate::secrets::validate_refs(&cfg.secrets, &t.refs()) {
+                    for e in self.validate_refs(cfg, &t.refs()) {
                         errs.push(
                             cfg.sources[src.file].error(&join_key(&prefix, &key), e.to_string()),
                         );
@@ -1223,6 +1256,17 @@ fn literal_credential(
             name.to_ascii_lowercase()
         )),
         _ => None,
+    }
+}
+
+impl Loader {
+    /// [`crate::secrets::validate_refs`], less the references to a provider whose own
+    /// table failed to parse (already reported there).
+    fn validate_refs(&self, cfg: &Config, refs: &[SecretRef]) -> Vec<crate::secrets::SecretsError> {
+        crate::secrets::validate_refs(&cfg.secrets, refs)
+            .into_iter()
+            .filter(|e| !matches!(e, crate::secrets::SecretsError::UnknownProvider { provider, .. } if self.broken_providers.contains(provider)))
+            .collect()
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use warden::config;
-use warden::reload::{Gateway, build_snapshot};
+use warden::reload::{Gateway, SecretsMode, build_snapshot};
 use warden::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -39,6 +39,10 @@ enum Cmd {
         /// Gateway config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Refuse to start while any secret reference does not resolve (default: start,
+        /// answer 503 on the routes that need it, and retry in the background).
+        #[arg(long)]
+        strict_secrets: bool,
     },
     /// Validate config, routes, plugins and secret references; list every error.
     Check {
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
     // One process-wide crypto provider for every rustls user (upstream TLS, Vault client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
-        Cmd::Run { config } => run(&config),
+        Cmd::Run {
+            config,
+            strict_secrets,
+        } => run(&config, strict_secrets),
         Cmd::Check { config } => check(&config),
         Cmd::Plugin { cmd } => block_on(None, warden::policy::run_cli(cmd)),
         Cmd::Secrets { cmd } => block_on(None, warden::secrets::run_cli(cmd)),
@@ -126,6 +133,21 @@ async fn health(url: String, timeout: std::time::Duration) -> anyhow::Result<Exi
     }
 }
 
+/// Load errors first, then the build's; an error on a key that already has one is the
+/// same problem seen again (an unknown plugin is unknown to the loader and to the chain).
+fn merge_errors(
+    load: Vec<config::ConfigError>,
+    build: Option<&config::ConfigErrors>,
+) -> config::ConfigErrors {
+    let mut out = load;
+    for e in build.map(|b| b.0.clone()).unwrap_or_default() {
+        if !out.iter().any(|o| o.file == e.file && o.key == e.key) {
+            out.push(e);
+        }
+    }
+    config::ConfigErrors(out)
+}
+
 fn print_errors(errs: &config::ConfigErrors) {
     for e in &errs.0 {
         eprintln!("error: {e}");
@@ -134,12 +156,12 @@ fn print_errors(errs: &config::ConfigErrors) {
 }
 
 fn check(path: &Path) -> ExitCode {
-    let cfg = match config::load(path) {
-        Ok(c) => c,
-        Err(errs) => {
-            print_errors(&errs);
-            return ExitCode::from(2);
-        }
+    // Go on past config errors with what loaded, so that plugins and secret references are
+    // checked too and every independent error is listed in one run.
+    let (cfg, load_errors) = config::load_partial(path);
+    let Some(cfg) = cfg else {
+        print_errors(&config::ConfigErrors(load_errors));
+        return ExitCode::from(2);
     };
     block_on(None, async move {
         let host = match warden::policy::PolicyHost::new(&cfg.policy, &cfg.base_dir) {
@@ -149,7 +171,13 @@ fn check(path: &Path) -> ExitCode {
                 return Ok(ExitCode::from(2));
             }
         };
-        match build_snapshot(cfg, &host, None, false).await {
+        let built = build_snapshot(cfg, &host, None, SecretsMode::Check).await;
+        let errors = merge_errors(load_errors, built.as_ref().err());
+        if !errors.0.is_empty() {
+            print_errors(&errors);
+            return Ok(ExitCode::from(2));
+        }
+        match built {
             Ok(snap) => {
                 let c = &snap.config;
                 println!(
@@ -170,7 +198,7 @@ fn check(path: &Path) -> ExitCode {
     })
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(path: &Path, strict_secrets: bool) -> ExitCode {
     // Bad options fail before the first socket is opened.
     let cfg = match config::load(path) {
         Ok(c) => c,
@@ -182,7 +210,7 @@ fn run(path: &Path) -> ExitCode {
     let workers = cfg.gateway.worker_threads;
     let path = path.to_path_buf();
     block_on(workers, async move {
-        let gw = match Gateway::start(&path, cfg).await {
+        let gw = match Gateway::start(&path, cfg, strict_secrets).await {
             Ok(gw) => gw,
             Err(errs) => {
                 print_errors(&errs);
@@ -226,9 +254,13 @@ async fn serve(gw: Arc<Gateway>) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let admin_task = tokio::spawn(warden::admin::serve(admin, gw.clone(), shutdown.clone()));
+    // The admin listener outlives the drain: /readyz answers 503 "draining" and the last
+    // metrics can be scraped until the proxy has finished.
+    let drained = CancellationToken::new();
+    let admin_task = tokio::spawn(warden::admin::serve(admin, gw.clone(), drained.clone()));
     warden::proxy::serve(proxy, gw.clone(), shutdown).await;
-    admin_task.abort();
+    drained.cancel();
+    let _ = admin_task.await;
     info!("stopped");
     Ok(())
 }

@@ -32,7 +32,9 @@ use crate::http::normalize::{normalize_host, normalize_path};
 use crate::policy::{Decision, PolicyRequest};
 use crate::reload::{Gateway, RouteRuntime, Snapshot};
 use crate::routing::RouteMatch;
-use crate::telemetry::{MethodClass, RequestLabels, RouteLabel, UpstreamLabel, metrics};
+use crate::telemetry::{
+    GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, UpstreamLabel, metrics,
+};
 pub use body::{BoxError, ProxyBody, full};
 pub use error::ProxyError;
 pub use headers::is_hop_by_hop;
@@ -70,15 +72,17 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
-        let snap = gw.current();
         let gw = gw.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             metrics().active_connections.inc();
-            serve_connection(stream, peer, snap, gw, watcher).await;
+            serve_connection(stream, peer, gw, watcher).await;
             metrics().active_connections.dec();
         });
     }
+    // Stop accepting now: new connections are refused instead of queueing in the
+    // backlog of a socket nobody reads until the drain ends.
+    drop(listener);
     let grace = gw.current().config.gateway.shutdown_grace;
     info!(grace = ?grace, "proxy listener closed; draining in-flight requests");
     match tokio::time::timeout(grace, graceful.shutdown()).await {
@@ -87,35 +91,27 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
     }
 }
 
+/// Serve one connection. Its settings and TLS config come from the snapshot current at
+/// accept time, but the connection does not keep that snapshot: each request reads the
+/// current one, so an idle keep-alive connection never holds a replaced generation (its
+/// plugin pools, upstream pools) alive.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    snap: Arc<Snapshot>,
     gw: Arc<Gateway>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let g = &snap.config.gateway;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(g.header_read_timeout)
-        // hyper refuses buffers under 8 KiB.
-        .max_buf_size((g.max_header_bytes as usize).max(8192))
-        .max_headers(g.max_headers)
-        .keep_alive(true);
-    let h2 = &g.http2;
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_header_list_size(g.max_header_bytes.min(u32::MAX as u64) as u32)
-        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
-        .keep_alive_interval(h2.keep_alive_interval)
-        .keep_alive_timeout(Duration::from_secs(20));
+    let (mut builder, tls, header_read_timeout) = {
+        let snap = gw.current();
+        let g = &snap.config.gateway;
+        (
+            connection_builder(g),
+            snap.tls.clone(),
+            g.header_read_timeout,
+        )
+    };
 
-    match snap.tls.clone() {
+    match tls {
         None => {
             let client = Arc::new(ClientInfo {
                 addr: peer,
@@ -133,7 +129,7 @@ async fn serve_connection(
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let handshake =
-                tokio::time::timeout(g.header_read_timeout, acceptor.accept(stream)).await;
+                tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -174,6 +170,32 @@ async fn serve_connection(
     }
 }
 
+/// The connection builder for the current `[gateway]` limits.
+fn connection_builder(
+    g: &crate::config::GatewayConfig,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(g.header_read_timeout)
+        // hyper refuses buffers under 8 KiB.
+        .max_buf_size((g.max_header_bytes as usize).max(8192))
+        .max_headers(g.max_headers)
+        .keep_alive(true);
+    let h2 = &g.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(g.max_header_bytes.min(u32::MAX as u64) as u32)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 fn service(
     gw: Arc<Gateway>,
     client: Arc<ClientInfo>,
@@ -201,6 +223,10 @@ struct Exchange {
     started: Instant,
     upstream_time: Option<Duration>,
     verdict: &'static str,
+    /// Why Warden answered itself, when it did (the error code or `policy_denied`).
+    flag: Option<&'static str>,
+    /// The downstream HTTP version.
+    version: Version,
 }
 
 /// Handle one request end to end. Never fails: every problem becomes a response.
@@ -220,10 +246,20 @@ pub async fn handle(
         started: Instant::now(),
         upstream_time: None,
         verdict: "none",
+        flag: None,
+        version: req.version(),
     };
     let mut resp = match pipeline(req, &snap, &client, &mut ex).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if ex.verdict == "deny" {
+                ex.flag = Some("policy_denied");
+                count_gateway_response(&ex, "policy_denied", "policy");
+            }
+            r
+        }
         Err(e) => {
+            ex.flag = Some(e.reason());
+            count_gateway_response(&ex, e.reason(), e.fault());
             if e.is_upstream_failure()
                 && let Some(u) = &ex.upstream
             {
@@ -245,6 +281,11 @@ pub async fn handle(
         }
     };
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    // A proxy speaks its own version to its client, whatever the upstream spoke (an
+    // HTTP/1.0 upstream must not turn a keep-alive HTTP/1.1 client into HTTP/1.0).
+    if ex.version != Version::HTTP_2 {
+        *resp.version_mut() = Version::HTTP_11;
+    }
     let status = resp.status();
     let class = MethodClass::of(&ex.method);
     let elapsed = ex.started.elapsed().as_secs_f64();
@@ -279,6 +320,7 @@ pub async fn handle(
         started: ex.started,
         upstream_time: ex.upstream_time,
         verdict: ex.verdict,
+        flag: ex.flag,
     };
     resp.map(|b| body::observed(b, log))
 }
@@ -418,6 +460,9 @@ async fn pipeline(
         parts.headers.remove(HOST);
     }
 
+    // Errors reading the client's body are marked as the client's, so that the upstream
+    // client failing to send it is a 400, not a 502 blamed on the upstream.
+    let body = body.map_err(|e| BoxError::from(error::ClientBodyError(e)));
     let limited = http_body_util::Limited::new(body, route.max_body as usize);
     let out = Request::from_parts(parts, limited.map_err(BoxError::from).boxed());
 
@@ -492,6 +537,17 @@ async fn pipeline(
         parts,
         b.map_err(BoxError::from).boxed(),
     ))
+}
+
+fn count_gateway_response(ex: &Exchange, reason: &str, fault: &str) {
+    metrics()
+        .gateway_responses
+        .get_or_create(&GatewayResponseLabels {
+            route: ex.route.as_deref().unwrap_or("none").to_string(),
+            reason: reason.to_string(),
+            fault: fault.to_string(),
+        })
+        .inc();
 }
 
 fn is_trace(m: &Method) -> bool {

@@ -98,16 +98,49 @@ pub struct Snapshot {
     pub admin_token: Option<Template>,
     /// Files whose change triggers a reload (config, includes, plugins, certificates).
     pub watched: Vec<PathBuf>,
+    /// Counts this generation in `warden_config_generations` while it is alive.
+    _generation: Generation,
+}
+
+/// Counted in the live-generations gauge from build to drop, so a generation that never
+/// ends (something holding an old snapshot) shows up as a rising gauge.
+struct Generation;
+
+impl Generation {
+    fn new() -> Generation {
+        metrics().config_generations.inc();
+        Generation
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        metrics().config_generations.dec();
+    }
+}
+
+/// How a snapshot gets its secret store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretsMode {
+    /// Resolve every reference once, no background tasks; any failure is an error
+    /// (`warden check`).
+    Check,
+    /// Keep values fresh in the background; any reference that does not resolve is an
+    /// error (`warden run --strict-secrets`).
+    Strict,
+    /// Keep values fresh in the background; references that do not resolve yet are
+    /// retried, and the routes that need them answer 503 until they do (`warden run`).
+    Lenient,
 }
 
 /// Build a complete snapshot from a loaded config. `previous` lends connection pools of
-/// upstreams whose settings did not change. With `background = false` the secret store
-/// resolves once and starts no refresh tasks (for `warden check`).
+/// upstreams whose settings did not change, and its secret store when the providers did
+/// not change (only references that are new are then read).
 pub async fn build_snapshot(
     cfg: Config,
     host: &Arc<PolicyHost>,
     previous: Option<&Snapshot>,
-    background: bool,
+    mode: SecretsMode,
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errs: Vec<ConfigError> = Vec::new();
     let cfg = Arc::new(cfg);
@@ -201,38 +234,51 @@ pub async fn build_snapshot(
         });
     }
 
-    if !errs.is_empty() {
+    // `warden check` goes on to the secret references, so one run lists every error.
+    if !errs.is_empty() && mode != SecretsMode::Check {
         return Err(ConfigErrors(errs));
     }
 
-    let secrets = match SecretStore::start(
-        &cfg.secrets,
-        &cfg.base_dir,
-        cfg.secret_refs(),
-        background,
-    )
-    .await
-    {
+    // A partially loaded config (`warden check`) may name providers that failed to load;
+    // their errors are reported already.
+    let mut refs = cfg.secret_refs();
+    refs.retain(|r| cfg.secrets.contains_key(&r.provider));
+    let reused = match previous {
+        Some(prev) if mode != SecretsMode::Check => prev
+            .secrets
+            .reuse_for(&cfg.secrets, &cfg.base_dir, &refs)
+            .await
+            .map(|r| r.map(|()| prev.secrets.clone())),
+        _ => None,
+    };
+    let started = match reused {
+        Some(r) => r,
+        None => match mode {
+            SecretsMode::Check => {
+                SecretStore::start(&cfg.secrets, &cfg.base_dir, refs, false).await
+            }
+            SecretsMode::Strict => {
+                SecretStore::start(&cfg.secrets, &cfg.base_dir, refs, true).await
+            }
+            SecretsMode::Lenient => {
+                let (store, errors) = SecretStore::open(&cfg.secrets, &cfg.base_dir, refs).await;
+                for e in errors {
+                    warn!(error = %e, "secret not resolved yet; routes that need it answer 503 until it is");
+                }
+                Ok(store)
+            }
+        },
+    };
+    let secrets = match started {
         Ok(s) => s,
         Err(list) => {
-            let templates = cfg.templates();
-            let errs = list
-                .into_iter()
-                .map(|e| {
-                    let msg = e.to_string();
-                    // Point at the first place that uses the failing reference.
-                    let at = templates
-                        .iter()
-                        .find(|(_, _, t)| t.refs().iter().any(|r| msg.contains(&r.to_string())));
-                    match at {
-                        Some((file, key, _)) => cfg.sources[*file].error(key, msg),
-                        None => cfg.locate_main("secrets", msg),
-                    }
-                })
-                .collect();
+            errs.extend(locate_secret_errors(&cfg, list).0);
             return Err(ConfigErrors(errs));
         }
     };
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
 
     let admin_token = cfg
         .admin
@@ -264,7 +310,27 @@ pub async fn build_snapshot(
         secrets,
         admin_token,
         watched,
+        _generation: Generation::new(),
     })
+}
+
+/// Point each secret error at the first place in the config that uses its reference.
+fn locate_secret_errors(cfg: &Config, list: Vec<crate::secrets::SecretsError>) -> ConfigErrors {
+    let templates = cfg.templates();
+    ConfigErrors(
+        list.into_iter()
+            .map(|e| {
+                let msg = e.to_string();
+                let at = templates
+                    .iter()
+                    .find(|(_, _, t)| t.refs().iter().any(|r| msg.contains(&r.to_string())));
+                match at {
+                    Some((file, key, _)) => cfg.sources[*file].error(key, msg),
+                    None => cfg.locate_main("secrets", msg),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The running gateway: the current snapshot and what it takes to replace it.
@@ -278,11 +344,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Load, validate and build the first snapshot.
-    pub async fn start(config_path: &Path, cfg: Config) -> Result<Arc<Gateway>, ConfigErrors> {
+    /// Load, validate and build the first snapshot. With `strict_secrets`, a secret
+    /// reference that does not resolve fails the start; without, the gateway starts and
+    /// the routes that need it answer 503 until it resolves.
+    pub async fn start(
+        config_path: &Path,
+        cfg: Config,
+        strict_secrets: bool,
+    ) -> Result<Arc<Gateway>, ConfigErrors> {
         let host = PolicyHost::new(&cfg.policy, &cfg.base_dir)
             .map_err(|e| ConfigErrors(vec![cfg.locate_main("policy", format!("{e:#}"))]))?;
-        let snap = build_snapshot(cfg, &host, None, true).await?;
+        let mode = if strict_secrets {
+            SecretsMode::Strict
+        } else {
+            SecretsMode::Lenient
+        };
+        let snap = build_snapshot(cfg, &host, None, mode).await?;
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snap),
             host,
@@ -352,7 +429,10 @@ impl Gateway {
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
-        let snap = build_snapshot(cfg, &self.host, Some(&old), true).await?;
+        // A reload never starts without its secrets: a reference that is new and does not
+        // resolve refuses it (the old snapshot keeps serving). One the store already has
+        // costs no provider request.
+        let snap = build_snapshot(cfg, &self.host, Some(&old), SecretsMode::Strict).await?;
         let hash = snap.config.content_hash.clone();
         self.snapshot.store(Arc::new(snap));
         Ok(hash)
@@ -417,6 +497,8 @@ async fn watch_files(gw: Arc<Gateway>) {
     let mut names: HashSet<std::ffi::OsString> = HashSet::new();
     let mut current_hash = String::new();
     loop {
+        // Scoped: the snapshot must not be held while waiting for the next event, or the
+        // generation it belongs to could never end.
         let snap = gw.current();
         if snap.config.content_hash != current_hash || watched_dirs.is_empty() {
             current_hash = snap.config.content_hash.clone();
@@ -436,6 +518,7 @@ async fn watch_files(gw: Arc<Gateway>) {
                 }
             }
         }
+        drop(snap);
         let relevant = |ev: &notify::Event| {
             !matches!(ev.kind, notify::EventKind::Access(_))
                 && ev.paths.iter().any(|p| {

@@ -266,11 +266,7 @@ mod tests {
 
     /// How a typical upstream framework routes: on the fully percent-decoded path, with
     /// literal comparison, most specific first (the model the gateway must agree with).
-    fn upstream_route(
-        table: &[ModelRoute],
-        host: Option<&str>,
-        decoded: &str,
-    ) -> Option<usize> {
+    fn upstream_route(table: &[ModelRoute], host: Option<&str>, decoded: &str) -> Option<usize> {
         let mut best: Option<(usize, (u8, usize, u8))> = None;
         for (i, (p, h, exact)) in table.iter().enumerate() {
             let host_ok = match h {

@@ -3,9 +3,11 @@
 //!
 //! How values flow:
 //!
-//! * [`SecretStore::start`] resolves every referenced secret once (start-up fails naming
-//!   each reference that does not resolve) and then, in the background, keeps them fresh:
-//!   Vault on a timer (and before leases/tokens expire), files when they change on disk.
+//! * [`SecretStore::start`] resolves every referenced secret once (failing, naming each
+//!   reference that does not resolve; [`SecretStore::open`] starts anyway and retries) and
+//!   then, in the background, keeps them fresh: Vault on a timer (and before leases/tokens
+//!   expire), files when they change on disk. The store outlives config reloads
+//!   ([`SecretStore::reuse_for`]): only references that are new are read.
 //! * Values live in an immutable [`SecretSnapshot`] behind an `ArcSwap`. A refresh builds a
 //!   new snapshot and swaps it in; the request path only ever loads the current `Arc` and
 //!   never waits on (or calls) a provider. A request keeps the snapshot it started with.
@@ -48,7 +50,7 @@ pub use template::Template;
 // ---------------------------------------------------------------------------------------
 
 /// One `[secrets.NAME]` table, tagged by `type`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ProviderConfig {
     /// Vault or OpenBao (KV v2 or v1).
@@ -60,7 +62,7 @@ pub enum ProviderConfig {
 }
 
 /// `type = "vault"`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// `http(s)://host:port` of Vault or OpenBao.
@@ -91,7 +93,7 @@ pub struct VaultConfig {
 }
 
 /// `auth = { method = … }` of a Vault provider.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
 pub enum VaultAuth {
     /// A token read from a file (e.g. written by Vault Agent); re-read when renewal fails.
@@ -112,7 +114,7 @@ pub enum VaultAuth {
 }
 
 /// `type = "age"`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgeConfig {
     /// age X25519 identity file (as written by `age-keygen`).
@@ -126,7 +128,7 @@ pub struct AgeConfig {
 }
 
 /// `type = "dir"`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirConfig {
     /// Directory with one file per secret.
@@ -462,6 +464,15 @@ pub enum SecretsError {
         /// Why (never the value).
         reason: String,
     },
+    /// The provider answered, and the secret does not exist (a missing path, key or
+    /// file): a configuration mistake, not an outage.
+    #[error("{reference} does not exist: {reason}")]
+    NotFound {
+        /// `${provider:name}`.
+        reference: String,
+        /// Why (never the value).
+        reason: String,
+    },
     /// A new value was refused because it cannot be used as a header value.
     #[error("{reference}: value refused because {reason}")]
     InvalidValue {
@@ -486,12 +497,23 @@ pub enum SecretsError {
 }
 
 impl SecretsError {
+    /// The metric label of a failed read: `not_found` (the secret does not exist),
+    /// `invalid` (a value that cannot be sent), or `unavailable` (the provider failed).
+    pub fn failure_kind(&self) -> &'static str {
+        match self {
+            SecretsError::NotFound { .. } | SecretsError::BadName { .. } => "not_found",
+            SecretsError::InvalidValue { .. } => "invalid",
+            _ => "unavailable",
+        }
+    }
+
     /// The `${provider:name}` this error is about, if it is about one reference.
     pub fn reference(&self) -> Option<&str> {
         match self {
             SecretsError::UnknownProvider { reference, .. }
             | SecretsError::BadName { reference, .. }
             | SecretsError::Unresolved { reference, .. }
+            | SecretsError::NotFound { reference, .. }
             | SecretsError::InvalidValue { reference, .. }
             | SecretsError::Stale { reference }
             | SecretsError::NotLoaded { reference } => Some(reference),

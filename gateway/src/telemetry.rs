@@ -100,11 +100,33 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// Labels of the secret-refresh failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderFailureLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `unavailable` (the provider failed), `not_found` (the secret does not exist) or
+    /// `invalid` (a value that cannot be sent).
+    pub reason: String,
+}
+
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `applied` or `refused`.
     pub result: String,
+}
+
+/// Labels of responses Warden made itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayResponseLabels {
+    /// Route name, or `none` when no route matched.
+    pub route: String,
+    /// The machine-readable reason, as in the error body (`bad_request`,
+    /// `upstream_timeout`, `credentials_unavailable`, `policy_denied` …).
+    pub reason: String,
+    /// Whose fault: `client`, `upstream`, `gateway` or `policy`.
+    pub fault: String,
 }
 
 /// Every metric family the gateway exports.
@@ -136,8 +158,8 @@ pub struct Metrics {
     pub plugin_memory_limit_hits: Family<PluginLabel, Counter>,
     /// Successful secret refreshes, by provider.
     pub secret_refresh_success: Family<ProviderLabel, Counter>,
-    /// Failed secret refreshes, by provider.
-    pub secret_refresh_failure: Family<ProviderLabel, Counter>,
+    /// Failed secret refreshes, by provider and kind of failure.
+    pub secret_refresh_failure: Family<ProviderFailureLabels, Counter>,
     /// Unix time of the last successful refresh, by provider; `/metrics` derives the age.
     pub secret_last_success: Family<ProviderLabel, Gauge>,
     /// Seconds since the oldest value of each provider was last read successfully; set
@@ -145,6 +167,12 @@ pub struct Metrics {
     pub secret_age: Family<ProviderLabel, Gauge>,
     /// Config reloads applied or refused.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Responses Warden made itself (errors and policy denials), by route, reason and
+    /// fault: tells a 503 of Warden's from one the upstream sent.
+    pub gateway_responses: Family<GatewayResponseLabels, Counter>,
+    /// Configuration generations alive: the current one plus those still finishing
+    /// requests. Flat over time unless something holds an old generation.
+    pub config_generations: Gauge,
     started: Instant,
 }
 
@@ -236,10 +264,10 @@ impl Metrics {
             "Successful secret refreshes by provider",
             secret_refresh_success.clone(),
         );
-        let secret_refresh_failure = Family::<ProviderLabel, Counter>::default();
+        let secret_refresh_failure = Family::<ProviderFailureLabels, Counter>::default();
         registry.register(
             "secret_refresh_failure",
-            "Failed secret refreshes by provider",
+            "Failed secret refreshes by provider and reason (unavailable, not_found, invalid)",
             secret_refresh_failure.clone(),
         );
         let secret_last_success = Family::<ProviderLabel, Gauge>::default();
@@ -259,6 +287,18 @@ impl Metrics {
             "reloads",
             "Configuration reloads by result",
             reloads.clone(),
+        );
+        let gateway_responses = Family::<GatewayResponseLabels, Counter>::default();
+        registry.register(
+            "gateway_responses",
+            "Responses made by Warden itself (not the upstream), by route, reason and fault",
+            gateway_responses.clone(),
+        );
+        let config_generations = Gauge::default();
+        registry.register(
+            "config_generations",
+            "Configuration generations alive (current plus those finishing requests)",
+            config_generations.clone(),
         );
         registry.register(
             "build",
@@ -287,6 +327,8 @@ impl Metrics {
             secret_last_success,
             secret_age,
             reloads,
+            gateway_responses,
+            config_generations,
             started: Instant::now(),
         }
     }

@@ -217,14 +217,9 @@ impl Gateway {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Send a signal (e.g. "TERM", "HUP").
+    /// Send a signal (e.g. "TERM", "HUP"), without spawning `kill`.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.pid(), sig);
     }
 
     /// Wait for the process to exit.
@@ -283,6 +278,22 @@ fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
             .unwrap_or(rest.len());
         rest[..end].trim_matches('"').parse().ok()
     })
+}
+
+/// Send `sig` ("TERM", "HUP", "STOP", "CONT", "INT", "KILL") to process `pid`.
+pub fn send_signal(pid: u32, sig: &str) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match sig {
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "INT" => Signal::INT,
+        "KILL" => Signal::KILL,
+        other => panic!("unknown signal {other}"),
+    };
+    let pid = Pid::from_raw(pid as i32).expect("a live process has a non-zero pid");
+    kill_process(pid, sig).expect("send signal");
 }
 
 /// Run `warden` with arguments; returns (exit code, stdout, stderr).

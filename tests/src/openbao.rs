@@ -352,6 +352,23 @@ impl OpenBao {
         p
     }
 
+    /// Freeze the server (SIGSTOP): connections are accepted by the kernel but never
+    /// answered — the hardest kind of outage for a client, which must time out.
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Resume a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        let pid = rustix::process::Pid::from_raw(pid).expect("a child has a non-zero pid");
+        rustix::process::kill_process(pid, sig).expect("signal OpenBao");
+    }
+
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_tests::certs::Ca;
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, curl, run_warden};
+use warden_tests::{Gateway, client, curl, metric_value, run_warden};
 
 /// A one-route config: `extra_gateway` lines go in `[gateway]`, `extra_upstream` lines in
 /// the upstream's table.
@@ -431,10 +431,30 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         &config(&up.url(), "shutdown_grace = \"10s\"", ""),
     )
     .await;
-    let url = gw.url("/slow/1500");
+    let url = gw.url("/slow/2000");
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    // An idle keep-alive connection, open before the signal.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Within 100 ms new connections are refused, not left hanging in a backlog.
+    let refused = TcpStream::connect(gw.addr).await;
+    assert!(refused.is_err(), "new connection accepted while draining");
+    // The admin listener stays up during the drain: not ready, metrics still there.
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "draining");
+    assert!(gw.metrics().await.contains("warden_requests_total"));
+    // The idle keep-alive connection is closed by the gateway rather than kept to the end.
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
     let status = inflight
         .await
         .unwrap()
@@ -686,4 +706,113 @@ policies = [ { plugin = "ghost" } ]
         err.contains(&format!("{p}:3: gateway.tls:")) && err.contains("missing.crt"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_broken_client_body_is_the_clients_fault() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+
+    // Positive control: a well-formed chunked body goes through.
+    let out = raw(
+        gw.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // A bad chunk size, and a body cut off by the client closing its side.
+    for body in [
+        &b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"[..],
+        &b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n40\r\nonly-part-of-it"[..],
+        &b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort"[..],
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(body).await.unwrap();
+        // Half-close: the client has nothing more to send.
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        if !out.is_empty() {
+            let code: u16 = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            assert!((400..500).contains(&code), "{out}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, "warden_upstream_connect_errors_total", &[]),
+        0.0,
+        "a client's broken body was blamed on the upstream:\n{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "warden_requests_total", &["status=\"502\""]),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "warden_gateway_responses_total",
+            &["fault=\"client\"", "reason=\"bad_request_body\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        !gw.logs().contains("upstream failed"),
+        "logged as an upstream failure:\n{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn an_http10_upstream_leaves_the_client_on_http11_keep_alive() {
+    // An upstream that speaks HTTP/1.0 and closes after each answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &config(&format!("http://{addr}"), "", "")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..3 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 1, "connection closed after response {i}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        let mut body = [0u8; 2];
+        s.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"ok");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    task.abort();
 }

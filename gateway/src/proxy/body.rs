@@ -38,6 +38,8 @@ pub(crate) struct AccessLog {
     pub started: Instant,
     pub upstream_time: Option<Duration>,
     pub verdict: &'static str,
+    /// Why Warden answered itself, when it did.
+    pub flag: Option<&'static str>,
 }
 
 pin_project_lite::pin_project! {
@@ -120,6 +122,7 @@ fn write_access_log(log: AccessLog, bytes: u64, complete: bool) {
         upstream = log.upstream.as_deref().unwrap_or("-"),
         upstream_ms = log.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
         verdict = log.verdict,
+        flag = log.flag.unwrap_or("-"),
         bytes_out = bytes,
         complete,
         "request"

@@ -24,6 +24,10 @@ pub enum ProxyError {
     /// The request body is over the route's limit.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's request body broke (malformed chunk, early end of stream) while it
+    /// was being forwarded: the client's fault, not the upstream's.
+    #[error("client request body failed: {0}")]
+    ClientBody(String),
     /// The upstream did not answer in time (connect or response head).
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -52,7 +56,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) | ProxyError::MethodRefused(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamConnect(_)
@@ -68,12 +72,36 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::MethodNotAllowed(_) | ProxyError::MethodRefused(_) => "method_not_allowed",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamConnect(_) => "upstream_unavailable",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamBadUpgrade => "upstream_bad_upgrade",
             ProxyError::SecretUnavailable(_) => "credentials_unavailable",
+        }
+    }
+
+    /// The machine-readable reason (as in the error body and the metric label).
+    pub fn reason(&self) -> &'static str {
+        self.code()
+    }
+
+    /// Whose fault the error is: `client` (4xx), `upstream` (502/504) or `gateway` (a
+    /// 503 of Warden's own, e.g. credentials not yet resolved).
+    pub fn fault(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::MethodRefused(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge
+            | ProxyError::ClientBody(_) => "client",
+            ProxyError::UpstreamTimeout
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamBadUpgrade => "upstream",
+            ProxyError::SecretUnavailable(_) => "gateway",
         }
     }
 
@@ -95,7 +123,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::MethodRefused(_)
             | ProxyError::BadRequest(_)
-            | ProxyError::BodyTooLarge => {
+            | ProxyError::BodyTooLarge
+            | ProxyError::ClientBody(_) => {
                 debug!(request_id = rid, route, error = %self, "request refused")
             }
             _ => warn!(request_id = rid, route, error = %self, "request failed"),
@@ -155,6 +184,9 @@ impl ProxyError {
             if s.is::<http_body_util::LengthLimitError>() {
                 return ProxyError::BodyTooLarge;
             }
+            if let Some(c) = s.downcast_ref::<ClientBodyError>() {
+                return ProxyError::ClientBody(c.0.to_string());
+            }
             if let Some(io) = s.downcast_ref::<std::io::Error>()
                 && io.kind() == std::io::ErrorKind::TimedOut
             {
@@ -181,3 +213,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// An error reading the client's request body, marked so that the upstream client's
+/// failure to send it is attributed to the client (400), not to the upstream (502).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);

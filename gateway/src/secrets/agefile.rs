@@ -10,7 +10,7 @@ use std::io::Read;
 
 use zeroize::Zeroizing;
 
-use super::store::{FetchAll, Fetched};
+use super::store::{FetchAll, Fetched, ReadError};
 use super::{AgeConfig, SecretBytes};
 
 /// Largest encrypted file read.
@@ -129,7 +129,10 @@ impl AgeProvider {
                         version: None,
                         ttl: None,
                     }),
-                    None => Err(format!("key {n} not found in {}", path.display())),
+                    None => Err(ReadError::NotFound(format!(
+                        "key {n} not found in {}",
+                        path.display()
+                    ))),
                 };
                 (n.clone(), res)
             })

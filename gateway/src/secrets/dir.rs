@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use super::store::{FetchAll, Fetched};
+use super::store::{FetchAll, Fetched, ReadError};
 use super::{DirConfig, SecretBytes};
 
 /// Largest secret file read (a guard against pointing `path` at the wrong directory).
@@ -56,28 +56,34 @@ impl DirProvider {
             .collect())
     }
 
-    fn read_one(&self, name: &str) -> Result<Fetched, String> {
+    fn read_one(&self, name: &str) -> Result<Fetched, ReadError> {
         let path = self.cfg.path.join(name);
-        let file = std::fs::File::open(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path).map_err(|e| {
+            let reason = format!("cannot read {}: {e}", path.display());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ReadError::NotFound(reason)
+            } else {
+                ReadError::Unavailable(reason)
+            }
+        })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > MAX_FILE {
-            return Err(format!(
+            return Err(ReadError::Unavailable(format!(
                 "{} is larger than {MAX_FILE} bytes",
                 path.display()
-            ));
+            )));
         }
         // Exact capacity (+1 to see growth) so the buffer does not reallocate and leave an
         // un-zeroized copy behind; it is owned by `SecretBytes` before any error return.
         let mut v = Vec::with_capacity(len as usize + 1);
         let read = (&file).take(MAX_FILE + 1).read_to_end(&mut v);
         let mut value = SecretBytes::new(v);
-        read.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        read.map_err(|e| ReadError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
         if value.len() as u64 > MAX_FILE {
-            return Err(format!(
+            return Err(ReadError::Unavailable(format!(
                 "{} is larger than {MAX_FILE} bytes",
                 path.display()
-            ));
+            )));
         }
         trim_newline(&mut value);
         Ok(Fetched {

@@ -15,7 +15,7 @@ use super::dir::DirProvider;
 use super::vault::VaultProvider;
 use super::watch;
 use super::{ProviderConfig, SecretBytes, SecretRef, SecretsError, header_unsafe, validate_refs};
-use crate::telemetry::{ProviderLabel, metrics};
+use crate::telemetry::{ProviderFailureLabels, ProviderLabel, metrics};
 
 // ---------------------------------------------------------------------------------------
 // Clock
@@ -168,9 +168,34 @@ pub(super) struct Fetched {
     pub ttl: Option<Duration>,
 }
 
+/// Why one name could not be read — kept apart because they page different people: a
+/// provider that cannot be reached is an outage, a secret that does not exist is a
+/// configuration mistake.
+pub(super) enum ReadError {
+    /// The provider could not be read (network, permissions, I/O): value-free reason.
+    Unavailable(String),
+    /// The provider answered, and the secret (path, key or file) does not exist.
+    NotFound(String),
+}
+
+impl ReadError {
+    fn into_error(self, r: &SecretRef) -> SecretsError {
+        match self {
+            ReadError::Unavailable(reason) => SecretsError::Unresolved {
+                reference: r.to_string(),
+                reason,
+            },
+            ReadError::NotFound(reason) => SecretsError::NotFound {
+                reference: r.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
 /// What one refresh round read: per name, a value or a value-free reason; or a reason
 /// the whole provider failed (unreadable file, bad identity, login refused …).
-pub(super) type FetchAll = Result<Vec<(String, Result<Fetched, String>)>, String>;
+pub(super) type FetchAll = Result<Vec<(String, Result<Fetched, ReadError>)>, String>;
 
 enum Backend {
     Vault(Box<VaultProvider>),
@@ -191,8 +216,9 @@ impl Backend {
 struct ProviderRt {
     name: String,
     backend: Backend,
-    /// Names referenced in this provider, sorted.
-    names: Vec<String>,
+    /// Names referenced in this provider, sorted. Grows when a reload adds references and
+    /// shrinks when one drops them; the provider itself (its login, its watcher) stays.
+    names: Mutex<Vec<String>>,
     /// One refresh at a time per provider (background, manual and SIGHUP may race).
     fetch_lock: tokio::sync::Mutex<()>,
     /// Whether the last round failed (to log recovery once).
@@ -202,9 +228,12 @@ struct ProviderRt {
 pub(super) struct Inner {
     current: ArcSwap<SecretSnapshot>,
     providers: Vec<Arc<ProviderRt>>,
+    /// Settings (paths resolved) of the providers in use: a reload whose providers are
+    /// unchanged reuses this store.
+    configs: BTreeMap<String, ProviderConfig>,
     /// Kind of every configured provider, by name.
     kinds: HashMap<String, &'static str>,
-    health: BTreeMap<SecretRef, Arc<RefHealth>>,
+    health: std::sync::RwLock<BTreeMap<SecretRef, Arc<RefHealth>>>,
     /// Serializes read-modify-write of `current` across providers.
     swap_lock: Mutex<()>,
 }
@@ -219,13 +248,25 @@ struct Round {
 impl Inner {
     async fn refresh_provider(&self, p: &ProviderRt, initial: bool) -> Round {
         let _guard = p.fetch_lock.lock().await;
-        let fetched = p.backend.fetch(&p.names).await;
-        self.apply(p, fetched, initial)
+        let names = lock(&p.names).clone();
+        if names.is_empty() {
+            // Every reference to this provider was dropped by a reload: nothing to read.
+            return Round {
+                errors: Vec::new(),
+                min_ttl: None,
+            };
+        }
+        let fetched = p.backend.fetch(&names).await;
+        self.apply(p, &names, fetched, initial)
+    }
+
+    fn health_of(&self, r: &SecretRef) -> Option<Arc<RefHealth>> {
+        read(&self.health).get(r).cloned()
     }
 
     /// Fold one round into the snapshot: changed, header-safe values are swapped in; any
     /// failure keeps the old value and is logged naming the reference, never the value.
-    fn apply(&self, p: &ProviderRt, fetched: FetchAll, initial: bool) -> Round {
+    fn apply(&self, p: &ProviderRt, names: &[String], fetched: FetchAll, initial: bool) -> Round {
         let mut errors = Vec::new();
         let mut ok: Vec<(SecretRef, Option<u64>)> = Vec::new();
         let mut changed: Vec<(SecretRef, SecretBytes)> = Vec::new();
@@ -233,7 +274,7 @@ impl Inner {
         let current = self.current.load();
         match fetched {
             Err(reason) => {
-                for n in &p.names {
+                for n in names {
                     let r = SecretRef::new(&p.name, n);
                     let e = SecretsError::Unresolved {
                         reference: r.to_string(),
@@ -246,11 +287,8 @@ impl Inner {
                 for (name, res) in items {
                     let r = SecretRef::new(&p.name, name);
                     match res {
-                        Err(reason) => {
-                            let e = SecretsError::Unresolved {
-                                reference: r.to_string(),
-                                reason,
-                            };
+                        Err(e) => {
+                            let e = e.into_error(&r);
                             errors.push((r, e));
                         }
                         Ok(f) => {
@@ -289,7 +327,10 @@ impl Inner {
             let cur = self.current.load_full();
             let mut entries = cur.entries.clone();
             for (r, value) in &changed {
-                let health = self.health[r].clone();
+                // A reference dropped by a reload while this round ran has no health.
+                let Some(health) = self.health_of(r) else {
+                    continue;
+                };
                 entries.insert(
                     r.clone(),
                     Arc::new(Entry {
@@ -301,10 +342,12 @@ impl Inner {
             self.current.store(Arc::new(SecretSnapshot { entries }));
         }
         for (r, version) in &ok {
-            self.health[r].mark_ok(*version);
+            if let Some(h) = self.health_of(r) {
+                h.mark_ok(*version);
+            }
         }
         for (r, e) in &errors {
-            if let Some(h) = self.health.get(r) {
+            if let Some(h) = self.health_of(r) {
                 h.mark_err(e);
             }
         }
@@ -322,12 +365,26 @@ impl Inner {
                 tracing::info!(provider = %p.name, "secret provider recovered");
             }
         } else {
-            m.secret_refresh_failure.get_or_create(&label).inc();
+            // One count per kind of failure in the round: `unavailable` is an outage,
+            // `not_found` and `invalid` are mistakes to fix in the config or the store.
+            let mut reasons: Vec<&str> = errors.iter().map(|(_, e)| e.failure_kind()).collect();
+            reasons.sort();
+            reasons.dedup();
+            for reason in reasons {
+                m.secret_refresh_failure
+                    .get_or_create(&ProviderFailureLabels {
+                        provider: p.name.clone(),
+                        reason: reason.to_string(),
+                    })
+                    .inc();
+            }
             p.failing.store(true, Ordering::Relaxed);
         }
         if !initial {
             for (r, _) in &changed {
-                let version = self.health[r].version.load(Ordering::Relaxed);
+                let version = self
+                    .health_of(r)
+                    .map_or(0, |h| h.version.load(Ordering::Relaxed));
                 tracing::info!(provider = %p.name, reference = %r, version, "secret value rotated");
             }
             for (_, e) in &errors {
@@ -386,7 +443,7 @@ pub struct SecretStore {
 impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretStore")
-            .field("refs", &self.inner.health.len())
+            .field("refs", &read(&self.inner.health).len())
             .finish_non_exhaustive()
     }
 }
@@ -412,15 +469,35 @@ impl SecretStore {
         if !built.errors.is_empty() {
             return Err(built.errors);
         }
+        Ok(Self::run(built, background))
+    }
+
+    /// Like [`start`](Self::start) with background refresh, but a reference that does not
+    /// resolve yet is no error: the store starts anyway, returns what failed, and keeps
+    /// retrying those providers with backoff and jitter. Until a reference resolves, a
+    /// template that needs it fails with [`SecretsError::NotLoaded`] (routes answer 503),
+    /// and it serves as soon as the value arrives. `warden run` starts this way, so one
+    /// unreachable provider does not keep the routes that never use it from serving.
+    pub async fn open(
+        providers: &BTreeMap<String, ProviderConfig>,
+        base_dir: &Path,
+        refs: Vec<SecretRef>,
+    ) -> (Arc<SecretStore>, Vec<SecretsError>) {
+        let mut built = build(providers, base_dir, refs, true).await;
+        let errors = std::mem::take(&mut built.errors);
+        (Self::run(built, true), errors)
+    }
+
+    fn run(built: Built, background: bool) -> Arc<SecretStore> {
         let inner = built.inner;
         let cancel = CancellationToken::new();
         if background {
-            for ((cfg, p, fw), ttl) in built.providers.into_iter().zip(built.ttls) {
+            for ((cfg, p, fw), (ttl, ok)) in built.providers.into_iter().zip(built.ttls) {
                 let inner = inner.clone();
                 let cancel = cancel.clone();
                 match (cfg, fw) {
                     (ProviderConfig::Vault(v), _) => {
-                        tokio::spawn(vault_loop(inner, p, v.refresh, ttl, cancel));
+                        tokio::spawn(vault_loop(inner, p, v.refresh, ttl, ok, cancel));
                     }
                     (cfg, Some(fw)) => {
                         tokio::spawn(file_loop(
@@ -435,7 +512,108 @@ impl SecretStore {
                 }
             }
         }
-        Ok(Arc::new(SecretStore { inner, cancel }))
+        Arc::new(SecretStore { inner, cancel })
+    }
+
+    /// Serve a reload with this store: `None` when a provider the new references use is
+    /// not in this store or its settings changed (the caller builds a new store). Else
+    /// read only the references that are new — an unrelated reload makes no provider
+    /// request at all, and so applies while a provider is down — and stop refreshing the
+    /// ones no longer used. When a new reference cannot be read, nothing changes and the
+    /// errors are returned.
+    pub async fn reuse_for(
+        &self,
+        providers: &BTreeMap<String, ProviderConfig>,
+        base_dir: &Path,
+        refs: &[SecretRef],
+    ) -> Option<Result<(), Vec<SecretsError>>> {
+        let inner = &self.inner;
+        for r in refs {
+            let mut cfg = providers.get(&r.provider)?.clone();
+            cfg.resolve_paths(base_dir);
+            if inner.configs.get(&r.provider) != Some(&cfg) {
+                return None;
+            }
+        }
+        let known: Vec<SecretRef> = read(&inner.health).keys().cloned().collect();
+        let new: Vec<&SecretRef> = refs.iter().filter(|r| !known.contains(r)).collect();
+        let mut by_provider: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for r in &new {
+            by_provider
+                .entry(r.provider.as_str())
+                .or_default()
+                .push(r.name.clone());
+        }
+        let mut staged = Vec::new();
+        let mut errors = Vec::new();
+        for (pname, names) in by_provider {
+            let p = inner.providers.iter().find(|p| p.name == pname)?;
+            let _guard = p.fetch_lock.lock().await;
+            match p.backend.fetch(&names).await {
+                Err(reason) => errors.extend(names.iter().map(|n| SecretsError::Unresolved {
+                    reference: SecretRef::new(pname, n).to_string(),
+                    reason: reason.clone(),
+                })),
+                Ok(items) => {
+                    for (n, res) in items {
+                        let r = SecretRef::new(pname, &n);
+                        match res {
+                            Err(e) => errors.push(e.into_error(&r)),
+                            Ok(f)
+                                if f.value.is_empty()
+                                    || header_unsafe(f.value.expose()).is_some() =>
+                            {
+                                errors.push(SecretsError::InvalidValue {
+                                    reference: r.to_string(),
+                                    reason: "it is empty or not a valid header value".into(),
+                                })
+                            }
+                            Ok(f) => staged.push((p.clone(), r, f)),
+                        }
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Some(Err(errors));
+        }
+        let max_stale: HashMap<&str, Option<Duration>> = inner
+            .configs
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.max_stale()))
+            .collect();
+        {
+            let _l = inner.swap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut health = write(&inner.health);
+            let cur = inner.current.load_full();
+            let mut entries = cur.entries.clone();
+            for (p, r, f) in staged {
+                let h = Arc::new(RefHealth::new(
+                    max_stale.get(r.provider.as_str()).copied().flatten(),
+                ));
+                h.mark_ok(f.version);
+                health.insert(r.clone(), h.clone());
+                entries.insert(
+                    r.clone(),
+                    Arc::new(Entry {
+                        value: f.value,
+                        health: h,
+                    }),
+                );
+                let mut names = lock(&p.names);
+                names.push(r.name.clone());
+                names.sort();
+            }
+            // References the new config no longer uses stop being refreshed (a secret
+            // removed from Vault must not look like an outage).
+            health.retain(|r, _| refs.contains(r));
+            entries.retain(|r, _| refs.contains(r));
+            for p in &inner.providers {
+                lock(&p.names).retain(|n| refs.contains(&SecretRef::new(&p.name, n)));
+            }
+            inner.current.store(Arc::new(SecretSnapshot { entries }));
+        }
+        Some(Ok(()))
     }
 
     /// Resolve every reference once, without background tasks, and report each one —
@@ -481,8 +659,7 @@ impl SecretStore {
     /// Whether every reference has a value that is not stale (for `/readyz`).
     pub fn is_ready(&self) -> bool {
         let snap = self.snapshot();
-        self.inner
-            .health
+        read(&self.inner.health)
             .iter()
             .all(|(r, h)| snap.contains(r) && !h.is_stale())
     }
@@ -500,8 +677,7 @@ impl SecretStore {
 
 fn status_of(inner: &Inner) -> Vec<RefStatus> {
     let snap = inner.current.load();
-    inner
-        .health
+    read(&inner.health)
         .iter()
         .map(|(r, h)| {
             let version = h.version.load(Ordering::Relaxed);
@@ -533,8 +709,21 @@ fn status_of(inner: &Inner) -> Vec<RefStatus> {
 struct Built {
     inner: Arc<Inner>,
     providers: Vec<(ProviderConfig, Arc<ProviderRt>, Option<FileWatch>)>,
-    ttls: Vec<Option<Duration>>,
+    /// Per provider: the shortest lease TTL of the first round, and whether it succeeded.
+    ttls: Vec<(Option<Duration>, bool)>,
     errors: Vec<SecretsError>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Set up the providers that references use and read every reference once. Every
@@ -572,6 +761,7 @@ async fn build(
             .push(r.name.clone());
     }
     let mut rts = Vec::new();
+    let mut configs = BTreeMap::new();
     for (pname, names) in by_provider {
         let mut cfg = providers[pname].clone();
         cfg.resolve_paths(base_dir);
@@ -606,7 +796,7 @@ async fn build(
         let rt = ProviderRt {
             name: pname.to_string(),
             backend,
-            names,
+            names: Mutex::new(names),
             fetch_lock: tokio::sync::Mutex::new(()),
             failing: Default::default(),
         };
@@ -629,6 +819,7 @@ async fn build(
                 watcher,
             }
         });
+        configs.insert(pname.to_string(), cfg.clone());
         rts.push((cfg, Arc::new(rt), fw));
     }
     for (r, e) in &bad {
@@ -645,7 +836,8 @@ async fn build(
             .map(|(n, p)| (n.clone(), p.kind()))
             .collect(),
         providers: rts.iter().map(|(_, p, _)| p.clone()).collect(),
-        health,
+        configs,
+        health: std::sync::RwLock::new(health),
         swap_lock: Mutex::new(()),
     });
     let rounds = futures_util::future::join_all(
@@ -657,8 +849,8 @@ async fn build(
     .await;
     let mut ttls = Vec::new();
     for round in rounds {
+        ttls.push((round.min_ttl, round.errors.is_empty()));
         errors.extend(round.errors);
-        ttls.push(round.min_ttl);
     }
     errors.sort_by(|a, b| a.reference().cmp(&b.reference()));
     Built {
@@ -709,6 +901,7 @@ async fn vault_loop(
     p: Arc<ProviderRt>,
     refresh: Duration,
     ttl: Option<Duration>,
+    first_round_ok: bool,
     cancel: CancellationToken,
 ) {
     let Backend::Vault(vault) = &p.backend else {
@@ -717,8 +910,15 @@ async fn vault_loop(
     let cap = refresh
         .min(Duration::from_secs(60))
         .max(Duration::from_secs(1));
-    let mut failures = 0u32;
-    let mut next_fetch = tokio::time::Instant::now() + next_refresh(refresh, ttl);
+    // A first round that failed (Vault down at start) is retried with backoff, not after
+    // a whole refresh interval: routes that need its values are waiting for them.
+    let mut failures = u32::from(!first_round_ok);
+    let mut next_fetch = tokio::time::Instant::now()
+        + if first_round_ok {
+            next_refresh(refresh, ttl)
+        } else {
+            backoff(1, cap)
+        };
     loop {
         let wake = match vault.renew_at().await {
             Some(r) => next_fetch.min(tokio::time::Instant::from_std(r)),

@@ -573,12 +573,12 @@ async fn missing_refs_fail_start_naming_each_reference() {
     assert_eq!(text.len(), 3, "{text:?}");
     assert!(
         text.iter()
-            .any(|t| t.starts_with("${file:absent} cannot be resolved")),
+            .any(|t| t.starts_with("${file:absent} does not exist")),
         "{text:?}"
     );
     assert!(
         text.iter()
-            .any(|t| t.starts_with("${file:also-absent} cannot be resolved")),
+            .any(|t| t.starts_with("${file:also-absent} does not exist")),
         "{text:?}"
     );
     assert!(
@@ -627,7 +627,15 @@ async fn refresh_counts_metrics_per_provider() {
         "{}",
         line("warden_secret_refresh_success_total")
     );
-    assert!(line("warden_secret_refresh_failure_total").ends_with(" 1"));
+    // A missing file is a mistake, not an outage: its own label and its own message.
+    let failure = line("warden_secret_refresh_failure_total");
+    assert!(failure.contains("reason=\"not_found\""), "{failure}");
+    assert!(failure.ends_with(" 1"), "{failure}");
+    assert!(
+        errs[0].to_string().contains("does not exist"),
+        "{}",
+        errs[0]
+    );
     assert!(
         line("warden_secret_last_success_timestamp_seconds")
             .split(' ')
@@ -639,6 +647,22 @@ async fn refresh_counts_metrics_per_provider() {
     );
     // The value is still served (no max_stale configured for the dir).
     assert_eq!(value_of(&store, &r(name, "tok")).unwrap(), "x");
+    // The directory itself gone: the provider is unavailable, counted apart.
+    std::fs::remove_dir_all(tmp.path()).unwrap();
+    let errs = store.refresh().await.unwrap_err();
+    assert!(
+        errs[0].to_string().contains("cannot be resolved"),
+        "{}",
+        errs[0]
+    );
+    let text = crate::telemetry::metrics().encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warden_secret_refresh_failure_total")
+                && l.contains(&format!("provider=\"{name}\""))
+                && l.contains("reason=\"unavailable\"")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -996,15 +1020,13 @@ async fn vault_token_kv2_read_rotate_and_errors() {
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 3, "{text:?}");
     assert!(
-        text.iter().any(|t| t.starts_with(
-            "${vault:ml/inference#missing} cannot be resolved: key missing not found"
-        )),
+        text.iter().any(|t| t
+            .starts_with("${vault:ml/inference#missing} does not exist: key missing not found")),
         "{text:?}"
     );
     assert!(
-        text.iter().any(
-            |t| t.starts_with("${vault:no/such/path#k} cannot be resolved") && t.contains("404")
-        ),
+        text.iter()
+            .any(|t| t.starts_with("${vault:no/such/path#k} does not exist") && t.contains("404")),
         "{text:?}"
     );
     assert!(

@@ -19,7 +19,7 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::store::{FetchAll, Fetched};
+use super::store::{FetchAll, Fetched, ReadError};
 use super::{SecretBytes, VaultAuth, VaultConfig};
 
 /// `path#key` → (`path`, `key`).
@@ -357,10 +357,15 @@ impl VaultProvider {
             match res {
                 Err(e) => {
                     let reason = format!("reading {}/{path}: {}", self.cfg.mount, describe(&e));
-                    out.extend(
-                        keys.into_iter()
-                            .map(|(n, _)| (n.clone(), Err(reason.clone()))),
-                    );
+                    let not_found = matches!(e, ClientError::APIError { code: 404, .. });
+                    out.extend(keys.into_iter().map(|(n, _)| {
+                        let err = if not_found {
+                            ReadError::NotFound(reason.clone())
+                        } else {
+                            ReadError::Unavailable(reason.clone())
+                        };
+                        (n.clone(), Err(err))
+                    }));
                 }
                 Ok(mut data) => {
                     for (n, key) in keys {
@@ -372,14 +377,15 @@ impl VaultProvider {
                             }),
                             Some(mut other) => {
                                 zeroize_json(&mut other);
-                                Err(format!(
+                                Err(ReadError::NotFound(format!(
                                     "key {key} at {}/{path} is not a string",
                                     self.cfg.mount
-                                ))
+                                )))
                             }
-                            None => {
-                                Err(format!("key {key} not found at {}/{path}", self.cfg.mount))
-                            }
+                            None => Err(ReadError::NotFound(format!(
+                                "key {key} not found at {}/{path}",
+                                self.cfg.mount
+                            ))),
                         };
                         out.push((n.clone(), r));
                     }

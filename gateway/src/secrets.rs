@@ -111,6 +111,18 @@ pub enum VaultAuth {
         #[serde(default = "defaults::approle_mount")]
         mount: String,
     },
+    /// JWT login, e.g. with a Kubernetes projected service-account token. The file is
+    /// re-read at every login, because projected tokens rotate.
+    Jwt {
+        /// The role to log in as.
+        role: String,
+        /// File holding the JWT.
+        #[serde(default = "defaults::jwt_file")]
+        jwt_file: PathBuf,
+        /// Mount path of the JWT auth method.
+        #[serde(default = "defaults::jwt_mount")]
+        mount: String,
+    },
 }
 
 /// `type = "age"`.
@@ -146,6 +158,12 @@ mod defaults {
     }
     pub fn approle_mount() -> String {
         "approle".into()
+    }
+    pub fn jwt_mount() -> String {
+        "jwt".into()
+    }
+    pub fn jwt_file() -> std::path::PathBuf {
+        "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
     }
     pub fn kv_version() -> u8 {
         2
@@ -198,6 +216,9 @@ impl ProviderConfig {
                     } => {
                         j(role_id_file);
                         j(secret_id_file);
+                    }
+                    VaultAuth::Jwt { jwt_file, .. } => {
+                        j(jwt_file);
                     }
                 }
             }
@@ -262,6 +283,19 @@ impl ProviderConfig {
                     } => {
                         readable(&mut errs, "auth.role_id_file", role_id_file);
                         readable(&mut errs, "auth.secret_id_file", secret_id_file);
+                        if mount.trim_matches('/').is_empty() {
+                            errs.push(FieldError::new("auth.mount", "must not be empty"));
+                        }
+                    }
+                    VaultAuth::Jwt {
+                        role,
+                        jwt_file,
+                        mount,
+                    } => {
+                        readable(&mut errs, "auth.jwt_file", jwt_file);
+                        if role.trim().is_empty() {
+                            errs.push(FieldError::new("auth.role", "must not be empty"));
+                        }
                         if mount.trim_matches('/').is_empty() {
                             errs.push(FieldError::new("auth.mount", "must not be empty"));
                         }

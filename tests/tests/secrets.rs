@@ -802,3 +802,98 @@ inject = { x-openai-key = "${age:OPENAI_KEY}", x-db = "key=${file:db};" }
         );
     }
 }
+
+/// A JWT signed with `key` (EdDSA), valid from now for `valid_for`.
+fn sign_jwt(key: &rcgen::KeyPair, sub: &str, valid_for: Duration) -> String {
+    use base64::Engine;
+    use rcgen::SigningKey;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = b64(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let claims = b64(serde_json::json!({
+        "sub": sub, "aud": "warden", "iat": now, "nbf": now - 1,
+        "exp": now + valid_for.as_secs(),
+    })
+    .to_string()
+    .as_bytes());
+    let signing_input = format!("{header}.{claims}");
+    let sig = key.sign(signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", b64(&sig))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_jwt_auth_rereads_the_rotating_token_file() {
+    let bao = OpenBao::start();
+    bao.kv_put("ml/inference", &[("api_key", "jwt-one")]);
+    // OpenBao's JWT auth method trusts a public key the test generated; tokens it issues
+    // live 2 s and cannot be renewed past that, so the gateway must log in again often.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    bao.bao(&["auth", "enable", "jwt"]);
+    bao.bao(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys={}", key.public_key_pem()),
+    ]);
+    bao.bao(&[
+        "write",
+        "auth/jwt/role/warden",
+        "role_type=jwt",
+        "bound_audiences=warden",
+        "user_claim=sub",
+        "token_policies=warden-read",
+        "token_ttl=2s",
+        "token_max_ttl=2s",
+        "expiration_leeway=-1",
+        "clock_skew_leeway=-1",
+        "not_before_leeway=-1",
+    ]);
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("sa-token");
+    // The first projected token expires in 4 s; the kubelet writes its successor.
+    std::fs::write(&jwt_file, sign_jwt(&key, "warden", Duration::from_secs(4))).unwrap();
+    let cfg = vault_config(
+        &bao,
+        dir.path(),
+        "unused",
+        &up.url(),
+        "refresh = \"1s\"",
+        "",
+    )
+    .replace(
+        &format!(
+            "auth = {{ method = \"token\", token_file = {} }}",
+            toml_path(&dir.path().join("vault-token"))
+        ),
+        &format!(
+            "auth = {{ method = \"jwt\", role = \"warden\", jwt_file = {} }}",
+            toml_path(&jwt_file)
+        ),
+    );
+    assert!(cfg.contains("method = \"jwt\""), "{cfg}");
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    assert_eq!(get_auth(&gw).await.1, vec!["Bearer jwt-one".to_string()]);
+
+    std::fs::write(
+        &jwt_file,
+        sign_jwt(&key, "warden", Duration::from_secs(3600)),
+    )
+    .unwrap();
+    // Past the first JWT's expiry and its tokens' TTL, a new value can only be read with a
+    // token from a login that read the new file.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    bao.kv_put("ml/inference", &[("api_key", "jwt-two")]);
+    assert!(
+        eventually_auth(&gw, "Bearer jwt-two", Duration::from_secs(15)).await,
+        "no fresh value after the JWT rotated:\n{}",
+        gw.logs()
+    );
+    assert!(
+        bao.audit_requests_to("auth/jwt/login") >= 3,
+        "expected repeated JWT logins"
+    );
+    assert!(!gw.logs().contains("JWT login failed"), "{}", gw.logs());
+}

@@ -253,6 +253,25 @@ impl VaultProvider {
                     token: Token::new(auth.lease_duration, auth.renewable),
                 })
             }
+            VaultAuth::Jwt {
+                role,
+                jwt_file,
+                mount,
+            } => {
+                // Re-read at every login: a projected service-account token rotates, and
+                // the one read at start-up may have expired by the next login.
+                let jwt = read_trimmed("jwt", jwt_file)?;
+                let mut client = self.client("")?;
+                let mut auth = vaultrs::auth::oidc::login(&client, mount, &jwt, Some(role.clone()))
+                    .await
+                    .map_err(|e| format!("JWT login failed: {}", describe(&e)))?;
+                client.set_token(&auth.client_token);
+                auth.client_token.zeroize();
+                Ok(Session {
+                    client,
+                    token: Token::new(auth.lease_duration, auth.renewable),
+                })
+            }
         }
     }
 

@@ -225,7 +225,7 @@ fn authorize(req: &Request<Incoming>, gw: &Gateway) -> Option<Response<ProxyBody
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or(b"");
-    if constant_time_eq(presented, expected.expose()) {
+    if expected.ct_eq(presented) {
         None
     } else {
         let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
@@ -235,12 +235,6 @@ fn authorize(req: &Request<Incoming>, gw: &Gateway) -> Option<Response<ProxyBody
         );
         Some(r)
     }
-}
-
-/// Constant-time equality: the time taken does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    #[allow(deprecated)]
-    ring::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 /// The active configuration as JSON: what each file says (secrets appear only as the

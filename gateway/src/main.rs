@@ -1,4 +1,5 @@
 //! `warden`: the command line. Everything else lives in the library.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -34,15 +34,3 @@ pub use config::{
     PolicySettings, PoolSettings, SENSITIVE_HEADERS,
 };
 pub use host::{ComponentInfo, PluginSet, PolicyHost, inspect_component};
-
-/// Errors of the policy domain, outside of configuration (which reports
-/// [`FieldError`](crate::config::FieldError)s).
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// The engine could not be configured.
-    #[error("cannot set up the WebAssembly engine: {0}")]
-    Engine(String),
-    /// A file could not be read or is not a usable plugin.
-    #[error("{0}")]
-    Plugin(String),
-}

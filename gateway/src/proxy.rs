@@ -258,8 +258,8 @@ pub async fn handle(
             r
         }
         Err(e) => {
-            ex.flag = Some(e.reason());
-            count_gateway_response(&ex, e.reason(), e.fault());
+            ex.flag = Some(e.code());
+            count_gateway_response(&ex, e.code(), e.fault());
             if e.is_upstream_failure()
                 && let Some(u) = &ex.upstream
             {

@@ -417,18 +417,20 @@ impl SecretBytes {
         self.0.truncate(len);
     }
 
-    /// Constant-time comparison with a presented credential (time depends only on the
-    /// lengths, never on where the bytes differ).
-    pub fn ct_eq(&self, other: &[u8]) -> bool {
-        let a = self.expose();
-        let mut diff = (a.len() ^ other.len()) as u64;
-        // Walk the longer of the two so the work does not depend on a prefix match.
-        for i in 0..a.len().max(other.len()) {
-            let x = a.get(i).copied().unwrap_or(0);
-            let y = other.get(i).copied().unwrap_or(0);
-            diff |= u64::from(x ^ y);
-        }
-        std::hint::black_box(diff) == 0
+    /// Whether a presented credential equals this secret, in constant time — the one
+    /// comparison every credential check in the gateway uses (admin token, plugins'
+    /// `secret-matches`). Both sides are HMACed with a per-process random key and ring
+    /// compares the tags, so the time taken depends neither on where the bytes differ nor
+    /// on the secret's length.
+    pub fn ct_eq(&self, presented: &[u8]) -> bool {
+        use std::sync::OnceLock;
+        static KEY: OnceLock<ring::hmac::Key> = OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .expect("system randomness is available")
+        });
+        let tag = ring::hmac::sign(key, self.expose());
+        ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
     }
 }
 

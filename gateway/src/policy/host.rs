@@ -234,7 +234,7 @@ impl bindings::warden::policy::host::Host for StoreState {
             ));
         }
         match self.secrets.iter().find(|(n, _)| *n == name) {
-            Some((_, Ok(secret))) => Ok(constant_time_matches(secret.expose(), &presented)),
+            Some((_, Ok(secret))) => Ok(secret.ct_eq(&presented)),
             Some((_, Err(reason))) => Err(wasmtime::format_err!(
                 "secret {name:?} is unavailable: {reason}"
             )),
@@ -244,20 +244,6 @@ impl bindings::warden::policy::host::Host for StoreState {
             )),
         }
     }
-}
-
-/// Constant-time equality that does not leak the secret's length either: HMAC the secret
-/// with a per-process random key and let ring verify the presented value's tag (ring's
-/// `hmac::verify` compares in constant time).
-pub(crate) fn constant_time_matches(secret: &[u8], presented: &[u8]) -> bool {
-    use std::sync::OnceLock;
-    static KEY: OnceLock<ring::hmac::Key> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .expect("system randomness is available")
-    });
-    let tag = ring::hmac::sign(key, secret);
-    ring::hmac::verify(key, presented, tag.as_ref()).is_ok()
 }
 
 fn clip(s: &str, max: usize) -> &str {

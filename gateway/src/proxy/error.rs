@@ -66,8 +66,8 @@ impl ProxyError {
         }
     }
 
-    /// Short machine-readable code for the error body.
-    fn code(&self) -> &'static str {
+    /// Short machine-readable code: the error body's `error`, the metric's `reason`.
+    pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::MethodNotAllowed(_) | ProxyError::MethodRefused(_) => "method_not_allowed",
@@ -80,11 +80,6 @@ impl ProxyError {
             ProxyError::UpstreamBadUpgrade => "upstream_bad_upgrade",
             ProxyError::SecretUnavailable(_) => "credentials_unavailable",
         }
-    }
-
-    /// The machine-readable reason (as in the error body and the metric label).
-    pub fn reason(&self) -> &'static str {
-        self.code()
     }
 
     /// Whose fault the error is: `client` (4xx), `upstream` (502/504) or `gateway` (a
@@ -107,26 +102,15 @@ impl ProxyError {
 
     /// Whether this counts as an upstream failure for metrics.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::UpstreamTimeout
-                | ProxyError::UpstreamConnect(_)
-                | ProxyError::Upstream(_)
-                | ProxyError::UpstreamBadUpgrade
-        )
+        self.fault() == "upstream"
     }
 
     pub(crate) fn log(&self, request_id: &HeaderValue, route: Option<&str>) {
         let rid = request_id.to_str().unwrap_or("-");
-        match self {
-            ProxyError::NoRoute
-            | ProxyError::MethodNotAllowed(_)
-            | ProxyError::MethodRefused(_)
-            | ProxyError::BadRequest(_)
-            | ProxyError::BodyTooLarge
-            | ProxyError::ClientBody(_) => {
-                debug!(request_id = rid, route, error = %self, "request refused")
-            }
+        // A client's mistake is routine (and an attacker's probe must not flood the log);
+        // anything else is worth a warning.
+        match self.fault() {
+            "client" => debug!(request_id = rid, route, error = %self, "request refused"),
             _ => warn!(request_id = rid, route, error = %self, "request failed"),
         }
     }

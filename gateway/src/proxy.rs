@@ -10,13 +10,12 @@ mod error;
 mod headers;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::borrow::Cow;
-
 use http::header::{CONTENT_LENGTH, HOST, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;

@@ -280,6 +280,18 @@ fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
     })
 }
 
+/// Send raw bytes over a new TCP connection and return whatever comes back before the
+/// server closes it or `wait` passes. Raw, because HTTP libraries normalize paths and
+/// headers before sending, which would hide what the gateway is being tested on.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write request");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Send `sig` ("TERM", "HUP", "STOP", "CONT", "INT", "KILL") to process `pid`.
 pub fn send_signal(pid: u32, sig: &str) {
     use rustix::process::{Pid, Signal, kill_process};

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_tests::certs::Ca;
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, curl, metric_value, run_warden};
+use warden_tests::{Gateway, client, curl, metric_value, raw_exchange, run_warden};
 
 /// A one-route config: `extra_gateway` lines go in `[gateway]`, `extra_upstream` lines in
 /// the upstream's table.
@@ -38,11 +38,7 @@ upstream = "api"
 }
 
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    raw_exchange(addr, request, Duration::from_secs(10)).await
 }
 
 #[tokio::test]

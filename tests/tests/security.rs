@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, plugin_wasm, run_warden};
+use warden_tests::{Gateway, client, plugin_wasm, raw_exchange, run_warden};
 
 /// The demo's routes: `/api` serves local GETs, `/api/admin` only the ops workload, and the
 /// host `admin.internal` only the ops workload. A catch-all route with no policy sits under
@@ -74,16 +74,7 @@ upstream = "sophia-api"
 
 /// Send raw bytes, read until the server closes (or 10 s), return what came back.
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    raw_for(addr, request, Duration::from_secs(10)).await
-}
-
-/// Like [`raw`], reading for at most `wait` (a tunnel that opened stays open).
-async fn raw_for(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    raw_exchange(addr, request, Duration::from_secs(10)).await
 }
 
 /// One `GET target` with the given extra header lines, connection closed after it.
@@ -330,7 +321,7 @@ async fn http2_authority_and_host_must_agree() {
 /// write) a request for the protected prefix: whatever the first answer, the second must
 /// never reach the upstream unseen by routing and policy.
 async fn upgrade_then_smuggle(addr: SocketAddr, path: &str, protocol: &str, extra: &str) -> String {
-    raw_for(
+    raw_exchange(
         addr,
         format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade{extra}\r\nUpgrade: {protocol}\r\n\r\n\

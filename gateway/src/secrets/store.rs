@@ -292,14 +292,7 @@ impl Inner {
                             errors.push((r, e));
                         }
                         Ok(f) => {
-                            // An empty value is a half-written file or a mistake, never a
-                            // credential worth sending.
-                            let unsafe_reason = if f.value.is_empty() {
-                                Some("it is empty")
-                            } else {
-                                header_unsafe(f.value.expose())
-                            };
-                            if let Some(reason) = unsafe_reason {
+                            if let Some(reason) = unusable(&f.value) {
                                 let e = SecretsError::InvalidValue {
                                     reference: r.to_string(),
                                     reason: reason.into(),
@@ -559,16 +552,13 @@ impl SecretStore {
                         let r = SecretRef::new(pname, &n);
                         match res {
                             Err(e) => errors.push(e.into_error(&r)),
-                            Ok(f)
-                                if f.value.is_empty()
-                                    || header_unsafe(f.value.expose()).is_some() =>
-                            {
-                                errors.push(SecretsError::InvalidValue {
+                            Ok(f) => match unusable(&f.value) {
+                                Some(reason) => errors.push(SecretsError::InvalidValue {
                                     reference: r.to_string(),
-                                    reason: "it is empty or not a valid header value".into(),
-                                })
-                            }
-                            Ok(f) => staged.push((p.clone(), r, f)),
+                                    reason: reason.into(),
+                                }),
+                                None => staged.push((p.clone(), r, f)),
+                            },
                         }
                     }
                 }
@@ -712,6 +702,17 @@ struct Built {
     /// Per provider: the shortest lease TTL of the first round, and whether it succeeded.
     ttls: Vec<(Option<Duration>, bool)>,
     errors: Vec<SecretsError>,
+}
+
+/// Why a value read from a provider must not be used, if it must not: an empty value is
+/// a half-written file or a mistake, never a credential worth sending, and a value that is
+/// not a valid header value would break (or inject into) the request.
+fn unusable(value: &SecretBytes) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("it is empty")
+    } else {
+        header_unsafe(value.expose())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

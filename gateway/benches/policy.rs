@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use http::{HeaderMap, HeaderValue, Method};
+use warden::http::ClientInfo;
 use warden::policy::{
     Chain, Decision, PluginConfig, PolicyConfig, PolicyHost, PolicyRequest, PolicySettings,
 };
-use warden::proxy::ClientInfo;
 use warden::secrets::SecretSnapshot;
 
 fn wasm() -> PathBuf {
@@ -54,7 +54,7 @@ fn rules() -> String {
     )
 }
 
-fn chain(host: &std::sync::Arc<PolicyHost>, isolation: &str) -> Chain {
+async fn chain(host: &std::sync::Arc<PolicyHost>, isolation: &str) -> Chain {
     let plugin: PluginConfig = toml::from_str(&format!(
         "file = {:?}\nisolation = \"{isolation}\"",
         wasm().display().to_string()
@@ -67,7 +67,7 @@ fn chain(host: &std::sync::Arc<PolicyHost>, isolation: &str) -> Chain {
         )
         .unwrap();
     let policy: PolicyConfig = toml::from_str(&format!("plugin = \"ni\"\n{}", rules())).unwrap();
-    Chain::build(&set, "inference", &[policy]).unwrap()
+    Chain::build(&set, "inference", &[policy]).await.unwrap()
 }
 
 struct Req {
@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
     let r = request();
     let mut g = c.benchmark_group("policy/network-isolation-20-rules");
     for isolation in ["pooled", "per-request"] {
-        let ch = chain(&host, isolation);
+        let ch = rt.block_on(chain(&host, isolation));
         // Sanity: the request is allowed by the 20th rule.
         assert!(matches!(
             rt.block_on(eval(&ch, &r, &snap)),
@@ -173,7 +173,7 @@ fn percentiles() {
     let r = request();
     println!("\nsingle-evaluation percentiles (network-isolation, 20 rules):");
     for isolation in ["pooled", "per-request"] {
-        let ch = chain(&host, isolation);
+        let ch = rt.block_on(chain(&host, isolation));
         let n = 50_000;
         let mut samples: Vec<Duration> = rt.block_on(async {
             for _ in 0..2_000 {

@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::proxy::{ProxyBody, full};
-use crate::reload::Gateway;
+use crate::gateway::Gateway;
+use crate::http::{ProxyBody, full};
 use crate::telemetry::metrics;
 
 /// Serve the admin API until `stop` (after the proxy has drained).
@@ -115,7 +115,8 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
             for (provider, age) in oldest {
                 let age = i64::try_from(age).unwrap_or(i64::MAX);
                 metrics()
-                    .secret_age
+                    .secrets
+                    .age
                     .get_or_create(&crate::telemetry::ProviderLabel { provider })
                     .set(age);
             }

@@ -9,10 +9,11 @@
 //! The gateway config may `include` policy files (routes and plugins only), so a security
 //! team can own `policies/` without touching listeners, upstreams or secret providers.
 
+pub mod field;
 mod source;
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,125 +25,8 @@ use serde::de::DeserializeOwned;
 use crate::http::normalize::{self, EscapedSlashes, PathParams, PathRules};
 use crate::policy::{PluginConfig, PolicyConfig, PolicySettings};
 use crate::secrets::{ProviderConfig, SecretRef, Template};
+pub use field::{ConfigError, ConfigErrors, FieldError, de, parse_duration, parse_size};
 pub use source::SourceMap;
-
-/// A problem found in a config item, with a key path relative to that item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted key path relative to the item being validated (`""` for the item itself).
-    pub key: String,
-    /// What is wrong, in words an operator can act on. Never contains a secret value.
-    pub reason: String,
-}
-
-impl FieldError {
-    /// A new field error.
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// A config error with its location.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// File the error is in.
-    pub file: PathBuf,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// Full dotted key path (`routes[2].match.methods`).
-    pub key: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// A list of config errors, displayed one per line.
-#[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// A duration written as `"5s"`, `"250ms"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"5s\", \"250ms\")"))
-}
-
-/// A size written as `"16MiB"`, `"64KiB"`, `"1024"`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {s:?}: {e} (write e.g. \"16MiB\", \"64KiB\")"))
-}
-
-/// serde helpers for durations and sizes as strings.
-pub mod de {
-    use super::*;
-    use serde::Deserializer;
-
-    /// `"5s"` → `Duration`.
-    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// Optional `"5s"` → `Option<Duration>`.
-    pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-
-    /// `"16MiB"` → bytes.
-    pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum S {
-            N(u64),
-            S(String),
-        }
-        match S::deserialize(d)? {
-            S::N(n) => Ok(n),
-            S::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
-        }
-    }
-
-    /// Optional `"16MiB"` → bytes.
-    pub fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        #[derive(Deserialize)]
-        struct W(#[serde(deserialize_with = "size")] u64);
-        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Raw (serde) types: exactly what the TOML says.
@@ -1179,7 +1063,7 @@ impl Loader {
                     errs.push(
                         map.error(&k(&format!("inject.{h}")), "not a valid header name".into()),
                     );
-                } else if crate::proxy::is_hop_by_hop(h) || h.eq_ignore_ascii_case("host") {
+                } else if crate::http::is_hop_by_hop(h) || h.eq_ignore_ascii_case("host") {
                     errs.push(map.error(
                         &k(&format!("inject.{h}")),
                         "cannot inject a hop-by-hop or Host header".into(),

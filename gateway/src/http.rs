@@ -1,6 +1,64 @@
-//! HTTP rules shared by the whole gateway, below everything else in the module graph.
-//!
-//! [`normalize`] holds the one canonical form of a request target: the path and host that
-//! the router matches, every policy sees, the access log records and the upstream receives.
+//! HTTP types and rules shared by the whole gateway, below everything else in the module
+//! graph: who the client is, the body type both sides of the proxy use, the hop-by-hop
+//! header list, and (in [`normalize`]) the one canonical form of a request target — the
+//! path and host that the router matches, every policy sees, the access log records and the
+//! upstream receives.
 
 pub mod normalize;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Who is calling: the TCP peer and, over TLS, what the handshake proved.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// SNI the client sent.
+    pub sni: Option<String>,
+    /// URI SANs of the verified client certificate (e.g. `spiffe://sophia/sophia-api`).
+    pub uri_sans: Vec<String>,
+    /// DNS SANs of the verified client certificate.
+    pub dns_sans: Vec<String>,
+}
+
+/// Boxed error type for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type used on both sides of the proxy: streamed, never buffered.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies must not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Only meaningful for an h2c upgrade, which is never forwarded.
+    "http2-settings",
+];
+
+/// Whether `name` is a hop-by-hop header (case-insensitive).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name.to_ascii_lowercase().starts_with("proxy-")
+}

@@ -1,17 +1,48 @@
 //! Warden: a Wasm-extensible policy and secrets gateway.
 //!
-//! The binary (`src/main.rs`) is a thin CLI over this library. Each concern lives in
-//! its own module: configuration, routing, the proxy itself, TLS, the Wasm policy
-//! host, secrets, hot reload, the admin listener and telemetry.
+//! The binary (`src/main.rs`) is a thin CLI over this library. Modules are listed leaves
+//! first; each depends only on modules above it, so the code reads bottom-up:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`http`] | `ClientInfo`, the body type, hop-by-hop rules, request normalization |
+//! | [`telemetry`] | metrics, logging |
+//! | [`watch`] | the one debounced directory watcher |
+//! | `config::field` | located config errors and serde helpers |
+//! | [`secrets`] | templates, providers, the store that outlives reloads |
+//! | [`policy`] | the Wasm host, warm instance pools, chains, `warden plugin` |
+//! | [`config`] | files, includes, validation with file and line |
+//! | [`routing`], [`tls`], [`upstream`] | built from validated config |
+//! | [`snapshot`] | everything one request needs, immutable |
+//! | [`gateway`] | the current snapshot and the reload triggers that replace it |
+//! | [`proxy`] | the request pipeline and the proxy listener's drain |
+//! | [`admin`] | health, readiness, metrics, reload |
+//! | [`serve`] | the process: listeners, signals, shutdown order |
+//! | [`cli`] | subcommands that read a whole config |
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod config;
 pub mod http;
-pub mod policy;
-pub mod proxy;
-pub mod reload;
-pub mod routing;
-pub mod secrets;
 pub mod telemetry;
+pub mod watch;
+
+pub mod secrets;
+
+pub mod policy;
+
+pub mod config;
+
+pub mod routing;
 pub mod tls;
+pub mod upstream;
+
+pub mod snapshot;
+
+pub mod gateway;
+
+pub mod proxy;
+
+pub mod admin;
+
+pub mod serve;
+
+pub mod cli;

@@ -3,14 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
 use warden::config;
-use warden::reload::{Gateway, SecretsMode, build_snapshot};
+use warden::gateway::Gateway;
+use warden::snapshot::{SecretsMode, build_snapshot};
 use warden::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -44,6 +42,10 @@ enum Cmd {
         /// answer 503 on the routes that need it, and retry in the background).
         #[arg(long)]
         strict_secrets: bool,
+        /// Once listening, write the bound addresses here as JSON (`{"proxy": …,
+        /// "admin": …}`); for supervisors and tests that bind port 0.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Validate config, routes, plugins and secret references; list every error.
     Check {
@@ -59,7 +61,7 @@ enum Cmd {
     /// Inspect secret references (never values).
     Secrets {
         #[command(subcommand)]
-        cmd: warden::secrets::SecretsCommand,
+        cmd: warden::cli::SecretsCommand,
     },
     /// Probe an admin endpoint; exit 0 on a 2xx answer. For container health checks in
     /// images without a shell or curl.
@@ -82,10 +84,11 @@ fn main() -> ExitCode {
         Cmd::Run {
             config,
             strict_secrets,
-        } => run(&config, strict_secrets),
+            ready_file,
+        } => run(&config, strict_secrets, ready_file),
         Cmd::Check { config } => check(&config),
         Cmd::Plugin { cmd } => block_on(None, warden::policy::run_cli(cmd)),
-        Cmd::Secrets { cmd } => block_on(None, warden::secrets::run_cli(cmd)),
+        Cmd::Secrets { cmd } => block_on(None, warden::cli::run_cli(cmd)),
         Cmd::Health { url, timeout } => block_on(Some(1), health(url, timeout)),
     }
 }
@@ -199,7 +202,7 @@ fn check(path: &Path) -> ExitCode {
     })
 }
 
-fn run(path: &Path, strict_secrets: bool) -> ExitCode {
+fn run(path: &Path, strict_secrets: bool, ready_file: Option<PathBuf>) -> ExitCode {
     // Bad options fail before the first socket is opened.
     let cfg = match config::load(path) {
         Ok(c) => c,
@@ -218,50 +221,7 @@ fn run(path: &Path, strict_secrets: bool) -> ExitCode {
                 return Ok(ExitCode::from(2));
             }
         };
-        serve(gw).await?;
+        warden::serve::serve(gw, warden::serve::ServeOptions { ready_file }).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn serve(gw: Arc<Gateway>) -> anyhow::Result<()> {
-    let snap = gw.current();
-    let proxy = tokio::net::TcpListener::bind(snap.config.gateway.listen)
-        .await
-        .with_context(|| format!("binding gateway.listen {}", snap.config.gateway.listen))?;
-    let admin = tokio::net::TcpListener::bind(snap.config.admin.listen)
-        .await
-        .with_context(|| format!("binding admin.listen {}", snap.config.admin.listen))?;
-    info!(addr = %admin.local_addr()?, "admin listening");
-    info!(addr = %proxy.local_addr()?, tls = snap.tls.is_some(), routes = snap.routes.len(), "proxy listening");
-    drop(snap);
-
-    gw.spawn_reload_triggers();
-    let shutdown: CancellationToken = gw.shutdown.clone();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-            }
-            shutdown.cancel();
-        }
-    });
-    // The admin listener outlives the drain: /readyz answers 503 "draining" and the last
-    // metrics can be scraped until the proxy has finished.
-    let drained = CancellationToken::new();
-    let admin_task = tokio::spawn(warden::admin::serve(admin, gw.clone(), drained.clone()));
-    warden::proxy::serve(proxy, gw.clone(), shutdown).await;
-    drained.cancel();
-    let _ = admin_task.await;
-    info!("stopped");
-    Ok(())
 }

@@ -8,7 +8,7 @@
 mod body;
 mod error;
 mod headers;
-pub mod upstream;
+mod preface;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -27,31 +27,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{DisallowedUpgrade, MethodOverride};
+use crate::gateway::Gateway;
 use crate::http::normalize::{normalize_host, normalize_path};
+use crate::http::{BoxError, ClientInfo, ProxyBody, empty, full};
 use crate::policy::{Decision, PolicyRequest};
-use crate::reload::{Gateway, RouteRuntime, Snapshot};
 use crate::routing::RouteMatch;
+use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::{
     GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, UpstreamLabel, metrics,
 };
-pub use body::{BoxError, ProxyBody, full};
 pub use error::ProxyError;
-pub use headers::is_hop_by_hop;
-
-/// Who is calling: the TCP peer and, over TLS, what the handshake proved.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// Peer address.
-    pub addr: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// SNI the client sent.
-    pub sni: Option<String>,
-    /// URI SANs of the verified client certificate (e.g. `spiffe://sophia/sophia-api`).
-    pub uri_sans: Vec<String>,
-    /// DNS SANs of the verified client certificate.
-    pub dns_sans: Vec<String>,
-}
 
 /// Serve the proxy listener until `shutdown` fires, then drain in-flight requests for up
 /// to the configured grace period.
@@ -74,9 +59,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let gw = gw.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            metrics().active_connections.inc();
+            metrics().proxy.active_connections.inc();
             serve_connection(stream, peer, gw, watcher).await;
-            metrics().active_connections.dec();
+            metrics().proxy.active_connections.dec();
         });
     }
     // Stop accepting now: new connections are refused instead of queueing in the
@@ -100,7 +85,7 @@ async fn serve_connection(
     gw: Arc<Gateway>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let (mut builder, tls, header_read_timeout) = {
+    let (builder, tls, header_read_timeout) = {
         let snap = gw.current();
         let g = &snap.config.gateway;
         (
@@ -119,6 +104,11 @@ async fn serve_connection(
                 uri_sans: vec![],
                 dns_sans: vec![],
             });
+            match preface::classify(&stream, header_read_timeout).await {
+                preface::Start::Serve => {}
+                preface::Start::Refused => return preface::refuse(stream).await,
+                preface::Start::Gone => return,
+            }
             let svc = service(gw, client);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -132,12 +122,12 @@ async fn serve_connection(
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    metrics().tls_handshake_failures.inc();
+                    metrics().proxy.tls_handshake_failures.inc();
                     debug!(peer = %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    metrics().tls_handshake_failures.inc();
+                    metrics().proxy.tls_handshake_failures.inc();
                     debug!(peer = %peer, "TLS handshake timed out");
                     return;
                 }
@@ -158,11 +148,21 @@ async fn serve_connection(
                 dns_sans: ids.dns,
             });
             let svc = service(gw, client);
-            if h2_only {
-                builder = builder.http2_only();
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let result = if h2_only {
+                // hyper would close on a wrong preface without the GOAWAY that RFC 9113
+                // asks for; check it first and replay it.
+                let Ok(stream) = preface::read_h2_preface(tls_stream, header_read_timeout).await
+                else {
+                    return;
+                };
+                let builder = builder.http2_only();
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                watcher.watch(conn.into_owned()).await
+            } else {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+                watcher.watch(conn.into_owned()).await
+            };
+            if let Err(e) = result {
                 debug!(peer = %peer, error = %e, "connection ended with error");
             }
         }
@@ -211,23 +211,6 @@ fn service(
     })
 }
 
-/// What the access log and metrics need about one request.
-struct Exchange {
-    request_id: HeaderValue,
-    route_idx: Option<usize>,
-    route: Option<Arc<str>>,
-    upstream: Option<Arc<str>>,
-    method: Method,
-    path: String,
-    started: Instant,
-    upstream_time: Option<Duration>,
-    verdict: &'static str,
-    /// Why Warden answered itself, when it did (the error code or `policy_denied`).
-    flag: Option<&'static str>,
-    /// The downstream HTTP version.
-    version: Version,
-}
-
 /// Handle one request end to end. Never fails: every problem becomes a response.
 pub async fn handle(
     req: Request<Incoming>,
@@ -235,7 +218,7 @@ pub async fn handle(
     client: Arc<ClientInfo>,
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
-    let mut ex = Exchange {
+    let mut ex = body::Exchange {
         request_id: request_id.clone(),
         route_idx: None,
         route: None,
@@ -247,6 +230,7 @@ pub async fn handle(
         verdict: "none",
         flag: None,
         version: req.version(),
+        status: 0,
     };
     let mut resp = match pipeline(req, &snap, &client, &mut ex).await {
         Ok(r) => {
@@ -266,10 +250,13 @@ pub async fn handle(
                     upstream: u.to_string(),
                 };
                 match e {
-                    ProxyError::UpstreamTimeout => {
-                        metrics().upstream_timeouts.get_or_create(&label).inc()
-                    }
+                    ProxyError::UpstreamTimeout => metrics()
+                        .proxy
+                        .upstream_timeouts
+                        .get_or_create(&label)
+                        .inc(),
                     _ => metrics()
+                        .proxy
                         .upstream_connect_errors
                         .get_or_create(&label)
                         .inc(),
@@ -292,6 +279,7 @@ pub async fn handle(
     match route_metrics {
         Some(m) if status == StatusCode::OK => m.ok[class.clone() as usize].inc(),
         _ => metrics()
+            .proxy
             .requests
             .get_or_create(&RequestLabels {
                 route: ex.route.as_deref().unwrap_or("none").to_string(),
@@ -303,32 +291,22 @@ pub async fn handle(
     match route_metrics {
         Some(m) => m.duration.observe(elapsed),
         None => metrics()
+            .proxy
             .request_duration
             .get_or_create(&RouteLabel {
                 route: "none".to_string(),
             })
             .observe(elapsed),
     }
-    let log = body::AccessLog {
-        request_id: ex.request_id.to_str().unwrap_or("-").to_string(),
-        route: ex.route,
-        upstream: ex.upstream,
-        method: ex.method,
-        path: ex.path,
-        status: status.as_u16(),
-        started: ex.started,
-        upstream_time: ex.upstream_time,
-        verdict: ex.verdict,
-        flag: ex.flag,
-    };
-    resp.map(|b| body::observed(b, log))
+    ex.status = status.as_u16();
+    resp.map(|b| body::observed(b, ex))
 }
 
 async fn pipeline(
     mut req: Request<Incoming>,
     snap: &Snapshot,
     client: &ClientInfo,
-    ex: &mut Exchange,
+    ex: &mut body::Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let gw = &snap.config.gateway;
     check_method(req.method(), gw.allow_trace)?;
@@ -440,7 +418,9 @@ async fn pipeline(
         }
     }
 
-    parts.uri = upstream.target_uri(&parts.uri)?;
+    parts.uri = upstream
+        .target_uri(&parts.uri)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     match upstream.host_header(original_host.as_ref()) {
         Some(h) => {
             parts.headers.insert(HOST, h);
@@ -511,7 +491,7 @@ async fn pipeline(
             let (mut parts, _) = resp.into_parts();
             let switched_to = parts.headers.get(UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers, switched_to);
-            return Ok(Response::from_parts(parts, body::empty()));
+            return Ok(Response::from_parts(parts, empty()));
         }
         // The upstream refused the upgrade. Anything the client sent after its request
         // head belongs to the protocol it asked for, so it must never be read as another
@@ -538,8 +518,9 @@ async fn pipeline(
     ))
 }
 
-fn count_gateway_response(ex: &Exchange, reason: &str, fault: &str) {
+fn count_gateway_response(ex: &body::Exchange, reason: &str, fault: &str) {
     metrics()
+        .proxy
         .gateway_responses
         .get_or_create(&GatewayResponseLabels {
             route: ex.route.as_deref().unwrap_or("none").to_string(),

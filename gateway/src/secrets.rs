@@ -23,12 +23,10 @@
 //! our control and are not zeroized.)
 
 mod agefile;
-mod cli;
 mod dir;
 mod store;
 mod template;
 mod vault;
-mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,10 +36,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::config::FieldError;
-use crate::config::de;
+use crate::config::field::FieldError;
+use crate::config::field::de;
 
-pub use cli::{SecretsCommand, run_cli};
 pub use store::{RefStatus, SecretSnapshot, SecretStore};
 pub use template::Template;
 

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,15 +129,26 @@ pub struct GatewayResponseLabels {
     pub fault: String,
 }
 
-/// Every metric family the gateway exports.
-pub struct Metrics {
-    registry: Registry,
+/// Register `metric` under `name` and hand it back: the one way families are added.
+fn add<M: Metric + Clone>(reg: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    reg.register(name, help, metric.clone());
+    metric
+}
+
+fn latency_histograms<L: EncodeLabelSet + Clone + std::hash::Hash + Eq>()
+-> Family<L, Histogram, fn() -> Histogram> {
+    // 50 µs .. ~26 s: covers a warm plugin call up to a slow inference request.
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 20)))
+}
+
+/// The proxy's families: requests, latencies, connections, upstream failures.
+pub struct ProxyMetrics {
     /// Requests by route, method class and status.
     pub requests: Family<RequestLabels, Counter>,
     /// Time from request head received to response head sent, by route.
-    pub request_duration: Family<RouteLabel, Histogram>,
+    pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     /// Time the upstream took to answer with a response head, by upstream.
-    pub upstream_duration: Family<UpstreamLabel, Histogram>,
+    pub upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     /// Open downstream connections.
     pub active_connections: Gauge,
     /// Upstream connect errors (refused, reset, TLS verification), by upstream.
@@ -146,189 +157,222 @@ pub struct Metrics {
     pub upstream_timeouts: Family<UpstreamLabel, Counter>,
     /// Failed downstream TLS handshakes.
     pub tls_handshake_failures: Counter,
-    /// Policy verdicts by plugin, route, verdict and mode.
-    pub policy_verdicts: Family<VerdictLabels, Counter>,
-    /// Time spent evaluating one plugin, by plugin.
-    pub plugin_eval_duration: Family<PluginLabel, Histogram>,
-    /// Plugin traps, by plugin.
-    pub plugin_traps: Family<PluginLabel, Counter>,
-    /// Plugin deadline hits, by plugin.
-    pub plugin_deadline_hits: Family<PluginLabel, Counter>,
-    /// Plugin memory-limit hits, by plugin.
-    pub plugin_memory_limit_hits: Family<PluginLabel, Counter>,
-    /// Successful secret refreshes, by provider.
-    pub secret_refresh_success: Family<ProviderLabel, Counter>,
-    /// Failed secret refreshes, by provider and kind of failure.
-    pub secret_refresh_failure: Family<ProviderFailureLabels, Counter>,
-    /// Unix time of the last successful refresh, by provider; `/metrics` derives the age.
-    pub secret_last_success: Family<ProviderLabel, Gauge>,
-    /// Seconds since the oldest value of each provider was last read successfully; set
-    /// when `/metrics` is scraped.
-    pub secret_age: Family<ProviderLabel, Gauge>,
-    /// Config reloads applied or refused.
-    pub reloads: Family<ReloadLabels, Counter>,
     /// Responses Warden made itself (errors and policy denials), by route, reason and
     /// fault: tells a 503 of Warden's from one the upstream sent.
     pub gateway_responses: Family<GatewayResponseLabels, Counter>,
-    /// Configuration generations alive: the current one plus those still finishing
-    /// requests. Flat over time unless something holds an old generation.
-    pub config_generations: Gauge,
-    started: Instant,
 }
 
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    // 50 µs .. ~26 s: covers a warm plugin call up to a slow inference request.
-    exponential_buckets(0.000_05, 2.0, 20)
+impl ProxyMetrics {
+    /// Create the families and register them.
+    pub fn register(reg: &mut Registry) -> Self {
+        ProxyMetrics {
+            requests: add(
+                reg,
+                "requests",
+                "Requests by route, method class and status",
+                Family::default(),
+            ),
+            request_duration: add(
+                reg,
+                "request_duration_seconds",
+                "Downstream latency: request head in to response head out",
+                latency_histograms(),
+            ),
+            upstream_duration: add(
+                reg,
+                "upstream_duration_seconds",
+                "Upstream latency: request sent to response head received",
+                latency_histograms(),
+            ),
+            active_connections: add(
+                reg,
+                "active_connections",
+                "Open downstream connections",
+                Gauge::default(),
+            ),
+            upstream_connect_errors: add(
+                reg,
+                "upstream_connect_errors",
+                "Upstream connection failures (refused, reset, TLS)",
+                Family::default(),
+            ),
+            upstream_timeouts: add(
+                reg,
+                "upstream_timeouts",
+                "Upstream connect or request timeouts",
+                Family::default(),
+            ),
+            tls_handshake_failures: add(
+                reg,
+                "tls_handshake_failures",
+                "Failed downstream TLS handshakes",
+                Counter::default(),
+            ),
+            gateway_responses: add(
+                reg,
+                "gateway_responses",
+                "Responses made by Warden itself (not the upstream), by route, reason and fault",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// The policy host's families.
+pub struct PolicyMetrics {
+    /// Policy verdicts by plugin, route, verdict and mode.
+    pub verdicts: Family<VerdictLabels, Counter>,
+    /// Time spent evaluating one plugin, by plugin.
+    pub eval_duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    /// Plugin traps, by plugin.
+    pub traps: Family<PluginLabel, Counter>,
+    /// Plugin deadline hits, by plugin.
+    pub deadline_hits: Family<PluginLabel, Counter>,
+    /// Plugin memory-limit hits, by plugin.
+    pub memory_limit_hits: Family<PluginLabel, Counter>,
+}
+
+impl PolicyMetrics {
+    /// Create the families and register them.
+    pub fn register(reg: &mut Registry) -> Self {
+        // 0.5 µs .. ~8 s: a warm call is about a microsecond.
+        let eval: Family<PluginLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_000_5, 2.0, 24))
+            });
+        PolicyMetrics {
+            verdicts: add(
+                reg,
+                "policy_verdicts",
+                "Policy verdicts by plugin, route, verdict and mode",
+                Family::default(),
+            ),
+            eval_duration: add(
+                reg,
+                "plugin_eval_duration_seconds",
+                "Time spent evaluating one plugin",
+                eval,
+            ),
+            traps: add(reg, "plugin_traps", "Plugin traps", Family::default()),
+            deadline_hits: add(
+                reg,
+                "plugin_deadline_hits",
+                "Plugin evaluations stopped at their deadline",
+                Family::default(),
+            ),
+            memory_limit_hits: add(
+                reg,
+                "plugin_memory_limit_hits",
+                "Plugin evaluations stopped at their memory limit",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// The secret store's families.
+pub struct SecretMetrics {
+    /// Successful secret refreshes, by provider.
+    pub refresh_success: Family<ProviderLabel, Counter>,
+    /// Failed secret refreshes, by provider and kind of failure.
+    pub refresh_failure: Family<ProviderFailureLabels, Counter>,
+    /// Unix time of the last successful refresh, by provider.
+    pub last_success: Family<ProviderLabel, Gauge>,
+    /// Seconds since the oldest value of each provider was last read successfully; set
+    /// when `/metrics` is scraped.
+    pub age: Family<ProviderLabel, Gauge>,
+}
+
+impl SecretMetrics {
+    /// Create the families and register them.
+    pub fn register(reg: &mut Registry) -> Self {
+        SecretMetrics {
+            refresh_success: add(
+                reg,
+                "secret_refresh_success",
+                "Successful secret refreshes by provider",
+                Family::default(),
+            ),
+            refresh_failure: add(
+                reg,
+                "secret_refresh_failure",
+                "Failed secret refreshes by provider and reason (unavailable, not_found, invalid)",
+                Family::default(),
+            ),
+            last_success: add(
+                reg,
+                "secret_last_success_timestamp_seconds",
+                "Unix time of the last successful secret refresh by provider",
+                Family::default(),
+            ),
+            age: add(
+                reg,
+                "secret_age_seconds",
+                "Seconds since the last successful refresh, by provider (oldest value)",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// The configuration lifecycle's families.
+pub struct ConfigMetrics {
+    /// Config reloads applied or refused.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Configuration generations alive: the current one plus those still finishing
+    /// requests. Flat over time unless something holds an old generation.
+    pub generations: Gauge,
+}
+
+impl ConfigMetrics {
+    /// Create the families and register them.
+    pub fn register(reg: &mut Registry) -> Self {
+        ConfigMetrics {
+            reloads: add(
+                reg,
+                "reloads",
+                "Configuration reloads by result",
+                Family::default(),
+            ),
+            generations: add(
+                reg,
+                "config_generations",
+                "Configuration generations alive (current plus those finishing requests)",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// Every metric family the gateway exports, registered per component.
+pub struct Metrics {
+    registry: Registry,
+    /// The proxy's.
+    pub proxy: ProxyMetrics,
+    /// The policy host's.
+    pub policy: PolicyMetrics,
+    /// The secret store's.
+    pub secrets: SecretMetrics,
+    /// The configuration lifecycle's.
+    pub config: ConfigMetrics,
+    started: Instant,
 }
 
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("warden");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by route, method class and status",
-            requests.clone(),
-        );
-        let request_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
-        registry.register(
-            "request_duration_seconds",
-            "Downstream latency: request head in to response head out",
-            request_duration.clone(),
-        );
-        let upstream_duration = Family::<UpstreamLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
-        registry.register(
-            "upstream_duration_seconds",
-            "Upstream latency: request sent to response head received",
-            upstream_duration.clone(),
-        );
-        let active_connections = Gauge::default();
-        registry.register(
-            "active_connections",
-            "Open downstream connections",
-            active_connections.clone(),
-        );
-        let upstream_connect_errors = Family::<UpstreamLabel, Counter>::default();
-        registry.register(
-            "upstream_connect_errors",
-            "Upstream connection failures (refused, reset, TLS)",
-            upstream_connect_errors.clone(),
-        );
-        let upstream_timeouts = Family::<UpstreamLabel, Counter>::default();
-        registry.register(
-            "upstream_timeouts",
-            "Upstream connect or request timeouts",
-            upstream_timeouts.clone(),
-        );
-        let tls_handshake_failures = Counter::default();
-        registry.register(
-            "tls_handshake_failures",
-            "Failed downstream TLS handshakes",
-            tls_handshake_failures.clone(),
-        );
-        let policy_verdicts = Family::<VerdictLabels, Counter>::default();
-        registry.register(
-            "policy_verdicts",
-            "Policy verdicts by plugin, route, verdict and mode",
-            policy_verdicts.clone(),
-        );
-        let plugin_eval_duration = Family::<PluginLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_000_5, 2.0, 24))
-        });
-        registry.register(
-            "plugin_eval_duration_seconds",
-            "Time spent evaluating one plugin",
-            plugin_eval_duration.clone(),
-        );
-        let plugin_traps = Family::<PluginLabel, Counter>::default();
-        registry.register("plugin_traps", "Plugin traps", plugin_traps.clone());
-        let plugin_deadline_hits = Family::<PluginLabel, Counter>::default();
-        registry.register(
-            "plugin_deadline_hits",
-            "Plugin evaluations stopped at their deadline",
-            plugin_deadline_hits.clone(),
-        );
-        let plugin_memory_limit_hits = Family::<PluginLabel, Counter>::default();
-        registry.register(
-            "plugin_memory_limit_hits",
-            "Plugin evaluations stopped at their memory limit",
-            plugin_memory_limit_hits.clone(),
-        );
-        let secret_refresh_success = Family::<ProviderLabel, Counter>::default();
-        registry.register(
-            "secret_refresh_success",
-            "Successful secret refreshes by provider",
-            secret_refresh_success.clone(),
-        );
-        let secret_refresh_failure = Family::<ProviderFailureLabels, Counter>::default();
-        registry.register(
-            "secret_refresh_failure",
-            "Failed secret refreshes by provider and reason (unavailable, not_found, invalid)",
-            secret_refresh_failure.clone(),
-        );
-        let secret_last_success = Family::<ProviderLabel, Gauge>::default();
-        registry.register(
-            "secret_last_success_timestamp_seconds",
-            "Unix time of the last successful secret refresh by provider",
-            secret_last_success.clone(),
-        );
-        let secret_age = Family::<ProviderLabel, Gauge>::default();
-        registry.register(
-            "secret_age_seconds",
-            "Seconds since the last successful refresh, by provider (oldest value)",
-            secret_age.clone(),
-        );
-        let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "reloads",
-            "Configuration reloads by result",
-            reloads.clone(),
-        );
-        let gateway_responses = Family::<GatewayResponseLabels, Counter>::default();
-        registry.register(
-            "gateway_responses",
-            "Responses made by Warden itself (not the upstream), by route, reason and fault",
-            gateway_responses.clone(),
-        );
-        let config_generations = Gauge::default();
-        registry.register(
-            "config_generations",
-            "Configuration generations alive (current plus those finishing requests)",
-            config_generations.clone(),
-        );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![(
-                "version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            )]),
-        );
+        let proxy = ProxyMetrics::register(&mut registry);
+        let policy = PolicyMetrics::register(&mut registry);
+        let secrets = SecretMetrics::register(&mut registry);
+        let config = ConfigMetrics::register(&mut registry);
+        let version = vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+        registry.register("build", "Build information", Info::new(version));
         Metrics {
             registry,
-            requests,
-            request_duration,
-            upstream_duration,
-            active_connections,
-            upstream_connect_errors,
-            upstream_timeouts,
-            tls_handshake_failures,
-            policy_verdicts,
-            plugin_eval_duration,
-            plugin_traps,
-            plugin_deadline_hits,
-            plugin_memory_limit_hits,
-            secret_refresh_success,
-            secret_refresh_failure,
-            secret_last_success,
-            secret_age,
-            reloads,
-            gateway_responses,
-            config_generations,
+            proxy,
+            policy,
+            secrets,
+            config,
             started: Instant::now(),
         }
     }

@@ -4,6 +4,7 @@
 //! Everything started here is stopped on `Drop`, so a failing test leaves nothing behind.
 
 pub mod certs;
+pub mod config;
 pub mod openbao;
 pub mod upstream;
 
@@ -93,7 +94,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Write `config_toml` to `dir/warden.toml` and start the gateway on it. The config
-    /// must use `127.0.0.1:0` listeners; the real ports are read from the log.
+    /// must use `127.0.0.1:0` listeners; the real ports come from the gateway's
+    /// `--ready-file`.
     pub async fn start(dir: &Path, config_toml: &str) -> Gateway {
         Self::try_start(dir, config_toml)
             .await
@@ -110,8 +112,17 @@ impl Gateway {
 
     /// Start on an existing config file, with extra environment variables.
     pub async fn spawn(config_path: &Path, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ready_file =
+            config_path.with_file_name(format!(".warden-ready-{}-{n}.json", std::process::id()));
+        let _ = std::fs::remove_file(&ready_file);
         let mut cmd = Command::new(warden_bin());
-        cmd.arg("run").arg("--config").arg(config_path);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config_path)
+            .arg("--ready-file")
+            .arg(&ready_file);
         cmd.env(
             "RUST_LOG",
             std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -160,12 +171,12 @@ impl Gateway {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = gw.logs();
-            let proxy = find_addr(&text, "proxy listening");
-            let admin = find_addr(&text, "admin listening");
-            if let (Some(p), Some(a)) = (proxy, admin) {
-                gw.addr = p;
-                gw.admin_addr = a;
+            if let Ok(bytes) = std::fs::read(&ready_file) {
+                let bound: serde_json::Value =
+                    serde_json::from_slice(&bytes).expect("ready file is JSON");
+                gw.addr = bound["proxy"].as_str().unwrap().parse().unwrap();
+                gw.admin_addr = bound["admin"].as_str().unwrap().parse().unwrap();
+                let _ = std::fs::remove_file(&ready_file);
                 return Ok(gw);
             }
             if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
@@ -268,16 +279,6 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn find_addr(logs: &str, marker: &str) -> Option<SocketAddr> {
-    logs.lines().filter(|l| l.contains(marker)).find_map(|l| {
-        let rest = &l[l.find("addr=")? + 5..];
-        let end = rest
-            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
-            .unwrap_or(rest.len());
-        rest[..end].trim_matches('"').parse().ok()
-    })
 }
 
 /// Send raw bytes over a new TCP connection and return whatever comes back before the

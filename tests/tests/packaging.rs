@@ -244,9 +244,35 @@ fn dockerfile_builder_runs_the_ci_build_commands_and_nothing_else() {
         test_sh.contains("scripts/build-plugins.sh"),
         "CI builds plugins with scripts/build-plugins.sh"
     );
+    // CI runs exactly the README's test command: the second of its two set-up commands.
+    let readme = read("README.md");
+    let setup: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .filter_map(|l| l.split('#').next().map(str::trim))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        setup,
+        ["scripts/demo.sh", "scripts/test.sh"],
+        "README set-up commands"
+    );
+    let ci: Vec<String> = read(".ci/run")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        ci.last().map(String::as_str),
+        Some(setup[1]),
+        "CI runs the README's test command"
+    );
     assert!(
-        read("README.md").contains("--release"),
-        "README builds in release mode"
+        test_sh.contains("cargo test --release"),
+        "the test command tests the release build the image ships"
     );
 
     let runs: Vec<String> = builder

@@ -10,31 +10,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_tests::certs::Ca;
+use warden_tests::config::{ConfigBuilder, Route, Upstream};
 use warden_tests::upstream::Echo;
 use warden_tests::{Gateway, client, curl, metric_value, raw_exchange, run_warden};
 
-/// A one-route config: `extra_gateway` lines go in `[gateway]`, `extra_upstream` lines in
-/// the upstream's table.
-fn config(upstream: &str, extra_gateway: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-{extra_gateway}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[upstreams.api]
-url = "{upstream}"
-{extra_upstream}
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/" }}
-upstream = "api"
-"#
-    )
+/// One route, `/` to `upstream`.
+fn one_route(upstream: Upstream) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .upstream("api", upstream)
+        .route(Route::prefix("api", "/", "api"))
 }
 
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
@@ -45,7 +29,7 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 async fn http1_forwarding_sets_forwarded_headers_and_request_id() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
 
     let resp = client()
         .get(gw.url("/hello?x=1"))
@@ -88,11 +72,9 @@ async fn http1_forwarding_sets_forwarded_headers_and_request_id() {
 async fn trusted_proxies_extend_forwarded_for_and_host_can_be_preserved() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        &up.url(),
-        "trusted_proxies = [\"127.0.0.0/8\"]",
-        "host_header = \"preserve\"",
-    );
+    let cfg = one_route(Upstream::url(&up.url()).set("host_header", "preserve"))
+        .gateway("trusted_proxies", vec!["127.0.0.0/8"])
+        .toml();
     let gw = Gateway::start(dir.path(), &cfg).await;
     let echo: Value = client()
         .get(gw.url("/"))
@@ -118,7 +100,7 @@ async fn trusted_proxies_extend_forwarded_for_and_host_can_be_preserved() {
 async fn hop_by_hop_headers_are_stripped() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
     let out = raw(
         gw.addr,
         b"GET /hop HTTP/1.1\r\nHost: x\r\nConnection: close, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
@@ -147,7 +129,7 @@ Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nTE: t
 async fn h2c_downstream_and_h2_upstream() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&up.url(), "", "http2 = true");
+    let cfg = one_route(Upstream::url(&up.url()).set("http2", true)).toml();
     let gw = Gateway::start(dir.path(), &cfg).await;
     let h2 = warden_tests::client_builder()
         .http2_prior_knowledge()
@@ -173,7 +155,7 @@ async fn h2c_downstream_and_h2_upstream() {
 async fn sse_events_arrive_one_by_one() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
     let mut resp = client()
         .get(gw.url("/sse?n=5&gap_ms=300"))
         .send()
@@ -214,7 +196,7 @@ async fn sse_events_arrive_one_by_one() {
 async fn grpc_over_h2c_keeps_trailers() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&up.url(), "", "http2 = true");
+    let cfg = one_route(Upstream::url(&up.url()).set("http2", true)).toml();
     let gw = Gateway::start(dir.path(), &cfg).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut send, conn) =
@@ -249,7 +231,7 @@ async fn grpc_over_h2c_keeps_trailers() {
 async fn websocket_upgrade_and_refused_upgrade_never_smuggles() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
 
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(
@@ -405,7 +387,9 @@ async fn slow_request_head_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(
         dir.path(),
-        &config(&up.url(), "header_read_timeout = \"500ms\"", ""),
+        &one_route(Upstream::url(&up.url()))
+            .gateway("header_read_timeout", "500ms")
+            .toml(),
     )
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -424,7 +408,9 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = Gateway::start(
         dir.path(),
-        &config(&up.url(), "shutdown_grace = \"10s\"", ""),
+        &one_route(Upstream::url(&up.url()))
+            .gateway("shutdown_grace", "10s")
+            .toml(),
     )
     .await;
     let url = gw.url("/slow/2000");
@@ -481,13 +467,22 @@ async fn downstream_tls_and_mtls_with_curl() {
     let (ccrt, ckey) = clients_ca
         .leaf(&["sophia-api.internal"], &["spiffe://sophia/sophia-api"])
         .write(dir.path(), "client");
-    let tls = format!(
-        "tls = {{ cert_file = \"{}\", key_file = \"{}\", client_ca_file = \"{}\", client_auth = \"required\" }}",
-        crt.display(),
-        key.display(),
-        clients_ca_file.display()
-    );
-    let gw = Gateway::start(dir.path(), &config(&up.url(), &tls, "")).await;
+    let mut tls = toml::Table::new();
+    for (k, v) in [
+        ("cert_file", crt.display().to_string()),
+        ("key_file", key.display().to_string()),
+        ("client_ca_file", clients_ca_file.display().to_string()),
+        ("client_auth", "required".to_string()),
+    ] {
+        tls.insert(k.into(), v.into());
+    }
+    let gw = Gateway::start(
+        dir.path(),
+        &one_route(Upstream::url(&up.url()))
+            .gateway("tls", tls)
+            .toml(),
+    )
+    .await;
     let url = format!("https://localhost:{}/tls", gw.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
 
@@ -530,18 +525,41 @@ async fn downstream_tls_and_mtls_with_curl() {
         );
     }
 
-    // TLS 1.1 and below are refused.
-    let r = curl(&[
-        "--resolve",
-        &resolve,
-        "--cacert",
-        ca_file.to_str().unwrap(),
-        "--tls-max",
-        "1.1",
-        &url,
-    ])
-    .await;
-    assert!(!r.ok);
+    // TLS 1.1 and below are refused by the gateway for their version, not for a missing
+    // client certificate: openssl presents one, and offers TLS 1.2 as the control.
+    let s_client = |version: &'static str| {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(gw.addr.to_string())
+            .args(["-servername", "localhost", version])
+            .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-CAfile"])
+            .arg(&ca_file)
+            .arg("-cert")
+            .arg(&ccrt)
+            .arg("-key")
+            .arg(&ckey)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client runs");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let tls12 = s_client("-tls1_2");
+    assert!(
+        tls12.contains("Protocol: TLSv1.2") || tls12.contains("Protocol  : TLSv1.2"),
+        "{tls12}"
+    );
+    assert!(tls12.contains("Verify return code: 0 (ok)"), "{tls12}");
+    // The server refuses the ClientHello itself with an alert: it never sends its own
+    // certificate, so the refusal is not about the client's.
+    for old in ["-tls1_1", "-tls1"] {
+        let out = s_client(old);
+        assert!(out.contains("SSL alert number"), "{old}: {out}");
+        assert!(
+            out.contains("no peer certificate available"),
+            "{old}: {out}"
+        );
+        assert!(out.contains("Cipher is (NONE)"), "{old}: {out}");
+    }
 }
 
 #[tokio::test]
@@ -708,7 +726,7 @@ policies = [ { plugin = "ghost" } ]
 async fn a_broken_client_body_is_the_clients_fault() {
     let up = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&up.url(), "", "")).await;
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
 
     // Positive control: a well-formed chunked body goes through.
     let out = raw(
@@ -786,7 +804,11 @@ async fn an_http10_upstream_leaves_the_client_on_http11_keep_alive() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config(&format!("http://{addr}"), "", "")).await;
+    let gw = Gateway::start(
+        dir.path(),
+        &one_route(Upstream::url(&format!("http://{addr}"))).toml(),
+    )
+    .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     for i in 0..3 {
         s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -811,4 +833,104 @@ async fn an_http10_upstream_leaves_the_client_on_http11_keep_alive() {
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
     task.abort();
+}
+
+/// SETTINGS then GOAWAY(last stream 0, PROTOCOL_ERROR): what an invalid HTTP/2 preface
+/// must get (RFC 9113 §3.4), instead of a bare close.
+const GOAWAY_PROTOCOL_ERROR: &[u8] = &[
+    0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+
+#[tokio::test]
+async fn an_invalid_http2_preface_gets_goaway_over_h2c_and_tls() {
+    use tokio_rustls::rustls;
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &one_route(Upstream::url(&up.url())).toml()).await;
+
+    let read_all = |mut s: TcpStream| async move {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        out
+    };
+    for bad in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        b"GET /\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(bad).await.unwrap();
+        let out = read_all(s).await;
+        assert_eq!(
+            out,
+            GOAWAY_PROTOCOL_ERROR,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // HTTP/1 stays HTTP/1: a malformed request with a version is a 400, and a request
+    // line sent in pieces is waited for.
+    let out = raw(gw.addr, b"GET / HTTP/1.1\r\nbad header\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for piece in [
+        &b"GE"[..],
+        b"T /pieces HT",
+        b"TP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let out = String::from_utf8(read_all(s).await).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(up.requests(), 1);
+
+    // TLS with ALPN h2: the same answer inside the TLS session.
+    let ca = Ca::new("preface CA");
+    let (crt, key) = ca.leaf(&["localhost"], &[]).write(dir.path(), "gw");
+    let mut tls = toml::Table::new();
+    tls.insert("cert_file".into(), crt.display().to_string().into());
+    tls.insert("key_file".into(), key.display().to_string().into());
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let tgw = Gateway::start(
+        &tls_dir,
+        &one_route(Upstream::url(&up.url()))
+            .gateway("tls", tls)
+            .toml(),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    for (bad, want_goaway) in [
+        (&b"INVALID CONNECTION PREFACE\r\n\r\n"[..], true),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", false),
+    ] {
+        let tcp = TcpStream::connect(tgw.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        s.write_all(bad).await.unwrap();
+        let mut out = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut out))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if want_goaway {
+            let mut all = out[..n].to_vec();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+            assert_eq!(all, GOAWAY_PROTOCOL_ERROR);
+        } else {
+            // The valid preface is served: the server's SETTINGS frame comes back.
+            assert!(n >= 9 && out[3] == 4, "{:?}", &out[..n]);
+        }
+    }
 }

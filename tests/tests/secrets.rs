@@ -408,7 +408,13 @@ async fn request_path_makes_zero_provider_calls() {
     let gw = Gateway::start(dir.path(), &cfg).await;
     assert_eq!(get_auth(&gw).await.0, 200);
 
+    // Positive control: the audit log exists and counts this provider's reads (the
+    // start-up read of the secret), so a zero below means zero, not a missing log.
     let before = bao.audit_requests();
+    assert!(
+        bao.audit_requests_to("secret/data/ml/inference") >= 1,
+        "the start-up read is audited"
+    );
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let load = spawn_load(gw.url("/v1/infer"), 8, t0, stop.clone());
@@ -427,6 +433,17 @@ async fn request_path_makes_zero_provider_calls() {
         after - before,
         0,
         "OpenBao served requests during the load run"
+    );
+    // And a refresh (SIGHUP), unlike requests, does reach OpenBao and shows in the same
+    // count.
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bao.audit_requests() == after && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        bao.audit_requests() > after,
+        "a refresh reads OpenBao and is audited"
     );
     eprintln!(
         "BENCH zero-provider-calls: {} requests in {:.2?} ({:.0} req/s, 8 clients), OpenBao audited requests during the run: {}",

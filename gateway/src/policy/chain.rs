@@ -1,10 +1,9 @@
 //! A route's ordered policy chain: configuration, the warm-instance pool, evaluation and
 //! verdict validation.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,8 +14,8 @@ use wasmtime::Store;
 
 use super::config::{Isolation, Mode, OnError, PolicyConfig, SENSITIVE_HEADERS};
 use super::host::{DeadlineExceeded, LoadedPlugin, PluginSet, PolicyHost, StoreState, bindings};
-use crate::config::FieldError;
-use crate::proxy::ClientInfo;
+use crate::config::field::FieldError;
+use crate::http::ClientInfo;
 use crate::secrets::{SecretBytes, SecretSnapshot, Template};
 use crate::telemetry::{PluginLabel, VerdictLabels, metrics};
 
@@ -67,7 +66,7 @@ impl Changes {
     }
 }
 
-/// Outcome of a chain.
+/// Outcome of one plugin's evaluation and of a whole chain: the one verdict type.
 #[derive(Debug)]
 pub enum Decision {
     /// Forward, with changes.
@@ -149,20 +148,12 @@ impl Failure {
     }
 }
 
-enum Verdict {
-    Allow(Changes),
-    Deny {
-        status: StatusCode,
-        body: Bytes,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    },
-}
-
 impl Chain {
     /// Build one route's chain: resolve plugin names, check grants, and call each plugin's
-    /// `configure` with its config. Errors are keyed relative to the route, e.g.
+    /// `configure` with its config (async: guest code yields at epoch ticks, so a slow
+    /// `configure` never blocks a runtime worker). Errors are keyed relative to the route, e.g.
     /// `policies[0].config.allow[1]`.
-    pub fn build(
+    pub async fn build(
         set: &PluginSet,
         route: &str,
         policies: &[PolicyConfig],
@@ -242,13 +233,13 @@ impl Chain {
             // One statement per family: `get_or_create` returns a read guard, and a second
             // call on the same family while the first guard lives (as in one struct
             // literal) waits for a write lock forever.
-            let allow = m.policy_verdicts.get_or_create(&vlabel("allow")).clone();
-            let deny = m.policy_verdicts.get_or_create(&vlabel("deny")).clone();
-            let error = m.policy_verdicts.get_or_create(&vlabel("error")).clone();
-            let duration = m.plugin_eval_duration.get_or_create(&plabel).clone();
-            let traps = m.plugin_traps.get_or_create(&plabel).clone();
-            let deadline = m.plugin_deadline_hits.get_or_create(&plabel).clone();
-            let memory = m.plugin_memory_limit_hits.get_or_create(&plabel).clone();
+            let allow = m.policy.verdicts.get_or_create(&vlabel("allow")).clone();
+            let deny = m.policy.verdicts.get_or_create(&vlabel("deny")).clone();
+            let error = m.policy.verdicts.get_or_create(&vlabel("error")).clone();
+            let duration = m.policy.eval_duration.get_or_create(&plabel).clone();
+            let traps = m.policy.traps.get_or_create(&plabel).clone();
+            let deadline = m.policy.deadline_hits.get_or_create(&plabel).clone();
+            let memory = m.policy.memory_limit_hits.get_or_create(&plabel).clone();
             let entry_metrics = EntryMetrics {
                 allow,
                 deny,
@@ -273,7 +264,7 @@ impl Chain {
             };
             // Configure one instance now, so a bad config is refused here (check, start,
             // reload) rather than on the first request. Keep it warm for pooled plugins.
-            match block_on(entry.instantiate()) {
+            match entry.instantiate().await {
                 Ok(Ok(warm)) => {
                     if entry.plugin.config.isolation == Isolation::Pooled {
                         entry
@@ -325,16 +316,16 @@ impl Chain {
         for e in &self.entries {
             let result = e.evaluate(req, secrets).await;
             match (&result, e.mode) {
-                (Ok(Verdict::Allow(_)), _) => e.metrics.allow.inc(),
-                (Ok(Verdict::Deny { .. }), _) => e.metrics.deny.inc(),
+                (Ok(Decision::Allow(_)), _) => e.metrics.allow.inc(),
+                (Ok(Decision::Deny { .. }), _) => e.metrics.deny.inc(),
                 (Err(_), _) => e.metrics.error.inc(),
             };
             if e.mode == Mode::Shadow {
                 match &result {
-                    Ok(Verdict::Allow(_)) => {
+                    Ok(Decision::Allow(_)) => {
                         tracing::debug!(route = %e.route, plugin = %e.plugin.name, "shadow policy allowed")
                     }
-                    Ok(Verdict::Deny { status, .. }) => tracing::info!(
+                    Ok(Decision::Deny { status, .. }) => tracing::info!(
                         route = %e.route, plugin = %e.plugin.name, status = status.as_u16(),
                         "shadow policy would have denied this request"
                     ),
@@ -343,18 +334,8 @@ impl Chain {
                 continue;
             }
             match result {
-                Ok(Verdict::Allow(c)) => changes.merge(c),
-                Ok(Verdict::Deny {
-                    status,
-                    body,
-                    headers,
-                }) => {
-                    return Decision::Deny {
-                        status,
-                        body,
-                        headers,
-                    };
-                }
+                Ok(Decision::Allow(c)) => changes.merge(c),
+                Ok(deny @ Decision::Deny { .. }) => return deny,
                 Err(_) if e.on_error == OnError::Allow => continue,
                 Err(_) => return e.error_response(),
             }
@@ -412,7 +393,7 @@ impl Entry {
         &self,
         req: &PolicyRequest<'_>,
         secrets: &SecretSnapshot,
-    ) -> Result<Verdict, Failure> {
+    ) -> Result<Decision, Failure> {
         let start = Instant::now();
         let result = self.evaluate_inner(req, secrets).await;
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
@@ -437,7 +418,7 @@ impl Entry {
         &self,
         req: &PolicyRequest<'_>,
         secrets: &SecretSnapshot,
-    ) -> Result<Verdict, Failure> {
+    ) -> Result<Decision, Failure> {
         let pooled = self.plugin.config.isolation == Isolation::Pooled;
         let warm = if pooled {
             self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
@@ -612,9 +593,9 @@ fn checked_name(name: &str) -> Result<HeaderName, String> {
     Ok(n)
 }
 
-fn validate(v: wit::Verdict) -> Result<Verdict, String> {
+fn validate(v: wit::Verdict) -> Result<Decision, String> {
     match v {
-        wit::Verdict::Allow => Ok(Verdict::Allow(Changes::default())),
+        wit::Verdict::Allow => Ok(Decision::Allow(Changes::default())),
         wit::Verdict::AllowWithChanges(c) => {
             if c.set_request_headers.len()
                 + c.remove_request_headers.len()
@@ -640,7 +621,7 @@ fn validate(v: wit::Verdict) -> Result<Verdict, String> {
             for h in &c.add_response_headers {
                 out.response_headers.push(header(&h.name, &h.value)?);
             }
-            Ok(Verdict::Allow(out))
+            Ok(Decision::Allow(out))
         }
         wit::Verdict::Deny(d) => {
             let status = StatusCode::from_u16(d.status)
@@ -658,32 +639,11 @@ fn validate(v: wit::Verdict) -> Result<Verdict, String> {
                 .iter()
                 .map(|h| header(&h.name, &h.value))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Verdict::Deny {
+            Ok(Decision::Deny {
                 status,
                 body: Bytes::from(d.body),
                 headers,
             })
-        }
-    }
-}
-
-/// Drive a future to completion on the current thread. Used only by [`Chain::build`]
-/// (a synchronous API) for `configure`: wasm yields at epoch ticks and wakes itself, so
-/// nothing here needs a reactor.
-fn block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        match f.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => return v,
-            Poll::Pending => std::thread::park(),
         }
     }
 }

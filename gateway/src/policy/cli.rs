@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::chain::{Chain, Decision, PolicyRequest};
 use super::config::{PluginConfig, PolicyConfig, PolicySettings};
 use super::host::{PolicyHost, inspect_component};
-use crate::proxy::ClientInfo;
+use crate::http::ClientInfo;
 use crate::secrets::SecretSnapshot;
 
 /// `warden plugin …` subcommands.
@@ -373,7 +373,7 @@ async fn run_cases(plugin: &Path, cases_path: &Path) -> anyhow::Result<ExitCode>
 
     let snapshot = SecretSnapshot::empty();
     for case in &file.cases {
-        let chain = Chain::build(&set, &file.route, &[policy_for(case.config.as_ref())?]);
+        let chain = Chain::build(&set, &file.route, &[policy_for(case.config.as_ref())?]).await;
         let chain = match chain {
             Ok(c) => c,
             Err(errs) => {
@@ -393,7 +393,8 @@ async fn run_cases(plugin: &Path, cases_path: &Path) -> anyhow::Result<ExitCode>
         report(&case.name, problems);
     }
     for c in &file.config_errors {
-        let problems = match Chain::build(&set, &file.route, &[policy_for(Some(&c.config))?]) {
+        let problems = match Chain::build(&set, &file.route, &[policy_for(Some(&c.config))?]).await
+        {
             Ok(_) => vec!["config was accepted".to_string()],
             Err(errs) => {
                 let got: Vec<String> = errs

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{FieldError, de};
+use crate::config::field::{FieldError, de};
 use crate::secrets::Template;
 
 /// Largest memory limit a plugin may ask for. The pooling allocator reserves this much

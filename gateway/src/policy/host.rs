@@ -16,7 +16,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::config::{MAX_PLUGIN_MEMORY, PluginConfig, PolicySettings};
-use crate::config::FieldError;
+use crate::config::field::FieldError;
 use crate::secrets::SecretBytes;
 
 /// Generated host bindings for `sdk/wit/policy.wit`. The only place that knows about them.

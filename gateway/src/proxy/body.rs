@@ -6,40 +6,32 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use tracing::info;
 
-/// Boxed error type for bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::http::{BoxError, ProxyBody};
 
-/// The body type used on both sides of the proxy: streamed, never buffered.
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
-/// A complete body.
-pub fn full(b: impl Into<Bytes>) -> ProxyBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-/// An empty body.
-pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// What the access-log line says about a request. Never a header value or a query.
-pub(crate) struct AccessLog {
-    pub request_id: String,
+/// One request as the access log and the metrics see it: filled in as the request goes
+/// through the pipeline, and written out when the response body ends. Never a header value
+/// (other than the request id) or a query.
+pub(crate) struct Exchange {
+    pub request_id: HeaderValue,
+    pub route_idx: Option<usize>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub method: Method,
     pub path: String,
-    pub status: u16,
     pub started: Instant,
     pub upstream_time: Option<Duration>,
     pub verdict: &'static str,
-    /// Why Warden answered itself, when it did.
+    /// Why Warden answered itself, when it did (the error code or `policy_denied`).
     pub flag: Option<&'static str>,
+    /// The downstream HTTP version.
+    pub version: Version,
+    /// The status sent to the client.
+    pub status: u16,
 }
 
 pin_project_lite::pin_project! {
@@ -50,7 +42,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ProxyBody,
         bytes: u64,
-        log: Option<AccessLog>,
+        log: Option<Exchange>,
         complete: bool,
     }
 
@@ -64,7 +56,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-pub(crate) fn observed(inner: ProxyBody, log: AccessLog) -> ProxyBody {
+pub(crate) fn observed(inner: ProxyBody, log: Exchange) -> ProxyBody {
     Observed {
         inner,
         bytes: 0,
@@ -110,10 +102,10 @@ impl Body for Observed {
     }
 }
 
-fn write_access_log(log: AccessLog, bytes: u64, complete: bool) {
+fn write_access_log(log: Exchange, bytes: u64, complete: bool) {
     info!(
         target: "warden::access",
-        request_id = %log.request_id,
+        request_id = log.request_id.to_str().unwrap_or("-"),
         route = log.route.as_deref().unwrap_or("-"),
         method = %log.method,
         path = %log.path,

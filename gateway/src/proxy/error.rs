@@ -4,7 +4,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use super::body::ProxyBody;
+use crate::http::ProxyBody;
 
 /// Everything that can stop a request short of the upstream's own answer.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use http::header::{CONNECTION, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 
-use super::ClientInfo;
+use crate::http::{ClientInfo, is_hop_by_hop};
 
 /// Request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -13,21 +13,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies must not forward.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    // Only meaningful for an h2c upgrade, which is never forwarded.
-    "http2-settings",
-];
-
 /// Method-override headers: an upstream that honours them runs another method than the
 /// one the router and the policies saw.
 pub const METHOD_OVERRIDE: [HeaderName; 3] = [
@@ -35,12 +20,6 @@ pub const METHOD_OVERRIDE: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
-
-/// Whether `name` is a hop-by-hop header (case-insensitive).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || name.to_ascii_lowercase().starts_with("proxy-")
-}
 
 /// Remove hop-by-hop headers and every header `Connection` names. With `upgrade`, send
 /// that `Upgrade` value and `Connection: upgrade` so the upgrade reaches the other side.

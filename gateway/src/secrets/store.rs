@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::agefile::AgeProvider;
 use super::dir::DirProvider;
 use super::vault::VaultProvider;
-use super::watch;
 use super::{ProviderConfig, SecretBytes, SecretRef, SecretsError, header_unsafe, validate_refs};
 use crate::telemetry::{ProviderFailureLabels, ProviderLabel, metrics};
+use crate::watch::DirWatcher;
 
 // ---------------------------------------------------------------------------------------
 // Clock
@@ -350,8 +350,9 @@ impl Inner {
         };
         let m = metrics();
         if errors.is_empty() {
-            m.secret_refresh_success.get_or_create(&label).inc();
-            m.secret_last_success
+            m.secrets.refresh_success.get_or_create(&label).inc();
+            m.secrets
+                .last_success
                 .get_or_create(&label)
                 .set(unix_secs() as i64);
             if p.failing.swap(false, Ordering::Relaxed) {
@@ -364,7 +365,8 @@ impl Inner {
             reasons.sort();
             reasons.dedup();
             for reason in reasons {
-                m.secret_refresh_failure
+                m.secrets
+                    .refresh_failure
                     .get_or_create(&ProviderFailureLabels {
                         provider: p.name.clone(),
                         reason: reason.to_string(),
@@ -813,7 +815,7 @@ async fn build(
         };
         let fw = (watch_files && !dirs.is_empty()).then(|| {
             let notify = Arc::new(tokio::sync::Notify::new());
-            let watcher = watch::watch_dirs(pname, &dirs, notify.clone());
+            let watcher = watch_dirs(pname, &dirs, &notify);
             FileWatch {
                 dirs,
                 notify,
@@ -950,11 +952,31 @@ async fn vault_loop(
     }
 }
 
+/// Quiet time after the last change before a file provider re-reads.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Wake `notify` on every change in `dirs`. `None` when the watch could not be set up
+/// (logged; the provider falls back to polling and retries the watch).
+fn watch_dirs(
+    provider: &str,
+    dirs: &[PathBuf],
+    notify: &Arc<tokio::sync::Notify>,
+) -> Option<DirWatcher> {
+    let notify = notify.clone();
+    match DirWatcher::new(dirs, DEBOUNCE, move |_| notify.notify_one()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(provider, error = %e, "cannot watch the secret files; polling only");
+            None
+        }
+    }
+}
+
 /// A file provider's watcher, set up before its first read.
 struct FileWatch {
     dirs: Vec<PathBuf>,
     notify: Arc<tokio::sync::Notify>,
-    watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<DirWatcher>,
 }
 
 async fn file_loop(
@@ -975,23 +997,14 @@ async fn file_loop(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            // Writers truncate, write and rename in several steps: the watcher reports a
+            // change once they have been quiet for a moment.
             _ = notify.notified() => {
-                // Debounce: writers often truncate, write and rename in several steps.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = notify.notified() => {
-                            if tokio::time::Instant::now() >= deadline { break; }
-                        }
-                        _ = tokio::time::sleep(watch::DEBOUNCE) => break,
-                    }
-                }
                 tracing::debug!(provider = %p.name, "secret files changed; re-reading");
             }
             _ = poll_tick.tick() => {
                 if watcher.is_none() {
-                    watcher = watch::watch_dirs(&p.name, &dirs, notify.clone());
+                    watcher = watch_dirs(&p.name, &dirs, &notify);
                 }
             }
         }

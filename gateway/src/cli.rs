@@ -1,10 +1,11 @@
-//! `warden secrets …`.
+//! Subcommands that read a whole gateway config: `warden secrets …`. They sit above the
+//! config and the secret store, so neither depends on the other through them.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::store::{RefStatus, SecretStore};
+use crate::secrets::{RefStatus, SecretStore};
 
 /// `warden secrets …` subcommands.
 #[derive(Debug, clap::Subcommand)]

@@ -1,27 +1,24 @@
-//! Snapshots and hot reload.
+//! The snapshot: everything one request needs, immutable.
 //!
 //! Config, routes, compiled plugin chains, upstream pools, TLS material and the secret
-//! store live in one immutable [`Snapshot`] behind an `ArcSwap`. A reload builds and
-//! validates a complete new snapshot off the request path, then swaps it in one store;
-//! requests already running keep the `Arc` of the snapshot they started with. A change
-//! that fails to build is refused whole and the old snapshot keeps serving.
+//! store live in one [`Snapshot`], built complete from a loaded config by
+//! [`build_snapshot`]. The gateway ([`crate::gateway`]) swaps snapshots; this module only
+//! builds them. A generation ends when its last request does: nothing else holds it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::HeaderName;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::policy::{Chain, PolicyHost};
-use crate::proxy::upstream::Upstream;
 use crate::routing::Router;
 use crate::secrets::{SecretStore, Template};
-use crate::telemetry::{MethodClass, ReloadLabels, RequestLabels, RouteLabel, metrics};
+use crate::telemetry::{MethodClass, RequestLabels, RouteLabel, metrics};
+use crate::upstream::Upstream;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -65,10 +62,11 @@ impl RouteMetrics {
                 method,
                 status: 200,
             };
-            m.requests.get_or_create(&labels).clone()
+            m.proxy.requests.get_or_create(&labels).clone()
         };
         let ok = [ok(MethodClass::Read), ok(MethodClass::Write)];
         let duration = m
+            .proxy
             .request_duration
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
@@ -108,14 +106,14 @@ struct Generation;
 
 impl Generation {
     fn new() -> Generation {
-        metrics().config_generations.inc();
+        metrics().config.generations.inc();
         Generation
     }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        metrics().config_generations.dec();
+        metrics().config.generations.dec();
     }
 }
 
@@ -198,7 +196,7 @@ pub async fn build_snapshot(
     let mut routes = Vec::new();
     for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
         let chain = match &plugins {
-            Some(set) => match Chain::build(set, &r.name, &r.policies) {
+            Some(set) => match Chain::build(set, &r.name, &r.policies).await {
                 Ok(c) => c,
                 Err(list) => {
                     errs.extend(list.into_iter().map(|fe| cfg.locate(src, fe)));
@@ -331,216 +329,4 @@ fn locate_secret_errors(cfg: &Config, list: Vec<crate::secrets::SecretsError>) -
             })
             .collect(),
     )
-}
-
-/// The running gateway: the current snapshot and what it takes to replace it.
-pub struct Gateway {
-    snapshot: ArcSwap<Snapshot>,
-    host: Arc<PolicyHost>,
-    config_path: PathBuf,
-    reload_lock: tokio::sync::Mutex<()>,
-    /// Fired on SIGTERM/SIGINT.
-    pub shutdown: CancellationToken,
-}
-
-impl Gateway {
-    /// Load, validate and build the first snapshot. With `strict_secrets`, a secret
-    /// reference that does not resolve fails the start; without, the gateway starts and
-    /// the routes that need it answer 503 until it resolves.
-    pub async fn start(
-        config_path: &Path,
-        cfg: Config,
-        strict_secrets: bool,
-    ) -> Result<Arc<Gateway>, ConfigErrors> {
-        let host = PolicyHost::new(&cfg.policy, &cfg.base_dir)
-            .map_err(|e| ConfigErrors(vec![cfg.locate_main("policy", format!("{e:#}"))]))?;
-        let mode = if strict_secrets {
-            SecretsMode::Strict
-        } else {
-            SecretsMode::Lenient
-        };
-        let snap = build_snapshot(cfg, &host, None, mode).await?;
-        Ok(Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(snap),
-            host,
-            config_path: config_path.to_path_buf(),
-            reload_lock: tokio::sync::Mutex::new(()),
-            shutdown: CancellationToken::new(),
-        }))
-    }
-
-    /// The snapshot new requests use.
-    pub fn current(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Re-read the config and everything it names; swap it in if it all builds. Returns
-    /// the new content hash. On error the old snapshot keeps serving.
-    pub async fn reload(&self, trigger: &str) -> Result<String, ConfigErrors> {
-        let _guard = self.reload_lock.lock().await;
-        let result = self.reload_locked().await;
-        match &result {
-            Ok(hash) => {
-                metrics()
-                    .reloads
-                    .get_or_create(&ReloadLabels {
-                        result: "applied".into(),
-                    })
-                    .inc();
-                info!(trigger, config_hash = %hash, "configuration reloaded");
-            }
-            Err(errs) => {
-                metrics()
-                    .reloads
-                    .get_or_create(&ReloadLabels {
-                        result: "refused".into(),
-                    })
-                    .inc();
-                for e in &errs.0 {
-                    warn!(trigger, error = %e, "reload refused; previous configuration still serving");
-                }
-            }
-        }
-        result
-    }
-
-    async fn reload_locked(&self) -> Result<String, ConfigErrors> {
-        let cfg = config::load(&self.config_path)?;
-        let old = self.current();
-        let mut errs = Vec::new();
-        if cfg.gateway.listen != old.config.gateway.listen {
-            errs.push(cfg.locate_main(
-                "gateway.listen",
-                "the listen address cannot change while running; restart to move it",
-            ));
-        }
-        if cfg.admin.listen != old.config.admin.listen {
-            errs.push(cfg.locate_main(
-                "admin.listen",
-                "the admin address cannot change while running; restart to move it",
-            ));
-        }
-        if cfg.gateway.tls.is_some() != old.config.gateway.tls.is_some() {
-            errs.push(cfg.locate_main(
-                "gateway.tls",
-                "switching the listener between TLS and plaintext needs a restart",
-            ));
-        }
-        if !errs.is_empty() {
-            return Err(ConfigErrors(errs));
-        }
-        // A reload never starts without its secrets: a reference that is new and does not
-        // resolve refuses it (the old snapshot keeps serving). One the store already has
-        // costs no provider request.
-        let snap = build_snapshot(cfg, &self.host, Some(&old), SecretsMode::Strict).await?;
-        let hash = snap.config.content_hash.clone();
-        self.snapshot.store(Arc::new(snap));
-        Ok(hash)
-    }
-
-    /// Re-read every secret provider now.
-    pub async fn refresh_secrets(&self) -> Result<(), Vec<String>> {
-        let snap = self.current();
-        snap.secrets
-            .refresh()
-            .await
-            .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
-    }
-
-    /// Reload on SIGHUP and when a watched file changes (debounced), until shutdown.
-    pub fn spawn_reload_triggers(self: &Arc<Self>) {
-        let gw = self.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                warn!(
-                    "cannot install SIGHUP handler; reload via the admin API or file changes only"
-                );
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = gw.shutdown.cancelled() => return,
-                    _ = hup.recv() => {
-                        let _ = gw.reload("SIGHUP").await;
-                        if let Err(errs) = gw.refresh_secrets().await {
-                            for e in errs { warn!(error = %e, "secret refresh after SIGHUP failed"); }
-                        }
-                    }
-                }
-            }
-        });
-        let gw = self.clone();
-        tokio::spawn(async move { watch_files(gw).await });
-    }
-}
-
-/// Watch the directories of every file the snapshot was built from. Directories, not
-/// files: editors replace files by rename and Kubernetes swaps a `..data` symlink, and
-/// both would silently end a watch on the file itself.
-async fn watch_files(gw: Arc<Gateway>) {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Event>();
-    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            let _ = tx.send(ev);
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "file watching unavailable; reload via SIGHUP or the admin API");
-            return;
-        }
-    };
-    let mut watched_dirs: HashSet<PathBuf> = HashSet::new();
-    let mut names: HashSet<std::ffi::OsString> = HashSet::new();
-    let mut current_hash = String::new();
-    loop {
-        // Scoped: the snapshot must not be held while waiting for the next event, or the
-        // generation it belongs to could never end.
-        let snap = gw.current();
-        if snap.config.content_hash != current_hash || watched_dirs.is_empty() {
-            current_hash = snap.config.content_hash.clone();
-            names.clear();
-            for f in &snap.watched {
-                if let Some(n) = f.file_name() {
-                    names.insert(n.to_os_string());
-                }
-                let dir = f
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| PathBuf::from("."));
-                if watched_dirs.insert(dir.clone())
-                    && let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive)
-                {
-                    warn!(dir = %dir.display(), error = %e, "cannot watch directory");
-                }
-            }
-        }
-        drop(snap);
-        let relevant = |ev: &notify::Event| {
-            !matches!(ev.kind, notify::EventKind::Access(_))
-                && ev.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
-                })
-        };
-        let first = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
-            ev = rx.recv() => match ev { Some(ev) => ev, None => return },
-        };
-        if !relevant(&first) {
-            continue;
-        }
-        // Debounce: editors and deploy tools write in several steps.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return,
-                Err(_) => break,
-            }
-        }
-        let _ = gw.reload("file change").await;
-    }
 }

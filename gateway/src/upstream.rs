@@ -10,8 +10,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{ProxyBody, ProxyError};
-use crate::config::{FieldError, HostHeader, UpstreamConfig};
+use crate::config::field::FieldError;
+use crate::config::{HostHeader, UpstreamConfig};
+use crate::http::ProxyBody;
 
 /// A configured upstream with its connection pool.
 pub struct Upstream {
@@ -105,6 +106,7 @@ impl Upstream {
             cfg.url, cfg.http2, cfg.connect_timeout, cfg.tls, cfg.pool
         );
         let duration = crate::telemetry::metrics()
+            .proxy
             .upstream_duration
             .get_or_create(&crate::telemetry::UpstreamLabel {
                 upstream: name.to_string(),
@@ -127,7 +129,7 @@ impl Upstream {
 
     /// The upstream URI for a downstream request URI: upstream scheme and authority, the
     /// upstream's base path, then the request path and query unchanged.
-    pub fn target_uri(&self, orig: &Uri) -> Result<Uri, ProxyError> {
+    pub fn target_uri(&self, orig: &Uri) -> Result<Uri, http::Error> {
         let pq = orig
             .path_and_query()
             .map(PathAndQuery::as_str)
@@ -142,7 +144,6 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))
     }
 
     /// The `Host` to send: the client's (preserve), a fixed value, or the upstream's.

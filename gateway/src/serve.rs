@@ -1,0 +1,90 @@
+//! The running process: bind both listeners, announce them, install signal handlers, and
+//! shut down in order — the proxy listener closes at once and drains, while the admin
+//! listener stays up (readiness answers `draining`, metrics can still be scraped) until
+//! the drain has ended.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::gateway::Gateway;
+
+/// Options of `warden run` that are about the process, not the config.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    /// Once both listeners are bound, write their addresses here as JSON
+    /// (`{"proxy": "127.0.0.1:8080", "admin": "127.0.0.1:9901"}`), atomically (written to a
+    /// temporary file and renamed), so a supervisor or a test that asked for port 0 learns
+    /// the real ports without parsing logs.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The addresses the listeners are bound to.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct BoundAddrs {
+    /// The proxy listener.
+    pub proxy: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Serve until SIGTERM or SIGINT, then drain.
+pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
+    let snap = gw.current();
+    let proxy = tokio::net::TcpListener::bind(snap.config.gateway.listen)
+        .await
+        .with_context(|| format!("binding gateway.listen {}", snap.config.gateway.listen))?;
+    let admin = tokio::net::TcpListener::bind(snap.config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", snap.config.admin.listen))?;
+    let bound = BoundAddrs {
+        proxy: proxy.local_addr()?,
+        admin: admin.local_addr()?,
+    };
+    info!(addr = %bound.admin, "admin listening");
+    info!(addr = %bound.proxy, tls = snap.tls.is_some(), routes = snap.routes.len(), "proxy listening");
+    drop(snap);
+    if let Some(path) = &opts.ready_file {
+        write_ready_file(path, &bound)
+            .with_context(|| format!("writing --ready-file {}", path.display()))?;
+    }
+
+    gw.spawn_reload_triggers();
+    let shutdown: CancellationToken = gw.shutdown.clone();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+            shutdown.cancel();
+        }
+    });
+    let drained = CancellationToken::new();
+    let admin_task = tokio::spawn(crate::admin::serve(admin, gw.clone(), drained.clone()));
+    crate::proxy::serve(proxy, gw.clone(), shutdown).await;
+    drained.cancel();
+    let _ = admin_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+fn write_ready_file(path: &std::path::Path, bound: &BoundAddrs) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, serde_json::to_vec(bound)?)?;
+    std::fs::rename(&tmp, path)
+}

@@ -436,6 +436,86 @@ pub struct RouteConfig {
     pub policies: Vec<PolicyConfig>,
 }
 
+/// How a validated route matches requests.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMatcher {
+    /// Exact host or `*.suffix`, as written (validated).
+    pub host: Option<String>,
+    /// Exact path, normalized form.
+    pub path: Option<String>,
+    /// Path prefix, normalized form.
+    pub path_prefix: Option<String>,
+    /// Allowed methods (any when empty).
+    pub methods: Vec<http::Method>,
+}
+
+/// A validated route (stage two of the config): typed values, and where it was defined.
+/// The router and the snapshot build from this and cannot fail on it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Where the route was defined, for errors found later (plugin `configure`, secrets).
+    pub at: ItemSource,
+    /// Unique route name.
+    pub name: String,
+    /// What requests this route takes.
+    pub matcher: RouteMatcher,
+    /// Upstream name (exists).
+    pub upstream: String,
+    /// Time to the upstream response head (default: the upstream's `timeout`).
+    pub timeout: Option<Duration>,
+    /// Request body limit (default: `[gateway].max_body`).
+    pub max_body: Option<u64>,
+    /// The route's own injected headers, names lower case (the upstream's come first and
+    /// are overridden by these).
+    pub inject: Vec<(http::HeaderName, Template)>,
+    /// Upgrade protocols forwarded, lower case.
+    pub upgrades: Vec<String>,
+    /// What an upgrade to any other protocol gets.
+    pub on_disallowed_upgrade: DisallowedUpgrade,
+    /// Ordered policy chain.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Route {
+    /// Stage two: the typed route. Only what validation accepted is kept, so a partially
+    /// valid config (`warden check`) still builds.
+    fn typed(r: RouteConfig, at: ItemSource) -> Route {
+        let m = r.matcher;
+        Route {
+            at,
+            name: r.name,
+            matcher: RouteMatcher {
+                host: m.host,
+                path: m.path,
+                path_prefix: m.path_prefix,
+                methods: m
+                    .methods
+                    .iter()
+                    .filter_map(|s| http::Method::from_bytes(s.as_bytes()).ok())
+                    .collect(),
+            },
+            upstream: r.upstream,
+            timeout: r.timeout,
+            max_body: r.max_body,
+            inject: typed_inject(&r.inject),
+            upgrades: r.upgrades.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            on_disallowed_upgrade: r.on_disallowed_upgrade,
+            policies: r.policies,
+        }
+    }
+}
+
+/// `inject` tables as typed pairs: header names lower case, templates parsed. Entries
+/// validation refused are left out.
+pub fn typed_inject(raw: &BTreeMap<String, String>) -> Vec<(http::HeaderName, Template)> {
+    raw.iter()
+        .filter_map(|(h, v)| {
+            let name = http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()?;
+            Some((name, Template::parse(v).ok()?))
+        })
+        .collect()
+}
+
 /// A fully loaded and validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -459,10 +539,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[upstreams.*]`, file paths resolved.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
-    /// `[[routes]]` from the main file then each include, in order.
-    pub routes: Vec<RouteConfig>,
-    /// Where each route was defined, for errors found after loading.
-    pub route_sources: Vec<ItemSource>,
+    /// `[[routes]]` from the main file then each include, in order, validated.
+    pub routes: Vec<Route>,
     /// Where each plugin was defined.
     pub plugin_sources: BTreeMap<String, ItemSource>,
     /// Source maps of every file, by index in `files`.
@@ -501,8 +579,8 @@ impl Config {
         out
     }
 
-    /// The templates written as plain strings (admin token, upstream and route `inject`),
-    /// unparsed, with where they are: (file index, key, text).
+    /// The templates of the main file written as plain strings (admin token, upstream
+    /// `inject`), unparsed, with where they are: (file index, key, text).
     fn header_templates(&self) -> Vec<(usize, String, &str)> {
         let mut out: Vec<(usize, String, &str)> = Vec::new();
         if let Some(t) = &self.admin.token {
@@ -511,11 +589,6 @@ impl Config {
         for (name, u) in &self.upstreams {
             for (h, v) in &u.inject {
                 out.push((0, format!("upstreams.{name}.inject.{h}"), v));
-            }
-        }
-        for (r, src) in self.routes.iter().zip(&self.route_sources) {
-            for (h, v) in &r.inject {
-                out.push((src.file, format!("{}.inject.{h}", src.key), v));
             }
         }
         out
@@ -529,10 +602,13 @@ impl Config {
             .into_iter()
             .filter_map(|(file, key, text)| Template::parse(text).ok().map(|t| (file, key, t)))
             .collect();
-        for (r, src) in self.routes.iter().zip(&self.route_sources) {
+        for r in &self.routes {
+            for (h, t) in &r.inject {
+                out.push((r.at.file, format!("{}.inject.{h}", r.at.key), t.clone()));
+            }
             for (i, p) in r.policies.iter().enumerate() {
                 for (k, t) in p.secret_templates().0 {
-                    out.push((src.file, format!("{}.policies[{i}].{k}", src.key), t));
+                    out.push((r.at.file, format!("{}.policies[{i}].{k}", r.at.key), t));
                 }
             }
         }
@@ -742,8 +818,7 @@ impl Loader {
 
         let mut plugins = BTreeMap::new();
         let mut plugin_sources = BTreeMap::new();
-        let mut routes = Vec::new();
-        let mut route_sources = Vec::new();
+        let mut routes: Vec<(RouteConfig, ItemSource)> = Vec::new();
         let plugin_values = table.remove("plugins");
         let route_values = table.remove("routes");
         self.collect_policy_items(
@@ -752,7 +827,7 @@ impl Loader {
             plugin_values,
             route_values,
             (&mut plugins, &mut plugin_sources),
-            (&mut routes, &mut route_sources),
+            &mut routes,
         );
 
         // Includes: policy files with routes and plugins, relative to the main file.
@@ -795,7 +870,7 @@ impl Loader {
                 pv,
                 rv,
                 (&mut plugins, &mut plugin_sources),
-                (&mut routes, &mut route_sources),
+                &mut routes,
             );
         }
 
@@ -830,7 +905,7 @@ impl Loader {
         });
         let admin = admin.unwrap_or_default();
         let policy = policy.unwrap_or_default();
-        let cfg = Config {
+        let mut cfg = Config {
             path,
             base_dir,
             files,
@@ -841,12 +916,15 @@ impl Loader {
             policy,
             plugins,
             upstreams,
-            routes,
-            route_sources,
+            routes: Vec::new(),
             plugin_sources,
             sources: self.sources.clone(),
         };
-        self.validate(&cfg);
+        self.validate(&cfg, &routes);
+        cfg.routes = routes
+            .into_iter()
+            .map(|(r, at)| Route::typed(r, at))
+            .collect();
         Some(cfg)
     }
 
@@ -861,7 +939,7 @@ impl Loader {
             &mut BTreeMap<String, PluginConfig>,
             &mut BTreeMap<String, ItemSource>,
         ),
-        (routes, route_sources): (&mut Vec<RouteConfig>, &mut Vec<ItemSource>),
+        routes: &mut Vec<(RouteConfig, ItemSource)>,
     ) {
         for (name, v) in self.table_items(file, "plugins", plugin_values) {
             let key = format!("plugins.{name}");
@@ -887,14 +965,14 @@ impl Loader {
         {
             let key = format!("routes[{i}]");
             if let Some(r) = self.item::<RouteConfig>(file, &key, v) {
-                routes.push(r);
-                route_sources.push(ItemSource { file, key });
+                routes.push((r, ItemSource { file, key }));
             }
         }
     }
 
-    /// Cross-item validation.
-    fn validate(&mut self, cfg: &Config) {
+    /// Cross-item validation, on the raw routes (the typed ones are built from what this
+    /// accepts).
+    fn validate(&mut self, cfg: &Config, routes: &[(RouteConfig, ItemSource)]) {
         let mut errs: Vec<ConfigError> = Vec::new();
         let main = &cfg.sources[0];
 
@@ -914,6 +992,9 @@ impl Loader {
                     format!("{h:?} is not a valid header name"),
                 ));
             }
+        }
+        for fe in cfg.policy.check() {
+            errs.push(main.error(&join_key("policy", &fe.key), fe.reason));
         }
         if cfg.admin.listen == cfg.gateway.listen && cfg.gateway.listen.port() != 0 {
             errs.push(main.error("admin.listen", "must differ from gateway.listen".into()));
@@ -980,7 +1061,7 @@ impl Loader {
         }
 
         let mut names = HashSet::new();
-        for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
+        for (r, src) in routes {
             let map = &cfg.sources[src.file];
             let k = |s: &str| join_key(&src.key, s);
             if r.name.is_empty() {
@@ -1102,7 +1183,18 @@ impl Loader {
                 }
             }
         }
-        for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
+        for (r, src) in routes {
+            for (h, text) in &r.inject {
+                let key = format!("{}.inject.{h}", src.key);
+                match Template::parse(text) {
+                    Err(e) => errs.push(cfg.sources[src.file].error(&key, e.to_string())),
+                    Ok(t) => {
+                        for e in self.validate_refs(cfg, &t.refs()) {
+                            errs.push(cfg.sources[src.file].error(&key, e.to_string()));
+                        }
+                    }
+                }
+            }
             for (i, p) in r.policies.iter().enumerate() {
                 let prefix = format!("{}.policies[{i}]", src.key);
                 let (templates, parse_errs) = p.secret_templates();

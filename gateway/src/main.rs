@@ -168,7 +168,8 @@ fn check(path: &Path) -> ExitCode {
         return ExitCode::from(2);
     };
     block_on(None, async move {
-        let host = match warden::policy::PolicyHost::new(&cfg.policy, &cfg.base_dir) {
+        // `[policy]` errors are among the load errors already; check plugins anyway.
+        let host = match warden::policy::PolicyHost::new(&cfg.policy.or_defaults(), &cfg.base_dir) {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("error: {}: policy: {e:#}", cfg.path.display());

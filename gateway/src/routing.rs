@@ -7,7 +7,7 @@
 
 use http::Method;
 
-use crate::config::RouteConfig;
+use crate::config::RouteMatcher;
 use crate::http::normalize::{match_pattern, normalize_host};
 
 #[derive(Debug, Clone)]
@@ -51,13 +51,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Compile routes (already validated by the config loader).
-    pub fn new(routes: &[RouteConfig]) -> Router {
+    /// Compile the matchers of validated routes, in declaration order.
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a RouteMatcher>) -> Router {
         let mut entries: Vec<Entry> = routes
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(index, r)| {
-                let m = &r.matcher;
+            .map(|(index, m)| {
                 // Hosts compare in normalized form: lower case, without a trailing dot.
                 let host = match &m.host {
                     None => HostMatch::Any,
@@ -75,11 +74,7 @@ impl Router {
                     (None, Some(p)) => PathMatch::Prefix(p.clone()),
                     (None, None) => PathMatch::Prefix("/".to_string()),
                 };
-                let methods: Vec<Method> = m
-                    .methods
-                    .iter()
-                    .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
-                    .collect();
+                let methods = m.methods.clone();
                 let score = (
                     matches!(path, PathMatch::Exact(_)) as u8,
                     match &path {
@@ -155,31 +150,21 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MatchConfig;
-
     fn route(
-        name: &str,
+        _name: &str,
         host: Option<&str>,
         path: Option<&str>,
         prefix: Option<&str>,
         methods: &[&str],
-    ) -> RouteConfig {
-        RouteConfig {
-            name: name.into(),
-            matcher: MatchConfig {
-                host: host.map(Into::into),
-                path: path.map(Into::into),
-                path_prefix: prefix.map(Into::into),
-                methods: methods.iter().map(|s| s.to_string()).collect(),
-            },
-            upstream: "u".into(),
-            timeout: None,
-            max_body: None,
-            inject: Default::default(),
-            allow_literal: false,
-            upgrades: vec![],
-            on_disallowed_upgrade: Default::default(),
-            policies: vec![],
+    ) -> RouteMatcher {
+        RouteMatcher {
+            host: host.map(Into::into),
+            path: path.map(Into::into),
+            path_prefix: prefix.map(Into::into),
+            methods: methods
+                .iter()
+                .map(|s| Method::from_bytes(s.as_bytes()).unwrap())
+                .collect(),
         }
     }
 
@@ -249,7 +234,7 @@ mod tests {
             ("/api/m:p", None, true),
             ("/api/admin", Some("admin.internal"), false),
         ];
-        let routes: Vec<RouteConfig> = table
+        let routes: Vec<RouteMatcher> = table
             .iter()
             .enumerate()
             .map(|(i, (p, host, exact))| {

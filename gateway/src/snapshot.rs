@@ -5,7 +5,7 @@
 //! [`build_snapshot`]. The gateway ([`crate::gateway`]) swaps snapshots; this module only
 //! builds them. A generation ends when its last request does: nothing else holds it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tracing::warn;
 
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, typed_inject};
 use crate::policy::{Chain, PolicyHost};
 use crate::routing::Router;
 use crate::secrets::{SecretStore, Template};
@@ -194,12 +194,12 @@ pub async fn build_snapshot(
     };
 
     let mut routes = Vec::new();
-    for (r, src) in cfg.routes.iter().zip(&cfg.route_sources) {
+    for r in &cfg.routes {
         let chain = match &plugins {
             Some(set) => match Chain::build(set, &r.name, &r.policies).await {
                 Ok(c) => c,
                 Err(list) => {
-                    errs.extend(list.into_iter().map(|fe| cfg.locate(src, fe)));
+                    errs.extend(list.into_iter().map(|fe| cfg.locate(&r.at, fe)));
                     Chain::default()
                 }
             },
@@ -208,17 +208,10 @@ pub async fn build_snapshot(
         let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
             continue;
         };
-        let mut inject: BTreeMap<String, Template> = BTreeMap::new();
-        let up_cfg = &cfg.upstreams[&r.upstream];
-        for (h, v) in up_cfg.inject.iter().chain(r.inject.iter()) {
-            if let Ok(t) = Template::parse(v) {
-                inject.insert(h.to_ascii_lowercase(), t);
-            }
-        }
-        let inject = inject
-            .into_iter()
-            .filter_map(|(h, t)| HeaderName::from_bytes(h.as_bytes()).ok().map(|h| (h, t)))
-            .collect();
+        // The upstream's headers, overridden by the route's.
+        let mut inject = typed_inject(&cfg.upstreams[&r.upstream].inject);
+        inject.retain(|(h, _)| !r.inject.iter().any(|(rh, _)| rh == h));
+        inject.extend(r.inject.iter().cloned());
         routes.push(RouteRuntime {
             metrics: RouteMetrics::new(&r.name),
             name: r.name.as_str().into(),
@@ -226,7 +219,7 @@ pub async fn build_snapshot(
             timeout: r.timeout.unwrap_or(upstream.timeout),
             max_body: r.max_body.unwrap_or(cfg.gateway.max_body),
             inject,
-            upgrades: r.upgrades.iter().map(|p| p.to_ascii_lowercase()).collect(),
+            upgrades: r.upgrades.clone(),
             on_disallowed_upgrade: r.on_disallowed_upgrade,
             chain,
         });
@@ -299,7 +292,7 @@ pub async fn build_snapshot(
     }
 
     Ok(Snapshot {
-        router: Router::new(&cfg.routes),
+        router: Router::new(cfg.routes.iter().map(|r| &r.matcher)),
         trusted_proxies: cfg.gateway.trusted_proxies.clone(),
         config: cfg,
         routes,

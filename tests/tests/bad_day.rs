@@ -341,6 +341,11 @@ name = "c"
 match = {{ path_prefix = "/c" }}
 upstream = "api"
 inject = {{ authorization = "Bearer ${{vault:ml/x#key}}" }}
+
+[policy]
+trusted_keys = ["abcd"]
+epoch_tick = "0s"
+max_instances = 0
 "#,
         run = toml_path(&run)
     );
@@ -354,6 +359,10 @@ inject = {{ authorization = "Bearer ${{vault:ml/x#key}}" }}
         "warden.toml:20: routes[0].upstream: unknown upstream \"nope\"",
         "warden.toml:26: routes[1].inject.x-token",
         "${file:missing_token}",
+        // Checked in validation now, with their lines, not when the plugin host starts.
+        "warden.toml:35: policy.trusted_keys[0]: expected 64 hex digits",
+        "warden.toml:36: policy.epoch_tick: must be between",
+        "warden.toml:37: policy.max_instances: must be at least 1",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

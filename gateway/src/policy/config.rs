@@ -55,6 +55,70 @@ impl Default for PolicySettings {
     }
 }
 
+impl PolicySettings {
+    /// Every problem with `[policy]`, keys relative to it. Run by config validation, so
+    /// `warden check` reports them with their line, and by [`PolicyHost::new`] for
+    /// settings built in code.
+    ///
+    /// [`PolicyHost::new`]: super::PolicyHost::new
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        for (i, k) in self.trusted_keys.iter().enumerate() {
+            if decode_key(k).is_none() {
+                errs.push(FieldError::new(
+                    format!("trusted_keys[{i}]"),
+                    "expected 64 hex digits (an Ed25519 public key)",
+                ));
+            }
+        }
+        if self.require_signatures && self.trusted_keys.is_empty() {
+            errs.push(FieldError::new(
+                "require_signatures",
+                "require_signatures = true needs at least one entry in trusted_keys",
+            ));
+        }
+        if self.epoch_tick.is_zero() || self.epoch_tick > Duration::from_millis(100) {
+            errs.push(FieldError::new(
+                "epoch_tick",
+                "must be between 1µs and 100ms",
+            ));
+        }
+        if self.max_instances == 0 {
+            errs.push(FieldError::new("max_instances", "must be at least 1"));
+        }
+        errs
+    }
+
+    /// These settings with every value [`check`](Self::check) refuses replaced by its
+    /// default (and unusable keys dropped), so `warden check` can go on to check plugins
+    /// after reporting them.
+    pub fn or_defaults(&self) -> PolicySettings {
+        let d = PolicySettings::default();
+        let mut s = self.clone();
+        s.trusted_keys.retain(|k| decode_key(k).is_some());
+        s.require_signatures &= !s.trusted_keys.is_empty();
+        if s.epoch_tick.is_zero() || s.epoch_tick > Duration::from_millis(100) {
+            s.epoch_tick = d.epoch_tick;
+        }
+        if s.max_instances == 0 {
+            s.max_instances = d.max_instances;
+        }
+        s
+    }
+
+    /// The trusted keys, decoded (those [`check`](Self::check) accepts).
+    pub fn trusted_key_bytes(&self) -> Vec<[u8; 32]> {
+        self.trusted_keys
+            .iter()
+            .filter_map(|k| decode_key(k))
+            .collect()
+    }
+}
+
+fn decode_key(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text.trim()).ok()?.try_into().ok()
+}
+
 /// How instances of a plugin are reused.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

@@ -336,25 +336,14 @@ impl PolicyHost {
     /// Create the engine, linker, cache and epoch ticker. Relative `cache_dir` is resolved
     /// against `base_dir`.
     pub fn new(settings: &PolicySettings, base_dir: &Path) -> anyhow::Result<Arc<Self>> {
-        let mut trusted_keys = Vec::new();
-        for (i, k) in settings.trusted_keys.iter().enumerate() {
-            let bytes = hex::decode(k.trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| {
-                    anyhow!("trusted_keys[{i}]: expected 64 hex digits (an Ed25519 public key)")
-                })?;
-            trusted_keys.push(bytes);
+        if let Some(e) = settings.check().into_iter().next() {
+            anyhow::bail!("{}: {}", e.key, e.reason);
         }
-        if settings.require_signatures && trusted_keys.is_empty() {
-            anyhow::bail!("require_signatures = true needs at least one entry in trusted_keys");
-        }
-        if settings.epoch_tick.is_zero() || settings.epoch_tick > Duration::from_millis(100) {
-            anyhow::bail!("epoch_tick must be between 1µs and 100ms");
-        }
-        if settings.max_instances == 0 {
-            anyhow::bail!("max_instances must be at least 1");
-        }
+        let trusted_keys: Vec<Vec<u8>> = settings
+            .trusted_key_bytes()
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
 
         let cache_dir = if settings.cache {
             Some(match &settings.cache_dir {

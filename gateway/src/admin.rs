@@ -95,6 +95,33 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
                        "providers": provider_states(&snap.secrets.status())}),
             )
         }
+        (Method::GET, "/upstreams") => {
+            // Each endpoint's health as the balancer sees it.
+            let snap = gw.current();
+            let mut ups: Vec<_> = snap.upstreams.values().collect();
+            ups.sort_by(|a, b| a.name.cmp(&b.name));
+            let list: Vec<serde_json::Value> = ups
+                .iter()
+                .map(|u| {
+                    let eps: Vec<serde_json::Value> = u
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            let ejected = e.ejected_for();
+                            json!({
+                                "endpoint": e.authority.as_str(),
+                                "healthy": e.is_healthy(),
+                                "ejected": ejected.is_some(),
+                                "ejected_for_ms": ejected.map(|d| d.as_millis() as u64),
+                                "active_requests": e.active(),
+                            })
+                        })
+                        .collect();
+                    json!({"name": &*u.name, "endpoints": eps})
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({ "upstreams": list }))
+        }
         (Method::GET, "/secrets") => {
             // Reference, provider, version, age: never a value.
             let snap = gw.current();
@@ -106,7 +133,16 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
         (Method::GET, "/metrics") => {
             let mut oldest: std::collections::BTreeMap<String, u64> =
                 std::collections::BTreeMap::new();
+            let refs = &metrics().secrets.reference_age;
+            refs.clear();
             for st in gw.current().secrets.status() {
+                if let Some(age) = st.age_seconds {
+                    refs.get_or_create(&crate::telemetry::ReferenceLabels {
+                        provider: st.provider.clone(),
+                        reference: st.reference.clone(),
+                    })
+                    .set(i64::try_from(age).unwrap_or(i64::MAX));
+                }
                 if let Some(age) = st.age_seconds {
                     let e = oldest.entry(st.provider).or_default();
                     *e = (*e).max(age);

@@ -211,6 +211,27 @@ mod defaults {
     pub fn pool_max_idle() -> usize {
         64
     }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn two() -> u32 {
+        2
+    }
+    pub fn retry_attempts() -> u32 {
+        2
+    }
+    pub fn retry_budget() -> String {
+        "20%".into()
+    }
+    pub fn retry_backoff() -> Duration {
+        Duration::from_millis(25)
+    }
+    pub fn retry_buffer() -> u64 {
+        64 << 10
+    }
 }
 
 /// Client-certificate policy for downstream TLS.
@@ -309,7 +330,26 @@ impl<'de> Deserialize<'de> for HostHeader {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `http://host:port` or `https://host:port`, optionally with a base path.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several endpoints instead of `url`; they share the scheme, TLS settings and base
+    /// path.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// How endpoints are chosen.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Passive health: endpoints that keep failing are ejected for a while.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Retries beyond the default (one retry, on another endpoint when there is one, after
+    /// a connect failure, or after a reset before the response head for idempotent
+    /// methods); the default for this upstream's routes.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
     /// Speak HTTP/2 to this upstream (ALPN over TLS, prior knowledge over plaintext).
     #[serde(default)]
     pub http2: bool,
@@ -340,6 +380,149 @@ pub struct UpstreamConfig {
     /// Accept literal (non-`${…}`) values for credential headers in `inject`.
     #[serde(default)]
     pub allow_literal: bool,
+}
+
+impl UpstreamConfig {
+    /// The endpoint URLs: `url` alone, or `endpoints`.
+    pub fn urls(&self) -> Vec<&str> {
+        match &self.url {
+            Some(u) => vec![u.as_str()],
+            None => self.endpoints.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// How an upstream's endpoints share requests.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The less busy of two endpoints picked at random (power of two choices).
+    LeastRequest,
+}
+
+/// `health = { path = "/healthz", interval = "2s", … }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path probed with GET; a 2xx is healthy.
+    pub path: String,
+    /// Time between probes.
+    #[serde(
+        default = "defaults::health_interval",
+        deserialize_with = "de::duration"
+    )]
+    pub interval: Duration,
+    /// A probe slower than this failed.
+    #[serde(
+        default = "defaults::health_timeout",
+        deserialize_with = "de::duration"
+    )]
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out.
+    #[serde(default = "defaults::two")]
+    pub unhealthy_after: u32,
+    /// Passed probes in a row that bring it back.
+    #[serde(default = "defaults::two")]
+    pub healthy_after: u32,
+}
+
+/// `outlier = { consecutive_failures = 5, base_ejection = "2s", max_ejection = "30s" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Connect failures or 5xx in a row that eject an endpoint (0: never).
+    pub consecutive_failures: u32,
+    /// First ejection; each further one in a row doubles it.
+    #[serde(deserialize_with = "de::duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(deserialize_with = "de::duration")]
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(2),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `retry = { attempts = 2, on = ["connect-failure", "reset", "503"], budget = "20%",
+/// backoff = "25ms", buffer = "64KiB" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts after the first.
+    #[serde(default = "defaults::retry_attempts")]
+    pub attempts: u32,
+    /// What is retried: `connect-failure` (always, whatever the method), and for
+    /// idempotent methods `reset` and status codes such as `"503"`.
+    #[serde(default)]
+    pub on: Vec<String>,
+    /// Retries allowed as a share of requests, e.g. `"20%"`.
+    #[serde(default = "defaults::retry_budget")]
+    pub budget: String,
+    /// Pause before a retry.
+    #[serde(default = "defaults::retry_backoff", deserialize_with = "de::duration")]
+    pub backoff: Duration,
+    /// Request bodies up to this size are buffered so they can be sent again; larger
+    /// ones stream and are never replayed.
+    #[serde(default = "defaults::retry_buffer", deserialize_with = "de::size")]
+    pub buffer: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            // As nginx's `proxy_next_upstream error timeout`: a request that never got a
+            // response head from a broken connection goes once to another endpoint when
+            // its method is idempotent (a connect failure whatever the method).
+            attempts: 1,
+            on: vec!["connect-failure".into(), "reset".into()],
+            budget: defaults::retry_budget(),
+            backoff: Duration::ZERO,
+            buffer: defaults::retry_buffer(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Problems, keys relative to the `retry` table.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.attempts > 5 {
+            errs.push(FieldError::new("attempts", "must be at most 5"));
+        }
+        for (i, on) in self.on.iter().enumerate() {
+            let ok = matches!(on.as_str(), "connect-failure" | "reset")
+                || on.parse::<u16>().is_ok_and(|c| (500..=599).contains(&c));
+            if !ok {
+                errs.push(FieldError::new(
+                    format!("on[{i}]"),
+                    format!("{on:?}: expected \"connect-failure\", \"reset\" or a 5xx status such as \"503\""),
+                ));
+            }
+        }
+        if self.budget_ratio().is_none() {
+            errs.push(FieldError::new(
+                "budget",
+                "expected a percentage between 0% and 100%, e.g. \"20%\"",
+            ));
+        }
+        errs
+    }
+
+    /// The budget as a ratio (`"20%"` → 0.2).
+    pub fn budget_ratio(&self) -> Option<f64> {
+        let n: f64 = self.budget.trim().strip_suffix('%')?.trim().parse().ok()?;
+        (0.0..=100.0).contains(&n).then_some(n / 100.0)
+    }
 }
 
 /// Connection pool settings.
@@ -434,6 +617,15 @@ pub struct RouteConfig {
     /// Ordered policy chain.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Overrides the upstream's `retry`.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Cut a streamed response that sends no bytes for this long.
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Cap on the whole exchange, streamed body included.
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    pub max_duration: Option<Duration>,
 }
 
 /// How a validated route matches requests.
@@ -474,6 +666,12 @@ pub struct Route {
     pub on_disallowed_upgrade: DisallowedUpgrade,
     /// Ordered policy chain.
     pub policies: Vec<PolicyConfig>,
+    /// Overrides the upstream's `retry`.
+    pub retry: Option<RetryConfig>,
+    /// Cut a streamed response that sends no bytes for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Cap on the whole exchange, streamed body included.
+    pub max_duration: Option<Duration>,
 }
 
 impl Route {
@@ -501,6 +699,9 @@ impl Route {
             upgrades: r.upgrades.iter().map(|p| p.to_ascii_lowercase()).collect(),
             on_disallowed_upgrade: r.on_disallowed_upgrade,
             policies: r.policies,
+            retry: r.retry,
+            idle_timeout: r.idle_timeout,
+            max_duration: r.max_duration,
         }
     }
 }
@@ -1002,34 +1203,89 @@ impl Loader {
 
         for (name, u) in &cfg.upstreams {
             let key = format!("upstreams.{name}");
-            match u.url.parse::<http::Uri>() {
-                Ok(uri) => {
-                    let scheme = uri.scheme_str().unwrap_or("");
-                    if scheme != "http" && scheme != "https" {
-                        errs.push(main.error(
-                            &format!("{key}.url"),
-                            format!("scheme must be http or https, got {:?}", u.url),
-                        ));
-                    }
-                    if uri.host().is_none() {
-                        errs.push(main.error(&format!("{key}.url"), "missing host".into()));
-                    }
-                    if uri.query().is_some() {
-                        errs.push(
-                            main.error(
-                                &format!("{key}.url"),
-                                "must not have a query string".into(),
-                            ),
-                        );
-                    }
-                    if scheme == "http" && u.tls.is_some() {
-                        errs.push(main.error(
-                            &format!("{key}.tls"),
-                            "tls settings need an https:// url".into(),
-                        ));
-                    }
+            let urls = u.urls();
+            let url_key = if u.url.is_some() {
+                format!("{key}.url")
+            } else {
+                format!("{key}.endpoints")
+            };
+            match (&u.url, u.endpoints.is_empty()) {
+                (Some(_), false) => {
+                    errs.push(main.error(&key, "set either url or endpoints, not both".into()))
                 }
-                Err(e) => errs.push(main.error(&format!("{key}.url"), format!("invalid URL: {e}"))),
+                (None, true) => errs.push(main.error(
+                    &key,
+                    "missing url (or endpoints = [\"http://…\", …])".into(),
+                )),
+                _ => {}
+            }
+            let mut shape: Option<(String, String)> = None;
+            for (i, url) in urls.iter().enumerate() {
+                let ukey = if u.url.is_some() {
+                    url_key.clone()
+                } else {
+                    format!("{url_key}[{i}]")
+                };
+                match url.parse::<http::Uri>() {
+                    Ok(uri) => {
+                        let scheme = uri.scheme_str().unwrap_or("");
+                        if scheme != "http" && scheme != "https" {
+                            errs.push(main.error(
+                                &ukey,
+                                format!("scheme must be http or https, got {url:?}"),
+                            ));
+                        }
+                        if uri.host().is_none() {
+                            errs.push(main.error(&ukey, "missing host".into()));
+                        }
+                        if uri.query().is_some() {
+                            errs.push(main.error(&ukey, "must not have a query string".into()));
+                        }
+                        if scheme == "http" && u.tls.is_some() {
+                            errs.push(main.error(
+                                &format!("{key}.tls"),
+                                "tls settings need an https:// url".into(),
+                            ));
+                        }
+                        let this = (
+                            scheme.to_string(),
+                            uri.path().trim_end_matches('/').to_string(),
+                        );
+                        match &shape {
+                            None => shape = Some(this),
+                            Some(first) if *first != this => errs.push(main.error(
+                                &ukey,
+                                "every endpoint must have the same scheme and base path".into(),
+                            )),
+                            Some(_) => {}
+                        }
+                    }
+                    Err(e) => errs.push(main.error(&ukey, format!("invalid URL: {e}"))),
+                }
+            }
+            if let Some(h) = &u.health {
+                if !h.path.starts_with('/') {
+                    errs.push(
+                        main.error(&format!("{key}.health.path"), "must start with /".into()),
+                    );
+                }
+                if h.interval.is_zero() || h.timeout.is_zero() {
+                    errs.push(main.error(
+                        &format!("{key}.health"),
+                        "interval and timeout must be greater than zero".into(),
+                    ));
+                }
+                if h.unhealthy_after == 0 || h.healthy_after == 0 {
+                    errs.push(main.error(
+                        &format!("{key}.health"),
+                        "unhealthy_after and healthy_after must be at least 1".into(),
+                    ));
+                }
+            }
+            if let Some(r) = &u.retry {
+                for fe in r.check() {
+                    errs.push(main.error(&join_key(&format!("{key}.retry"), &fe.key), fe.reason));
+                }
             }
             if let Some(tls) = &u.tls {
                 if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
@@ -1154,6 +1410,11 @@ impl Loader {
             for (h, v) in &r.inject {
                 if let Some(reason) = literal_credential(&cfg.gateway, h, v, r.allow_literal) {
                     errs.push(map.error(&k(&format!("inject.{h}")), reason));
+                }
+            }
+            if let Some(retry) = &r.retry {
+                for fe in retry.check() {
+                    errs.push(map.error(&k(&join_key("retry", &fe.key)), fe.reason));
                 }
             }
             for (i, p) in r.policies.iter().enumerate() {

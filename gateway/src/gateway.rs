@@ -48,6 +48,10 @@ impl Gateway {
             SecretsMode::Lenient
         };
         let snap = build_snapshot(cfg, &host, None, mode).await?;
+        crate::snapshot::record_certificate_expiry(&snap.config);
+        let m = &metrics().config;
+        m.last_reload_successful.set(1);
+        m.last_reload_success.set(unix_now());
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snap),
             host,
@@ -76,6 +80,9 @@ impl Gateway {
                         result: "applied".into(),
                     })
                     .inc();
+                let m = &metrics().config;
+                m.last_reload_successful.set(1);
+                m.last_reload_success.set(unix_now());
                 info!(trigger, config_hash = %hash, "configuration reloaded");
             }
             Err(errs) => {
@@ -86,6 +93,7 @@ impl Gateway {
                         result: "refused".into(),
                     })
                     .inc();
+                metrics().config.last_reload_successful.set(0);
                 for e in &errs.0 {
                     warn!(trigger, error = %e, "reload refused; previous configuration still serving");
                 }
@@ -124,6 +132,7 @@ impl Gateway {
         // costs no provider request.
         let snap = build_snapshot(cfg, &self.host, Some(&old), SecretsMode::Strict).await?;
         let hash = snap.config.content_hash.clone();
+        crate::snapshot::record_certificate_expiry(&snap.config);
         self.snapshot.store(Arc::new(snap));
         Ok(hash)
     }
@@ -223,4 +232,11 @@ async fn watch_files(gw: Arc<Gateway>) {
             let _ = gw.reload("file change").await;
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -223,6 +223,8 @@ pub async fn handle(
         route_idx: None,
         route: None,
         upstream: None,
+        endpoint: None,
+        attempts: 0,
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         started: Instant::now(),
@@ -299,7 +301,16 @@ pub async fn handle(
             .observe(elapsed),
     }
     ex.status = status.as_u16();
-    resp.map(|b| body::observed(b, ex))
+    let limits = match ex.route_idx.map(|i| &snap.routes[i]) {
+        Some(r) => body::StreamLimits {
+            idle: r.idle_timeout,
+            end: r
+                .max_duration
+                .map(|d| tokio::time::Instant::from_std(ex.started) + d),
+        },
+        None => body::StreamLimits::default(),
+    };
+    resp.map(|b| body::observed(b, ex, limits))
 }
 
 async fn pipeline(
@@ -324,7 +335,6 @@ async fn pipeline(
     let route: &RouteRuntime = &snap.routes[route_idx];
     ex.route_idx = Some(route_idx);
     ex.route = Some(route.name.clone());
-    ex.upstream = Some(route.upstream.name.clone());
 
     // A reflected request carries its injected credentials back to the client, whatever
     // `allow_trace` says.
@@ -418,43 +428,136 @@ async fn pipeline(
         }
     }
 
-    parts.uri = upstream
-        .target_uri(&parts.uri)
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-    match upstream.host_header(original_host.as_ref()) {
-        Some(h) => {
-            parts.headers.insert(HOST, h);
-        }
-        None => {
-            parts.headers.remove(HOST);
-        }
-    }
     parts.version = if upstream.http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    if upstream.http2 {
-        // HTTP/2 carries the authority in :authority; a Host header next to it is redundant.
-        parts.headers.remove(HOST);
-    }
+    let method = parts.method.clone();
+    let downstream_uri = std::mem::take(&mut parts.uri);
 
     // Errors reading the client's body are marked as the client's, so that the upstream
     // client failing to send it is a 400, not a 502 blamed on the upstream.
+    // Whether the request has a body at all, asked of the body itself: the framing
+    // headers are gone by now (hop-by-hop).
+    let no_body = http_body::Body::is_end_stream(&body);
     let body = body.map_err(|e| BoxError::from(error::ClientBodyError(e)));
     let limited = http_body_util::Limited::new(body, route.max_body as usize);
-    let out = Request::from_parts(parts, limited.map_err(BoxError::from).boxed());
+    let mut stream: Option<ProxyBody> = Some(limited.map_err(BoxError::from).boxed());
 
+    // A request can be sent again only if its body can: none, or small enough to buffer.
+    // A larger body streams upstream once, and is never replayed.
+    let policy = &route.retry;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let replay: Option<Bytes> = if policy.attempts == 0 || downstream_upgrade.is_some() {
+        None
+    } else if no_body {
+        Some(Bytes::new())
+    } else if declared.is_some_and(|n| n <= policy.buffer) {
+        let collected = stream.take().expect("body present").collect().await;
+        match collected {
+            Ok(c) => Some(c.to_bytes()),
+            Err(e) => return Err(ProxyError::from_body_error(e)),
+        }
+    } else {
+        None
+    };
+    upstream.budget.deposit();
+
+    let mut tried: Vec<usize> = Vec::new();
     let sent = Instant::now();
-    let result = tokio::time::timeout(route.timeout, upstream.client.request(out)).await;
+    let mut resp = loop {
+        let idx = upstream.balancer.pick(&upstream.endpoints, &tried);
+        let ep = &upstream.endpoints[idx];
+        tried.push(idx);
+        let attempt = tried.len() as u32 - 1;
+        let mut req = Request::new(match &replay {
+            Some(b) if b.is_empty() => empty(),
+            Some(b) => full(b.clone()),
+            None => stream.take().unwrap_or_else(empty),
+        });
+        *req.method_mut() = method.clone();
+        *req.version_mut() = parts.version;
+        *req.uri_mut() = upstream
+            .target_uri(ep, &downstream_uri)
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        // The last attempt takes the headers; earlier ones a copy.
+        *req.headers_mut() = if replay.is_some() && attempt < policy.attempts {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        match upstream.host_header(ep, original_host.as_ref()) {
+            // HTTP/2 carries the authority in :authority; a Host header next to it is
+            // redundant.
+            Some(h) if !upstream.http2 => {
+                req.headers_mut().insert(HOST, h);
+            }
+            _ => {
+                req.headers_mut().remove(HOST);
+            }
+        }
+        ex.upstream = Some(upstream.name.clone());
+        ex.endpoint = Some(ep.authority.clone());
+        ex.attempts = attempt + 1;
+
+        let in_flight = ep.begin();
+        // The head must come within the route's timeout, and within what is left of
+        // its max_duration.
+        let head_timeout = match route.max_duration {
+            Some(d) => route.timeout.min(d.saturating_sub(ex.started.elapsed())),
+            None => route.timeout,
+        };
+        let result = tokio::time::timeout(head_timeout, upstream.client.request(req)).await;
+        drop(in_flight);
+        let can_retry = replay.is_some() && attempt < policy.attempts;
+        let retry = match result {
+            Err(_) => {
+                ep.failed(&upstream.outlier);
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(Ok(r)) => {
+                if r.status().is_server_error() {
+                    ep.failed(&upstream.outlier);
+                } else {
+                    ep.succeeded();
+                }
+                let retryable = policy.statuses.contains(&r.status())
+                    && crate::upstream::RetryPolicy::idempotent(&method);
+                if !(can_retry && retryable && upstream.budget.withdraw()) {
+                    break r;
+                }
+                "status"
+            }
+            Ok(Err(e)) => {
+                // Nothing was sent when the connection could not be made, so any method
+                // may go to another endpoint; a reset after sending only with `reset` and
+                // an idempotent method.
+                let connect = e.is_connect();
+                if connect {
+                    ep.failed(&upstream.outlier);
+                }
+                let retryable = connect
+                    || (policy.on_reset && crate::upstream::RetryPolicy::idempotent(&method));
+                if !(can_retry && retryable && upstream.budget.withdraw()) {
+                    return Err(ProxyError::from_client_error(e));
+                }
+                if connect { "connect" } else { "reset" }
+            }
+        };
+        debug!(upstream = %upstream.name, endpoint = %ep.authority, attempt, why = retry, "retrying upstream request");
+        upstream.retries.inc();
+        if !policy.backoff.is_zero() {
+            tokio::time::sleep(policy.backoff).await;
+        }
+    };
     let took = sent.elapsed();
     ex.upstream_time = Some(took);
     upstream.duration.observe(took.as_secs_f64());
-    let mut resp = match result {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) => return Err(ProxyError::from_client_error(e)),
-        Ok(Ok(r)) => r,
-    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A tunnel opens only to the protocol this route allows and the client asked for;

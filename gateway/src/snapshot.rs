@@ -40,6 +40,12 @@ pub struct RouteRuntime {
     pub on_disallowed_upgrade: crate::config::DisallowedUpgrade,
     /// Policy chain.
     pub chain: Chain,
+    /// A streamed response with no bytes for this long is cut.
+    pub idle_timeout: Option<Duration>,
+    /// The whole exchange, streamed body included, is cut after this.
+    pub max_duration: Option<Duration>,
+    /// Retry rules (the route's, else its upstream's).
+    pub retry: Arc<crate::upstream::RetryPolicy>,
     /// Metric handles resolved once, so the request path does no label lookups for the
     /// common case.
     pub metrics: RouteMetrics,
@@ -156,16 +162,20 @@ pub async fn build_snapshot(
 
     let mut upstreams = HashMap::new();
     for (name, u) in &cfg.upstreams {
-        let built = Upstream::build(name, u);
-        match built {
+        // Reuse the old upstream (its pools, endpoint health and retry budget) when
+        // nothing about it changed, so a reload costs no fresh handshakes and forgets
+        // nothing it learned about its endpoints.
+        let fingerprint = Upstream::fingerprint(u);
+        if let Some(old) = previous
+            .and_then(|p| p.upstreams.get(name))
+            .filter(|old| old.fingerprint == fingerprint)
+        {
+            upstreams.insert(name.clone(), old.clone());
+            continue;
+        }
+        match Upstream::build(name, u) {
             Ok(up) => {
-                // Reuse the old pool when nothing about the connection changed, so a
-                // reload does not cost every upstream a fresh handshake.
-                let reused = previous
-                    .and_then(|p| p.upstreams.get(name))
-                    .filter(|old| old.fingerprint == up.fingerprint)
-                    .cloned();
-                upstreams.insert(name.clone(), reused.unwrap_or_else(|| Arc::new(up)));
+                upstreams.insert(name.clone(), up);
             }
             Err(e) => errs.push(cfg.locate_main(&format!("upstreams.{name}.{}", e.key), e.reason)),
         }
@@ -220,6 +230,9 @@ pub async fn build_snapshot(
             max_body: r.max_body.unwrap_or(cfg.gateway.max_body),
             inject,
             upgrades: r.upgrades.clone(),
+            retry: upstream.retry_for(r.retry.as_ref()),
+            idle_timeout: r.idle_timeout,
+            max_duration: r.max_duration,
             on_disallowed_upgrade: r.on_disallowed_upgrade,
             chain,
         });
@@ -322,4 +335,26 @@ fn locate_secret_errors(cfg: &Config, list: Vec<crate::secrets::SecretsError>) -
             })
             .collect(),
     )
+}
+
+/// `warden_tls_certificate_not_after_timestamp_seconds` for the listener's certificate and
+/// each upstream client certificate of the config now serving.
+pub(crate) fn record_certificate_expiry(cfg: &Config) {
+    let family = &metrics().config.certificate_not_after;
+    family.clear();
+    let set = |name: String, path: &std::path::Path| {
+        if let Some(t) = crate::tls::not_after(path) {
+            family
+                .get_or_create(&crate::telemetry::CertificateLabel { certificate: name })
+                .set(t);
+        }
+    };
+    if let Some(t) = &cfg.gateway.tls {
+        set("gateway".into(), &t.cert_file);
+    }
+    for (name, u) in &cfg.upstreams {
+        if let Some(path) = u.tls.as_ref().and_then(|t| t.client_cert_file.as_ref()) {
+            set(format!("upstream/{name}"), path);
+        }
+    }
 }

@@ -73,6 +73,15 @@ pub struct UpstreamLabel {
     pub upstream: String,
 }
 
+/// An upstream endpoint label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// `host:port`.
+    pub endpoint: String,
+}
+
 /// Labels of policy verdicts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
@@ -108,6 +117,22 @@ pub struct ProviderFailureLabels {
     /// `unavailable` (the provider failed), `not_found` (the secret does not exist) or
     /// `invalid` (a value that cannot be sent).
     pub reason: String,
+}
+
+/// A certificate label: what the certificate is for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// `gateway` (the downstream listener) or `upstream/NAME` (a client certificate).
+    pub certificate: String,
+}
+
+/// A secret-reference label (names only, never values).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReferenceLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `${provider:name}`.
+    pub reference: String,
 }
 
 /// Labels of the reload counter.
@@ -218,6 +243,58 @@ impl ProxyMetrics {
     }
 }
 
+/// Upstream endpoints and retries.
+pub struct UpstreamMetrics {
+    /// Attempts sent to each endpoint.
+    pub endpoint_requests: Family<EndpointLabels, Counter>,
+    /// Connect failures and 5xx answers, by endpoint.
+    pub endpoint_failures: Family<EndpointLabels, Counter>,
+    /// Passive-health ejections, by endpoint.
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// 1 while an endpoint passes its active health checks (always 1 without them).
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// Retries sent, by upstream.
+    pub retries: Family<UpstreamLabel, Counter>,
+}
+
+impl UpstreamMetrics {
+    /// Create the families and register them.
+    pub fn register(reg: &mut Registry) -> Self {
+        UpstreamMetrics {
+            endpoint_requests: add(
+                reg,
+                "upstream_endpoint_requests",
+                "Attempts sent to each upstream endpoint",
+                Family::default(),
+            ),
+            endpoint_failures: add(
+                reg,
+                "upstream_endpoint_failures",
+                "Connect failures and 5xx answers by upstream endpoint",
+                Family::default(),
+            ),
+            ejections: add(
+                reg,
+                "upstream_ejections",
+                "Upstream endpoints ejected after consecutive failures",
+                Family::default(),
+            ),
+            endpoint_healthy: add(
+                reg,
+                "upstream_endpoint_healthy",
+                "1 while an upstream endpoint passes its active health checks",
+                Family::default(),
+            ),
+            retries: add(
+                reg,
+                "upstream_retries",
+                "Retries sent to an upstream",
+                Family::default(),
+            ),
+        }
+    }
+}
+
 /// The policy host's families.
 pub struct PolicyMetrics {
     /// Policy verdicts by plugin, route, verdict and mode.
@@ -281,6 +358,9 @@ pub struct SecretMetrics {
     /// Seconds since the oldest value of each provider was last read successfully; set
     /// when `/metrics` is scraped.
     pub age: Family<ProviderLabel, Gauge>,
+    /// Seconds since each reference was last read successfully; set when `/metrics` is
+    /// scraped.
+    pub reference_age: Family<ReferenceLabels, Gauge>,
 }
 
 impl SecretMetrics {
@@ -311,6 +391,12 @@ impl SecretMetrics {
                 "Seconds since the last successful refresh, by provider (oldest value)",
                 Family::default(),
             ),
+            reference_age: add(
+                reg,
+                "secret_reference_age_seconds",
+                "Seconds since each secret reference was last read successfully (names only)",
+                Family::default(),
+            ),
         }
     }
 }
@@ -319,6 +405,12 @@ impl SecretMetrics {
 pub struct ConfigMetrics {
     /// Config reloads applied or refused.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last reload applied, 0 when it was refused.
+    pub last_reload_successful: Gauge,
+    /// Unix time of the last applied reload (or of the start).
+    pub last_reload_success: Gauge,
+    /// `notAfter` of each certificate in use, Unix seconds.
+    pub certificate_not_after: Family<CertificateLabel, Gauge>,
     /// Configuration generations alive: the current one plus those still finishing
     /// requests. Flat over time unless something holds an old generation.
     pub generations: Gauge,
@@ -332,6 +424,24 @@ impl ConfigMetrics {
                 reg,
                 "reloads",
                 "Configuration reloads by result",
+                Family::default(),
+            ),
+            last_reload_successful: add(
+                reg,
+                "config_last_reload_successful",
+                "1 when the last reload applied, 0 when it was refused",
+                Gauge::default(),
+            ),
+            last_reload_success: add(
+                reg,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last applied configuration (reload or start)",
+                Gauge::default(),
+            ),
+            certificate_not_after: add(
+                reg,
+                "tls_certificate_not_after_timestamp_seconds",
+                "Expiry (notAfter) of each certificate in use",
                 Family::default(),
             ),
             generations: add(
@@ -349,6 +459,8 @@ pub struct Metrics {
     registry: Registry,
     /// The proxy's.
     pub proxy: ProxyMetrics,
+    /// Upstream endpoints' and retries'.
+    pub upstream: UpstreamMetrics,
     /// The policy host's.
     pub policy: PolicyMetrics,
     /// The secret store's.
@@ -362,6 +474,7 @@ impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("warden");
         let proxy = ProxyMetrics::register(&mut registry);
+        let upstream = UpstreamMetrics::register(&mut registry);
         let policy = PolicyMetrics::register(&mut registry);
         let secrets = SecretMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
@@ -370,6 +483,7 @@ impl Metrics {
         Metrics {
             registry,
             proxy,
+            upstream,
             policy,
             secrets,
             config,
@@ -382,6 +496,9 @@ impl Metrics {
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // The process families go before the closing `# EOF`.
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        out.insert_str(body_end, &process_metrics());
         out
     }
 
@@ -389,6 +506,74 @@ impl Metrics {
     pub fn uptime_seconds(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
+}
+
+/// `process_*` metrics (Prometheus' process-collector conventions), read from `/proc` at
+/// scrape time and appended to the text exposition.
+pub fn process_metrics() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces;
+    // `field(n)` is field n of proc(5), counted from 1.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok());
+    // OpenMetrics: a counter family is named without `_total`, its sample with it.
+    let mut emit = |name: &str, kind: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "# TYPE {name} {kind}\n# HELP {name} {help}\n{sample} {v}"
+            );
+        }
+    };
+    emit(
+        "process_cpu_seconds",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks),
+    );
+    emit(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot.zip(field(22)).map(|(b, st)| b + st / ticks),
+    );
+    emit(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(24).map(|pages| pages * page),
+    );
+    emit(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    emit(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64),
+    );
+    out
 }
 
 /// The process-wide metrics.

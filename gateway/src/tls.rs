@@ -165,3 +165,10 @@ pub fn peer_identities(leaf: &CertificateDer<'_>) -> PeerIdentities {
     }
     out
 }
+
+/// The `notAfter` of the first certificate in a PEM file, as Unix seconds.
+pub fn not_after(path: &Path) -> Option<i64> {
+    let certs = load_certs(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}

@@ -99,6 +99,12 @@ impl Upstream {
         Upstream(Table::new()).set("url", url)
     }
 
+    /// `endpoints = [...]` instead of `url`.
+    pub fn endpoints(urls: &[&str]) -> Self {
+        let list: Vec<Value> = urls.iter().map(|u| Value::from(*u)).collect();
+        Upstream(Table::new()).set("endpoints", Value::Array(list))
+    }
+
     /// Set any key.
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.0.insert(key.into(), value.into());

@@ -30,6 +30,18 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// The test upstream as its own process (`src/bin/echo-server.rs`), built with the
+/// workspace's binaries.
+pub fn echo_server_bin() -> PathBuf {
+    let p = target_dir().join("release/echo-server");
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --release --workspace --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
 /// The release `warden` binary (built by `scripts/test.sh` before the tests run).
 pub fn warden_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WARDEN_BIN") {
@@ -90,6 +102,9 @@ pub struct Gateway {
     pub admin_token: Option<String>,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
+    /// The threads copying the child's stderr and stdout into `logs`; they end when the
+    /// process has exited and its output is all read.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -135,6 +150,7 @@ impl Gateway {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn warden");
         let logs = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stderr
@@ -149,7 +165,7 @@ impl Gateway {
         .flatten()
         {
             let logs = logs.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     if std::env::var_os("WARDEN_TEST_ECHO").is_some() {
@@ -159,7 +175,7 @@ impl Gateway {
                     l.push_str(&line);
                     l.push('\n');
                 }
-            });
+            }));
         }
         let mut gw = Gateway {
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -168,6 +184,7 @@ impl Gateway {
             admin_token: None,
             child: Some(child),
             logs,
+            readers,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -180,7 +197,7 @@ impl Gateway {
                 return Ok(gw);
             }
             if let Some(status) = gw.child.as_mut().unwrap().try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                gw.drain_output();
                 return Err(format!("exited with {status}:\n{}", gw.logs()));
             }
             if Instant::now() > deadline {
@@ -211,6 +228,15 @@ impl Gateway {
         self.logs.lock().unwrap().clone()
     }
 
+    /// After the process has exited: wait (at most 10 s) until the reader threads have
+    /// copied all of its output into the logs, so [`Gateway::logs`] is complete.
+    fn drain_output(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait until the logs contain `needle`.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -238,6 +264,7 @@ impl Gateway {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(s) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.drain_output();
                 return Some(s);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -271,6 +298,7 @@ impl Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.drain_output();
         }
     }
 }
@@ -278,6 +306,28 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Poll `check` until it returns true, panicking with `what` if it still does not after
+/// `timeout`. For a condition that holds some time after the action that causes it (a
+/// reload applied, a file re-read, a counter moved): a fixed sleep before the assertion
+/// fails on a loaded machine and wastes time on an idle one. Give a generous timeout; a
+/// passing test never waits for it.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

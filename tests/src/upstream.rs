@@ -52,6 +52,10 @@ pub struct Seen {
 struct State {
     name: String,
     count: AtomicUsize,
+    /// What `/healthz` answers (0: 200). Health probes are not counted as requests.
+    health: std::sync::atomic::AtomicU16,
+    /// What every other request answers, when set (0: echo).
+    forced: std::sync::atomic::AtomicU16,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -157,7 +161,17 @@ impl Echo {
         )
     }
 
-    /// Requests received so far.
+    /// Make `/healthz` answer `status` (200 by default).
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Make every request (but `/healthz`) answer `status`; 0 goes back to echoing.
+    pub fn force_status(&self, status: u16) {
+        self.state.forced.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests received so far (health probes not counted).
     pub fn requests(&self) -> usize {
         self.state.count.load(Ordering::SeqCst)
     }
@@ -201,7 +215,21 @@ fn query_param(q: Option<&str>, key: &str) -> Option<u64> {
 }
 
 async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        let code = match st.health.load(Ordering::SeqCst) {
+            0 => 200,
+            c => c,
+        };
+        let mut r = Response::new(full(format!("health {code}")));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+        return Ok(r);
+    }
     st.count.fetch_add(1, Ordering::SeqCst);
+    if let c @ 1.. = st.forced.load(Ordering::SeqCst) {
+        let mut r = Response::new(full(format!("forced {c}")));
+        *r.status_mut() = StatusCode::from_u16(c).unwrap_or(StatusCode::OK);
+        return Ok(r);
+    }
     st.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         uri: req

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use warden_tests::certs::Ca;
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, metric_value, plugin_wasm};
+use warden_tests::{Gateway, client, eventually, metric_value, plugin_wasm};
 
 const ADMIN_TOKEN: &str = "ops-test-admin-token-5e1f";
 
@@ -78,21 +78,6 @@ impl Load {
             self.failures.lock().unwrap().clone(),
         )
     }
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn write_atomic(path: &Path, contents: &[u8]) {
@@ -310,7 +295,12 @@ async fn certificate_swap_reaches_new_connections_without_failures() {
     );
 
     let load = Load::start(url.clone(), both.clone(), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "the load loop is running",
+        Duration::from_secs(30),
+        || async { load.ok.load(Ordering::Relaxed) >= 10 },
+    )
+    .await;
     let leaf = new_ca.leaf(&["localhost"], &[]);
     // Key first, then certificate: the watcher debounces, and a reload between the two
     // writes is refused (key does not match) while the old pair keeps serving.
@@ -410,8 +400,18 @@ async fn twenty_invalid_reloads_are_refused_counted_and_harmless() {
             "error does not name the file: {errors}"
         );
     }
-    // The file watcher saw those writes too; let its debounced reloads settle.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The file watcher saw those writes too: its debounced reload is refused as well,
+    // with the load still running.
+    eventually(
+        "the file watcher's reload is refused",
+        Duration::from_secs(30),
+        || async {
+            gw.logs()
+                .lines()
+                .any(|l| l.contains("reload refused") && l.contains("trigger=\"file change\""))
+        },
+    )
+    .await;
     let (ok, failures) = load.finish().await;
     assert!(
         failures.is_empty(),

@@ -215,6 +215,22 @@ async fn header_count_limit_host_header_and_base_path() {
     assert_eq!(echo["query"], "x=1&y=%2F");
     assert_eq!(echo["headers"]["host"], serde_json::json!(["api.internal"]));
 
+    // A chunked body (no length: it streams, and is never buffered for a retry) arrives
+    // whole.
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("abc"), Ok("def")];
+    let echo: Value = client()
+        .post(gw.url("/chunked"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["body"], "abcdef", "{echo}");
+
     let with_headers = |n: usize| {
         let mut req = String::from("GET /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
         for i in 0..n {
@@ -416,6 +432,30 @@ async fn metric_values_follow_the_traffic() {
     );
     assert_eq!(v("warden_upstream_connect_errors_total", &[]), 0.0);
     assert_eq!(v("warden_config_generations", &[]), 1.0);
+    // Per endpoint: every attempt counted, none failed; the 503s were the upstream's.
+    let ep = format!("endpoint=\"{}\"", up.addr);
+    assert_eq!(v("warden_upstream_endpoint_requests_total", &[&ep]), 12.0);
+    assert_eq!(v("warden_upstream_endpoint_failures_total", &[&ep]), 2.0);
+    assert_eq!(v("warden_upstream_endpoint_healthy", &[&ep]), 1.0);
+
+    // The process and the configuration lifecycle.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(v("process_resident_memory_bytes", &[]) > 4e6, "{m}");
+    assert!(v("process_open_fds", &[]) >= 5.0, "{m}");
+    assert!(v("process_cpu_seconds_total", &[]) > 0.0, "{m}");
+    let started = v("process_start_time_seconds", &[]);
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} vs {now}"
+    );
+    assert_eq!(v("warden_config_last_reload_successful", &[]), 1.0);
+    let applied = v("warden_config_last_reload_success_timestamp_seconds", &[]);
+    assert!(applied <= now + 1.0 && applied > now - 600.0, "{applied}");
+    // The exposition stays valid OpenMetrics: the process families come before `# EOF`.
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

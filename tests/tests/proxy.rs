@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use warden_tests::certs::Ca;
 use warden_tests::config::{ConfigBuilder, Route, Upstream};
 use warden_tests::upstream::Echo;
-use warden_tests::{Gateway, client, curl, metric_value, raw_exchange, run_warden};
+use warden_tests::{Gateway, client, curl, eventually, metric_value, raw_exchange, run_warden};
 
 /// One route, `/` to `upstream`.
 fn one_route(upstream: Upstream) -> ConfigBuilder {
@@ -264,6 +264,7 @@ async fn websocket_upgrade_and_refused_upgrade_never_smuggles() {
     .await;
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+    // Proving a negative: give a wrongly forwarded request time to land upstream.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         up.seen().iter().all(|s| s.uri != "/smuggled"),
@@ -366,10 +367,12 @@ upstream = "dead"
         "error body leaks the upstream address: {body}"
     );
 
+    // The route's 300 ms timeout answers, not the upstream (which would take 20 s and
+    // answer 200); the bound only catches waiting for the upstream, with a wide margin.
     let t = Instant::now();
-    let r = c.get(gw.url("/api/slow/3000")).send().await.unwrap();
+    let r = c.get(gw.url("/api/slow/20000")).send().await.unwrap();
     assert_eq!(r.status(), 504);
-    assert!(t.elapsed() < Duration::from_millis(2500));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
     // Sent raw: an HTTP library would resolve the dot segment before sending it.
     let out = raw(
@@ -413,7 +416,8 @@ async fn graceful_shutdown_drains_in_flight_requests() {
             .toml(),
     )
     .await;
-    let url = gw.url("/slow/2000");
+    // Long enough that the checks below run while the drain waits for it.
+    let url = gw.url("/slow/5000");
     let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
     // An idle keep-alive connection, open before the signal.
     let mut idle = TcpStream::connect(gw.addr).await.unwrap();
@@ -423,12 +427,26 @@ async fn graceful_shutdown_drains_in_flight_requests() {
     let mut buf = vec![0u8; 4096];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow request is with the upstream before the signal.
+    eventually(
+        "the in-flight request reaches the upstream",
+        Duration::from_secs(30),
+        || async { up.seen().iter().any(|s| s.uri == "/slow/5000") },
+    )
+    .await;
     gw.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Within 100 ms new connections are refused, not left hanging in a backlog.
-    let refused = TcpStream::connect(gw.addr).await;
-    assert!(refused.is_err(), "new connection accepted while draining");
+    // New connections are refused (the listener is closed), not left hanging in a
+    // backlog: a listener kept open would accept them for the whole drain.
+    eventually(
+        "new connections are refused while draining",
+        Duration::from_secs(5),
+        || async { TcpStream::connect(gw.addr).await.is_err() },
+    )
+    .await;
+    assert!(
+        !inflight.is_finished(),
+        "refused only once the drain was over"
+    );
     // The admin listener stays up during the drain: not ready, metrics still there.
     let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -754,7 +772,20 @@ async fn a_broken_client_body_is_the_clients_fault() {
             assert!((400..500).contains(&code), "{out}");
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A failure is counted (as the client's or the upstream's) where it is classified:
+    // wait for the client's count, then check that nothing was blamed on the upstream.
+    eventually(
+        "a broken body counted as the client's fault",
+        Duration::from_secs(30),
+        || async {
+            metric_value(
+                &gw.metrics().await,
+                "warden_gateway_responses_total",
+                &["fault=\"client\"", "reason=\"bad_request_body\""],
+            ) >= 1.0
+        },
+    )
+    .await;
     let m = gw.metrics().await;
     assert_eq!(
         metric_value(&m, "warden_upstream_connect_errors_total", &[]),
@@ -764,14 +795,6 @@ async fn a_broken_client_body_is_the_clients_fault() {
     assert_eq!(
         metric_value(&m, "warden_requests_total", &["status=\"502\""]),
         0.0,
-        "{m}"
-    );
-    assert!(
-        metric_value(
-            &m,
-            "warden_gateway_responses_total",
-            &["fault=\"client\"", "reason=\"bad_request_body\""]
-        ) >= 1.0,
         "{m}"
     );
     assert!(
@@ -879,6 +902,7 @@ async fn an_invalid_http2_preface_gets_goaway_over_h2c_and_tls() {
         b"TP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     ] {
         s.write_all(piece).await.unwrap();
+        // Pace the pieces so the gateway sees the request line arrive in parts.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let out = String::from_utf8(read_all(s).await).unwrap();

@@ -171,14 +171,38 @@ async fn vault_approle_login_renewal_and_relogin() {
     let store = SecretStore::start(&p, Path::new("/"), vec![key.clone()], true)
         .await
         .unwrap();
+    // The first token was issued before this instant.
+    let first_login = Instant::now();
     assert_eq!(value_of(&store, &key).unwrap(), "a1");
     let logins0 = bao.audit_requests_to("auth/approle/login");
     assert_eq!(logins0, 1);
 
-    // Run well past the max TTL: reads keep succeeding on renewed / new tokens.
+    // The token is renewed, then replaced by a new login near its max TTL …
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            bao.audit_requests_to("auth/token/renew-self") >= 1
+                && bao.audit_requests_to("auth/approle/login") >= 2
+        })
+        .await,
+        "token renewed (renewals {}) and re-login near max TTL (logins {})",
+        bao.audit_requests_to("auth/token/renew-self"),
+        bao.audit_requests_to("auth/approle/login")
+    );
+    // … and reads keep succeeding past the first token's max TTL (5 s). Deliberate wait:
+    // once it has passed, a value written can only be read with a token from a later
+    // login.
+    tokio::time::sleep(
+        (first_login + Duration::from_secs(6)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     bao.kv_put("ml/inference", &[("api_key", "a2")]);
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    assert_eq!(value_of(&store, &key).unwrap(), "a2");
+    assert!(
+        eventually(Duration::from_secs(10), || value_of(&store, &key)
+            .is_ok_and(|v| v == "a2"))
+        .await,
+        "{:?}",
+        store.status()
+    );
     assert!(
         store.status()[0].last_error.is_none(),
         "{:?}",
@@ -189,10 +213,6 @@ async fn vault_approle_login_renewal_and_relogin() {
         "{:?}",
         store.status()
     );
-    let renewals = bao.audit_requests_to("auth/token/renew-self");
-    let logins = bao.audit_requests_to("auth/approle/login");
-    assert!(renewals >= 1, "token renewed (renewals {renewals})");
-    assert!(logins >= 2, "re-login near max TTL (logins {logins})");
 
     // The secret_id is never in a status or error.
     assert!(!format!("{:?}", store.status()).contains(&secret_id));

@@ -815,9 +815,16 @@ async fn plugin_logs_are_rate_limited() {
         "[[policies]]\nplugin = \"flood\"\nconfig = { mode = \"log-flood\" }",
     )
     .await;
+    // 200, not 503: the flood finished inside its 10 ms running-time deadline. The wall
+    // clock is not held to that (the deadline counts running time); its bound only
+    // catches a hang.
     let start = Instant::now();
     assert_eq!(status(&req("GET", "/").eval(&c, "r").await), 200);
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
     // The limiter admitted a burst and dropped the rest.
     let logs = &c.plugin_logs()[0];
     let admitted = (0..100).filter(|_| logs.admit().is_some()).count();

@@ -1,5 +1,6 @@
 //! Body types and the access-log body wrapper.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +21,12 @@ pub(crate) struct Exchange {
     pub request_id: HeaderValue,
     pub route_idx: Option<usize>,
     pub route: Option<Arc<str>>,
+    /// The upstream, once it was contacted.
     pub upstream: Option<Arc<str>>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<http::uri::Authority>,
+    /// Attempts sent upstream (1 unless retried).
+    pub attempts: u32,
     pub method: Method,
     pub path: String,
     pub started: Instant,
@@ -44,6 +50,10 @@ pin_project_lite::pin_project! {
         bytes: u64,
         log: Option<Exchange>,
         complete: bool,
+        limits: StreamLimits,
+        // Armed on the first poll that has to wait; reset by every frame.
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
     impl PinnedDrop for Observed {
@@ -56,12 +66,28 @@ pin_project_lite::pin_project! {
     }
 }
 
-pub(crate) fn observed(inner: ProxyBody, log: Exchange) -> ProxyBody {
+/// A route's limits on a response body that streams: no bytes for `idle`, or the whole
+/// exchange past `end`, cuts it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StreamLimits {
+    pub idle: Option<Duration>,
+    pub end: Option<tokio::time::Instant>,
+}
+
+/// Why a stream was cut (the error hyper gets; the client sees the stream end early).
+#[derive(Debug, thiserror::Error)]
+#[error("response stream cut: {0}")]
+struct StreamCut(&'static str);
+
+pub(crate) fn observed(inner: ProxyBody, log: Exchange, limits: StreamLimits) -> ProxyBody {
     Observed {
         inner,
         bytes: 0,
         log: Some(log),
         complete: false,
+        limits,
+        idle: None,
+        deadline: limits.end.map(|at| Box::pin(tokio::time::sleep_until(at))),
     }
     .boxed()
 }
@@ -76,6 +102,25 @@ impl Body for Observed {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_frame(cx);
+        if r.is_pending() {
+            // Waiting on the upstream: the limits decide how long.
+            if let Some(idle) = this.limits.idle {
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(cut(this.log, "idle_timeout"))));
+                }
+            }
+            if let Some(d) = this.deadline.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Some(Err(cut(this.log, "max_duration"))));
+            }
+            return r;
+        }
+        // Bytes arrived: the idle clock starts again at the next wait.
+        *this.idle = None;
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
@@ -102,6 +147,14 @@ impl Body for Observed {
     }
 }
 
+/// Mark the exchange with why its stream was cut, for the access log.
+fn cut(log: &mut Option<Exchange>, why: &'static str) -> BoxError {
+    if let Some(l) = log.as_mut() {
+        l.flag = Some(why);
+    }
+    Box::new(StreamCut(why))
+}
+
 fn write_access_log(log: Exchange, bytes: u64, complete: bool) {
     info!(
         target: "warden::access",
@@ -112,6 +165,8 @@ fn write_access_log(log: Exchange, bytes: u64, complete: bool) {
         status = log.status,
         duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
         upstream = log.upstream.as_deref().unwrap_or("-"),
+        endpoint = log.endpoint.as_ref().map(|a| a.as_str()).unwrap_or("-"),
+        attempts = log.attempts,
         upstream_ms = log.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
         verdict = log.verdict,
         flag = log.flag.unwrap_or("-"),

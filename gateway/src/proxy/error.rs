@@ -163,20 +163,8 @@ impl ProxyError {
     /// Classify a client error: timeouts, connection failures (including TLS
     /// verification) and body-limit breaches each get their own status.
     pub fn from_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = src {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return ProxyError::BodyTooLarge;
-            }
-            if let Some(c) = s.downcast_ref::<ClientBodyError>() {
-                return ProxyError::ClientBody(c.0.to_string());
-            }
-            if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::TimedOut
-            {
-                return ProxyError::UpstreamTimeout;
-            }
-            src = s.source();
+        if let Some(known) = Self::from_chain(&e) {
+            return known;
         }
         let detail = error_chain(&e);
         if e.is_connect() {
@@ -184,6 +172,35 @@ impl ProxyError {
         } else {
             ProxyError::Upstream(detail)
         }
+    }
+}
+
+impl ProxyError {
+    /// A request body that could not be read while buffering it: the client's fault.
+    pub fn from_body_error(e: crate::http::BoxError) -> ProxyError {
+        Self::from_chain(e.as_ref())
+            .unwrap_or_else(|| ProxyError::ClientBody(error_chain(e.as_ref())))
+    }
+
+    /// The causes that are not the upstream's, wherever they sit in an error chain: the
+    /// body over its limit, the client's body breaking, a timeout.
+    fn from_chain(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return Some(ProxyError::BodyTooLarge);
+            }
+            if let Some(c) = s.downcast_ref::<ClientBodyError>() {
+                return Some(ProxyError::ClientBody(c.0.to_string()));
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return Some(ProxyError::UpstreamTimeout);
+            }
+            src = s.source();
+        }
+        None
     }
 }
 

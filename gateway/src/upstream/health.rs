@@ -1,0 +1,66 @@
+//! Active health checks: each endpoint is probed with `GET path` every `interval`;
+//! `unhealthy_after` failures in a row take it out of rotation and `healthy_after`
+//! passes bring it back. The task holds the upstream weakly, so it ends with the last
+//! snapshot that uses the upstream.
+
+use std::sync::{Arc, Weak};
+
+use http::Request;
+
+use super::Upstream;
+use crate::config::HealthConfig;
+use crate::http::empty;
+
+pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
+    let weak: Weak<Upstream> = Arc::downgrade(upstream);
+    let n = upstream.endpoints.len();
+    tokio::spawn(async move {
+        let mut fails = vec![0u32; n];
+        let mut passes = vec![0u32; n];
+        let mut tick = tokio::time::interval(cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(up) = weak.upgrade() else { return };
+            let cfg = &cfg;
+            let probes = up.endpoints.iter().map(|ep| {
+                let up = &up;
+                async move {
+                    let uri = http::Uri::builder()
+                        .scheme(up.scheme.clone())
+                        .authority(ep.authority.clone())
+                        .path_and_query(cfg.path.as_str())
+                        .build();
+                    let Ok(uri) = uri else { return false };
+                    let mut req = Request::get(uri).body(empty()).expect("valid parts");
+                    if let Some(h) = &ep.host {
+                        req.headers_mut().insert(http::header::HOST, h.clone());
+                    }
+                    match tokio::time::timeout(cfg.timeout, up.client.request(req)).await {
+                        Ok(Ok(resp)) => resp.status().is_success(),
+                        _ => false,
+                    }
+                }
+            });
+            let results = futures_util::future::join_all(probes).await;
+            for (i, ok) in results.into_iter().enumerate() {
+                let ep = &up.endpoints[i];
+                if ok {
+                    fails[i] = 0;
+                    passes[i] += 1;
+                    if passes[i] >= cfg.healthy_after {
+                        ep.set_healthy(true);
+                    }
+                } else {
+                    passes[i] = 0;
+                    fails[i] += 1;
+                    if fails[i] >= cfg.unhealthy_after {
+                        ep.set_healthy(false);
+                    }
+                }
+            }
+            // Not held across the wait: the snapshot may drop the upstream meanwhile.
+            drop(up);
+        }
+    });
+}

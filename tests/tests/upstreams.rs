@@ -1,0 +1,432 @@
+//! Upstreams that fail gracefully: several endpoints, a killed and restarted endpoint
+//! under load, active health checks, and retries within their budget.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use warden_tests::config::{ConfigBuilder, Route, Upstream};
+use warden_tests::upstream::Echo;
+use warden_tests::{Gateway, client, echo_server_bin, metric_value};
+
+/// The echo upstream in its own process, killable with SIGKILL.
+struct EchoProcess {
+    child: Child,
+    addr: String,
+}
+
+impl EchoProcess {
+    fn start(addr: &str, name: &str) -> EchoProcess {
+        let mut child = Command::new(echo_server_bin())
+            .args([addr, name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn echo-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("echo-server announces its address")
+            .to_string();
+        EchoProcess { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET `url` in a loop from `clients` tasks until `stop`; returns (ok, failed, served by
+/// each server name in order of the responses).
+fn load(
+    url: String,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    by_name: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (url, stop, ok, failures, by_name) = (
+                url.clone(),
+                stop.clone(),
+                ok.clone(),
+                failures.clone(),
+                by_name.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let v: Value = r.json().await.unwrap_or_default();
+                            let name = v["server"].as_str().unwrap_or("?").to_string();
+                            by_name.lock().unwrap().push((Instant::now(), name));
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status())),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let f = failures.lock().unwrap().clone();
+        (ok.load(Ordering::Relaxed), f)
+    })
+}
+
+fn served_by_since(
+    log: &std::sync::Mutex<Vec<(Instant, String)>>,
+    since: Instant,
+    name: &str,
+) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, n)| *t >= since && n == name)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_costs_no_failed_request_and_gets_traffic_back_after_restart() {
+    let mut a = EchoProcess::start("127.0.0.1:0", "A");
+    let b = EchoProcess::start("127.0.0.1:0", "B");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .upstream(
+            "api",
+            Upstream::endpoints(&[&format!("http://{}", a.addr), &format!("http://{}", b.addr)])
+                .set("outlier", outlier("500ms", "2s")),
+        )
+        .route(Route::prefix("api", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = load(gw.url("/work"), 4, stop.clone(), log.clone());
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t_kill = Instant::now();
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Traffic has shifted to the survivor.
+    let late = t_kill + Duration::from_millis(1000);
+    assert_eq!(
+        served_by_since(&log, late, "A"),
+        0,
+        "A served after it was killed"
+    );
+    assert!(served_by_since(&log, late, "B") > 50);
+
+    // Restarted on the same address: it gets traffic again once its ejection ends.
+    let a2 = EchoProcess::start(&a.addr, "A");
+    let t_back = Instant::now();
+    let deadline = t_back + Duration::from_secs(10);
+    while served_by_since(&log, t_back, "A") < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = run.await.unwrap();
+    assert!(
+        served_by_since(&log, t_back, "A") >= 20,
+        "the restarted endpoint never got traffic back"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok >= 2000, "only {ok} requests");
+    let m = gw.metrics().await;
+    let ep_a = format!("endpoint=\"{}\"", a2.addr);
+    assert!(
+        metric_value(&m, "warden_upstream_ejections_total", &[&ep_a]) >= 1.0,
+        "{m}"
+    );
+    assert!(metric_value(&m, "warden_upstream_retries_total", &["upstream=\"api\""]) >= 1.0);
+    eprintln!(
+        "BENCH failover: {ok} requests, {} failed, across a SIGKILL and restart of one of two endpoints",
+        failures.len()
+    );
+    // `/upstreams` shows both endpoints.
+    let ups: Value = client()
+        .get(gw.admin_url("/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let eps = ups["upstreams"][0]["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 2, "{ups}");
+}
+
+fn outlier(base: &str, max: &str) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("consecutive_failures".into(), 2.into());
+    t.insert("base_ejection".into(), base.into());
+    t.insert("max_ejection".into(), max.into());
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_its_health_check_stops_getting_traffic() {
+    let a = Echo::start_named("A").await;
+    let b = Echo::start_named("B").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut health = toml::Table::new();
+    health.insert("path".into(), "/healthz".into());
+    health.insert("interval".into(), "200ms".into());
+    health.insert("timeout".into(), "150ms".into());
+    health.insert("unhealthy_after".into(), 2.into());
+    health.insert("healthy_after".into(), 2.into());
+    let cfg = ConfigBuilder::new()
+        .upstream(
+            "api",
+            Upstream::endpoints(&[&a.url(), &b.url()]).set("health", health),
+        )
+        .route(Route::prefix("api", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert!(
+        a.requests() >= 5 && b.requests() >= 5,
+        "both share: {} / {}",
+        a.requests(),
+        b.requests()
+    );
+
+    a.set_health(503);
+    // unhealthy_after × interval = 400 ms; allow a probe cycle more.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = a.requests();
+    for _ in 0..40 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(a.requests(), before, "an unhealthy endpoint got traffic");
+    let m = gw.metrics().await;
+    let ep_a = format!("endpoint=\"{}\"", a.addr);
+    assert_eq!(
+        metric_value(&m, "warden_upstream_endpoint_healthy", &[&ep_a]),
+        0.0,
+        "{m}"
+    );
+
+    // Healthy again after healthy_after passes; and with both unhealthy, both are used
+    // rather than none.
+    a.set_health(200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = a.requests();
+    for _ in 0..20 {
+        c.get(gw.url("/x")).send().await.unwrap();
+    }
+    assert!(
+        a.requests() > before,
+        "the recovered endpoint got no traffic"
+    );
+    a.set_health(503);
+    b.set_health(503);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..10 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_503_stay_within_the_budget_and_never_replay_writes() {
+    let sick = Echo::start_named("sick").await;
+    sick.force_status(503);
+    let dir = tempfile::tempdir().unwrap();
+    let mut retry = toml::Table::new();
+    retry.insert("attempts".into(), 2.into());
+    retry.insert(
+        "on".into(),
+        toml::Value::Array(vec!["connect-failure".into(), "503".into()]),
+    );
+    retry.insert("budget".into(), "20%".into());
+    retry.insert("backoff".into(), "1ms".into());
+    let mut no_eject = toml::Table::new();
+    no_eject.insert("consecutive_failures".into(), 0.into());
+    let cfg = ConfigBuilder::new()
+        .upstream(
+            "api",
+            Upstream::url(&sick.url())
+                .set("retry", retry)
+                .set("outlier", no_eject),
+        )
+        .route(Route::prefix("api", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    let n = 200;
+    for _ in 0..n {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 503);
+    }
+    let attempts = sick.requests();
+    // Without a budget: 3 attempts each (600). With 20 %: 200 + 40 + the burst of 10.
+    assert!(attempts > n, "no retry at all: {attempts}");
+    assert!(
+        attempts <= n + n / 5 + 10,
+        "{attempts} attempts for {n} requests"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(&m, "warden_upstream_retries_total", &["upstream=\"api\""]) as usize,
+        attempts - n
+    );
+
+    // A POST is not idempotent: a 503 is passed on, never replayed.
+    let before = sick.requests();
+    let r = c.post(gw.url("/x")).body("once").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(sick.requests(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_goes_to_the_other_endpoint_with_its_body() {
+    let live = Echo::start_named("live").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .upstream(
+            "api",
+            Upstream::endpoints(&[&format!("http://{dead}"), &live.url()]),
+        )
+        .route(Route::prefix("api", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    // Round robin sends every other first attempt to the dead endpoint: each is retried
+    // on the live one, POST bodies included (nothing reached the dead one).
+    for i in 0..10 {
+        let r = c
+            .post(gw.url("/w"))
+            .body(format!("body-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["server"], "live");
+        assert_eq!(v["body"], format!("body-{i}"), "{v}");
+    }
+    assert_eq!(live.requests(), 10);
+}
+
+/// A route for every path of one host.
+fn host_route(name: &str, host: &str) -> Route {
+    let mut m = toml::Table::new();
+    m.insert("host".into(), host.into());
+    m.insert("path_prefix".into(), "/".into());
+    Route::prefix(name, "/", "api").set("match", m)
+}
+
+/// Read a streamed response until it ends or breaks: (body so far, whether it broke).
+async fn read_stream(mut r: reqwest::Response) -> (String, bool) {
+    let mut body = String::new();
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) => body.push_str(&String::from_utf8_lossy(&c)),
+            Ok(None) => return (body, false),
+            Err(_) => return (body, true),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_is_cut_at_idle_timeout_and_a_long_one_at_max_duration() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .upstream("api", Upstream::url(&up.url()))
+        .route(host_route("idle", "idle.test").set("idle_timeout", "500ms"))
+        .route(host_route("capped", "capped.test").set("max_duration", "1s"))
+        .route(Route::prefix("free", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+
+    // Events 3 s apart: the first arrives, then the stream stalls past idle_timeout.
+    let t = Instant::now();
+    let r = c
+        .get(gw.url("/sse?n=3&gap_ms=3000"))
+        .header("host", "idle.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (body, broke) = read_stream(r).await;
+    let took = t.elapsed();
+    assert!(
+        body.contains("token-0") && !body.contains("token-1"),
+        "{body}"
+    );
+    assert!(broke, "the stream ended cleanly instead of being cut");
+    assert!(
+        took < Duration::from_millis(2900),
+        "cut after {took:?}, not at idle_timeout"
+    );
+
+    // A steady stream (an event every 100 ms) never idles, but max_duration ends it.
+    let t = Instant::now();
+    let r = c
+        .get(gw.url("/sse?n=100&gap_ms=100"))
+        .header("host", "capped.test")
+        .send()
+        .await
+        .unwrap();
+    let (body, broke) = read_stream(r).await;
+    let took = t.elapsed();
+    assert!(
+        broke && body.contains("token-3") && !body.contains("token-40"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Without limits the same steady stream runs to its end.
+    let r = c.get(gw.url("/sse?n=5&gap_ms=100")).send().await.unwrap();
+    let (body, broke) = read_stream(r).await;
+    assert!(!broke && body.contains("token-4"), "{body}");
+
+    // The access log says why.
+    assert!(
+        gw.wait_for_log("flag=\"idle_timeout\"", Duration::from_secs(5))
+            .await
+            || gw.logs().contains("flag=idle_timeout"),
+        "{}",
+        gw.logs()
+    );
+    assert!(gw.logs().contains("max_duration"), "{}", gw.logs());
+}

@@ -361,6 +361,16 @@ async fn vault_past_max_stale_answers_503_without_the_value() {
         before,
         "a stale secret must not be sent upstream"
     );
+    // One provider past max_stale fails the routes that need it, not the replica:
+    // readiness (serving mode, the default) stays 200 and reports the provider stale.
+    let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    let vault = ready["providers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["provider"] == "vault"))
+        .unwrap_or_else(|| panic!("no vault provider in {ready}"));
+    assert_eq!(vault["state"], "stale", "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,12 +294,16 @@ def warden_conf(
     secret: bool = False,
     workers: int | None = 1,
     cache_dir: Path | None = None,
+    otlp: tuple[int, float] | None = None,
 ) -> str:
     out = ["[gateway]", f'listen = "127.0.0.1:{port}"']
     if workers:
         out.append(f"worker_threads = {workers}")
     out += ["", "[admin]", f'listen = "127.0.0.1:{admin}"', ""]
     out += ["[policy]", f'cache_dir = "{cache_dir or (tmp / "plugin-cache")}"', ""]
+    if otlp:
+        sink, ratio = otlp
+        out += ["[telemetry]", f'otlp = {{ endpoint = "http://127.0.0.1:{sink}", sample_ratio = {ratio} }}', ""]
     if secret:
         out += ["[secrets.file]", 'type = "dir"', f'path = "{tmp / "secrets"}"', ""]
     out += ["[upstreams.up]", f'url = "http://127.0.0.1:{up}"', ""]
@@ -346,6 +350,34 @@ class Target:
     def cont(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
+
+
+class SpanSink:
+    """An OTLP/HTTP endpoint that accepts every export and counts the bytes (the cost
+    measured is Warden's: making, batching, encoding and sending spans)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        sink = self
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                n = int(self.headers.get("content-length", "0"))
+                sink.bytes += len(self.rfile.read(n))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def start_warden(
@@ -531,12 +563,17 @@ def main() -> int:
         wait_http(hp, "/", p)
         targets.append(Target("haproxy", "HAProxy 2.6 (nbthread 1, http-reuse always)", hp, p))
 
+        sink = SpanSink()
         variants = [
             ("w-none", "Warden, no policy", dict(policy=False)),
             ("w-none-info", "Warden, no policy, RUST_LOG=info (access log on)", dict(policy=False, rust_log="info")),
             ("w-pool", "Warden, network-isolation ×20 rules, pooled", dict(policy=True)),
             ("w-perreq", "Warden, network-isolation ×20 rules, per-request", dict(policy=True, isolation="per-request")),
             ("w-secret", "Warden, pooled chain + secret injection (dir)", dict(policy=True, secret=True)),
+            ("w-trace0", "Warden, pooled chain, tracing on, unsampled (sample_ratio 0)",
+             dict(policy=True, otlp=(sink.port, 0.0))),
+            ("w-trace1", "Warden, pooled chain, tracing on, every request sampled and exported",
+             dict(policy=True, otlp=(sink.port, 1.0))),
         ]
         if args.baseline:
             # A/B against another build (e.g. the previous commit), interleaved with the
@@ -680,6 +717,8 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
     print(f"- per-request vs pooled: {over('w-perreq', 'w-pool')}")
     print(f"- secret injection + chain vs chain: {over('w-secret', 'w-pool')}")
     print(f"- access log at info vs warn: {over('w-none-info', 'w-none')}")
+    print(f"- tracing on, unsampled vs off (pooled chain): {over('w-trace0', 'w-pool')}")
+    print(f"- tracing on, sampled and exported vs off (pooled chain): {over('w-trace1', 'w-pool')}")
     print(f"- Warden (no policy) vs nginx: {over('w-none', 'nginx')}")
     print(f"- Warden (no policy) vs HAProxy: {over('w-none', 'haproxy')}")
     if "b-none" in med:

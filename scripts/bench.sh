@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side proxy benchmark, one invocation: upstream direct, nginx, HAProxy and Warden
-# (no policy / access log on / policy chain pooled / per-request / + secret injection).
+# (no policy / access log on / policy chain pooled / per-request / + secret injection /
+# tracing unsampled and sampled into a span sink).
 # Prints a markdown table of ratios (absolute numbers on a shared VM are noise), per-request
 # overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; < 5 minutes.
 #
@@ -36,7 +37,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Bounded: the harness itself takes ~3 minutes with the defaults.
-timeout --signal=TERM --kill-after=10s 280s python3 bench/bench.py "$@" &
+# Bounded: the harness itself takes ~4 minutes with the defaults.
+timeout --signal=TERM --kill-after=10s 420s python3 bench/bench.py "$@" &
 pid=$!
 wait "$pid"

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::gateway::Gateway;
 use crate::http::{ProxyBody, full};
@@ -58,19 +58,33 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody
     r
 }
 
-/// Route one admin request.
+/// Route one admin request, and log it: method, path (never the query), status, and
+/// whether authentication was needed and passed. Never the token.
 pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyBody> {
+    let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz");
     // With a token configured, everything but the probes needs it: the config, the secret
     // status and the metrics describe the deployment to whoever can reach the port.
     // Without one, reads stay open and anything that changes state is off.
-    if !matches!(path.as_str(), "/healthz" | "/readyz")
-        && (gw.current().admin_token.is_some() || req.method() == Method::POST)
-        && let Some(denied) = authorize(&req, &gw)
-    {
-        return denied;
+    let needs_auth = !probe && (gw.current().admin_token.is_some() || method == Method::POST);
+    let (resp, auth) = match needs_auth.then(|| authorize(&req, &gw)) {
+        Some(Some(denied)) => (denied, "failed"),
+        Some(None) => (dispatch(req, gw, &path).await, "ok"),
+        None => (dispatch(req, gw, &path).await, "not_required"),
+    };
+    let status = resp.status().as_u16();
+    // Probes come every few seconds; they are worth a line only when asked for.
+    if probe {
+        debug!(target: "warden::admin", method = %method, path, status, auth, "admin request");
+    } else {
+        info!(target: "warden::admin", method = %method, path, status, auth, "admin request");
     }
-    match (req.method().clone(), path.as_str()) {
+    resp
+}
+
+async fn dispatch(req: Request<Incoming>, gw: Arc<Gateway>, path: &str) -> Response<ProxyBody> {
+    match (req.method().clone(), path) {
         (Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "alive"})),
         (Method::GET, "/readyz") if gw.shutdown.is_cancelled() => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -104,12 +118,13 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>) -> Response<ProxyB
                 .iter()
                 .map(|u| {
                     let eps: Vec<serde_json::Value> = u
-                        .endpoints
+                        .endpoints()
                         .iter()
                         .map(|e| {
                             let ejected = e.ejected_for();
                             json!({
-                                "endpoint": e.authority.as_str(),
+                                "endpoint": &*e.label,
+                                "host": e.authority.as_str(),
                                 "healthy": e.is_healthy(),
                                 "ejected": ejected.is_some(),
                                 "ejected_for_ms": ejected.map(|d| d.as_millis() as u64),

@@ -10,6 +10,8 @@
 //! team can own `policies/` without touching listeners, upstreams or secret providers.
 
 pub mod field;
+pub mod headers;
+pub mod observe;
 mod source;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,6 +28,10 @@ use crate::http::normalize::{self, EscapedSlashes, PathParams, PathRules};
 use crate::policy::{PluginConfig, PolicyConfig, PolicySettings};
 use crate::secrets::{ProviderConfig, SecretRef, Template};
 pub use field::{ConfigError, ConfigErrors, FieldError, de, parse_duration, parse_size};
+pub use headers::{HeaderRules, HeaderRulesConfig};
+pub use observe::{
+    AccessField, AccessFormat, AccessLogConfig, LogConfig, OtlpConfig, TelemetryConfig,
+};
 pub use source::SourceMap;
 
 // ---------------------------------------------------------------------------------------
@@ -175,6 +181,9 @@ impl Default for Http2Limits {
 
 mod defaults {
     use std::time::Duration;
+    pub fn dns_refresh() -> Duration {
+        Duration::from_secs(5)
+    }
     pub fn yes() -> bool {
         true
     }
@@ -380,6 +389,16 @@ pub struct UpstreamConfig {
     /// Accept literal (non-`${…}`) values for credential headers in `inject`.
     #[serde(default)]
     pub allow_literal: bool,
+    /// Headers set, added or removed on requests to this upstream (routes add theirs).
+    #[serde(default)]
+    pub request_headers: HeaderRulesConfig,
+    /// Headers set, added or removed on responses from this upstream.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConfig,
+    /// How often host names in `url`/`endpoints` are resolved again; every address is
+    /// an endpoint.
+    #[serde(default = "defaults::dns_refresh", deserialize_with = "de::duration")]
+    pub dns_refresh: Duration,
 }
 
 impl UpstreamConfig {
@@ -626,6 +645,12 @@ pub struct RouteConfig {
     /// Cap on the whole exchange, streamed body included.
     #[serde(default, deserialize_with = "de::opt_duration")]
     pub max_duration: Option<Duration>,
+    /// Headers set, added or removed on requests (after the upstream's rules).
+    #[serde(default)]
+    pub request_headers: HeaderRulesConfig,
+    /// Headers set, added or removed on every response of this route.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConfig,
 }
 
 /// How a validated route matches requests.
@@ -672,6 +697,10 @@ pub struct Route {
     pub idle_timeout: Option<Duration>,
     /// Cap on the whole exchange, streamed body included.
     pub max_duration: Option<Duration>,
+    /// The route's own request header rules (applied after the upstream's).
+    pub request_headers: HeaderRules,
+    /// The route's own response header rules (applied after the upstream's).
+    pub response_headers: HeaderRules,
 }
 
 impl Route {
@@ -702,6 +731,8 @@ impl Route {
             retry: r.retry,
             idle_timeout: r.idle_timeout,
             max_duration: r.max_duration,
+            request_headers: HeaderRules::parse(&r.request_headers).unwrap_or_default(),
+            response_headers: HeaderRules::parse(&r.response_headers).unwrap_or_default(),
         }
     }
 }
@@ -740,6 +771,10 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `[upstreams.*]`, file paths resolved.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
+    /// `[log]`.
+    pub log: LogConfig,
     /// `[[routes]]` from the main file then each include, in order, validated.
     pub routes: Vec<Route>,
     /// Where each plugin was defined.
@@ -836,6 +871,8 @@ const MAIN_KEYS: &[&str] = &[
     "plugins",
     "upstreams",
     "routes",
+    "telemetry",
+    "log",
 ];
 /// Top-level keys allowed in an included policy file.
 const INCLUDE_KEYS: &[&str] = &["plugins", "routes"];
@@ -975,6 +1012,16 @@ impl Loader {
         let admin = match table.remove("admin") {
             Some(v) => self.item::<AdminConfig>(main, "admin", v),
             None => Some(AdminConfig::default()),
+        };
+        let telemetry = match table.remove("telemetry") {
+            Some(v) => self
+                .item::<TelemetryConfig>(main, "telemetry", v)
+                .unwrap_or_default(),
+            None => TelemetryConfig::default(),
+        };
+        let log = match table.remove("log") {
+            Some(v) => self.item::<LogConfig>(main, "log", v).unwrap_or_default(),
+            None => LogConfig::default(),
         };
         let policy = match table.remove("policy") {
             Some(v) => self.item::<PolicySettings>(main, "policy", v),
@@ -1117,6 +1164,8 @@ impl Loader {
             policy,
             plugins,
             upstreams,
+            telemetry,
+            log,
             routes: Vec::new(),
             plugin_sources,
             sources: self.sources.clone(),
@@ -1196,6 +1245,14 @@ impl Loader {
         }
         for fe in cfg.policy.check() {
             errs.push(main.error(&join_key("policy", &fe.key), fe.reason));
+        }
+        if let Some(o) = &cfg.telemetry.otlp {
+            for fe in o.check() {
+                errs.push(main.error(&join_key("telemetry.otlp", &fe.key), fe.reason));
+            }
+        }
+        for fe in cfg.log.access.check() {
+            errs.push(main.error(&join_key("log.access", &fe.key), fe.reason));
         }
         if cfg.admin.listen == cfg.gateway.listen && cfg.gateway.listen.port() != 0 {
             errs.push(main.error("admin.listen", "must differ from gateway.listen".into()));
@@ -1302,6 +1359,22 @@ impl Loader {
                         format!("{sn:?} is not a valid DNS name or IP"),
                     ));
                 }
+            }
+            for (field, rules) in [
+                ("request_headers", &u.request_headers),
+                ("response_headers", &u.response_headers),
+            ] {
+                if let Err(list) = HeaderRules::parse(rules) {
+                    for fe in list {
+                        errs.push(main.error(&format!("{key}.{field}.{}", fe.key), fe.reason));
+                    }
+                }
+            }
+            if u.dns_refresh < Duration::from_millis(100) {
+                errs.push(main.error(
+                    &format!("{key}.dns_refresh"),
+                    "must be at least 100ms".into(),
+                ));
             }
             for (h, v) in &u.inject {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -1415,6 +1488,47 @@ impl Loader {
             if let Some(retry) = &r.retry {
                 for fe in retry.check() {
                     errs.push(map.error(&k(&join_key("retry", &fe.key)), fe.reason));
+                }
+            }
+            // Injected credentials are the one thing header rules may not touch: a rule
+            // could otherwise remove, replace or duplicate them.
+            let injected: Vec<String> = r
+                .inject
+                .keys()
+                .map(|h| h.to_ascii_lowercase())
+                .chain(
+                    cfg.upstreams
+                        .get(&r.upstream)
+                        .into_iter()
+                        .flat_map(|u| u.inject.keys().map(|h| h.to_ascii_lowercase())),
+                )
+                .collect();
+            for (field, rules) in [
+                ("request_headers", &r.request_headers),
+                ("response_headers", &r.response_headers),
+            ] {
+                match HeaderRules::parse(rules) {
+                    Err(list) => {
+                        for fe in list {
+                            errs.push(map.error(&k(&format!("{field}.{}", fe.key)), fe.reason));
+                        }
+                    }
+                    Ok(typed) if field == "request_headers" => {
+                        let up = cfg
+                            .upstreams
+                            .get(&r.upstream)
+                            .and_then(|u| HeaderRules::parse(&u.request_headers).ok())
+                            .unwrap_or_default();
+                        for n in typed.names().chain(up.names()) {
+                            if injected.iter().any(|i| i == n.as_str()) {
+                                errs.push(map.error(
+                                    &k(field),
+                                    format!("{n} is injected on this route; header rules cannot change it"),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
             for (i, p) in r.policies.iter().enumerate() {

@@ -26,6 +26,17 @@ pub struct ClientInfo {
     pub dns_sans: Vec<String>,
 }
 
+impl ClientInfo {
+    /// The verified client certificate's identity: its first URI SAN (a SPIFFE id),
+    /// else its first DNS SAN.
+    pub fn identity(&self) -> Option<&str> {
+        self.uri_sans
+            .first()
+            .or_else(|| self.dns_sans.first())
+            .map(String::as_str)
+    }
+}
+
 /// Boxed error type for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

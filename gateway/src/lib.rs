@@ -12,6 +12,7 @@
 //! | [`secrets`] | templates, providers, the store that outlives reloads |
 //! | [`policy`] | the Wasm host, warm instance pools, chains, `warden plugin` |
 //! | [`config`] | files, includes, validation with file and line |
+//! | [`trace`] | W3C trace context and OTLP span export |
 //! | [`routing`], [`tls`], [`upstream`] | built from validated config |
 //! | [`snapshot`] | everything one request needs, immutable |
 //! | [`gateway`] | the current snapshot and the reload triggers that replace it |
@@ -30,6 +31,7 @@ pub mod secrets;
 pub mod policy;
 
 pub mod config;
+pub mod trace;
 
 pub mod routing;
 pub mod tls;

@@ -27,7 +27,7 @@ mod host;
 #[cfg(test)]
 mod tests;
 
-pub use chain::{Chain, Changes, Decision, PolicyRequest};
+pub use chain::{Chain, Changes, Decision, PolicyRequest, Report, Step};
 pub use cli::{PluginCommand, run_cli};
 pub use config::{
     Isolation, Limits, MAX_PLUGIN_MEMORY, Mode, OnError, PluginConfig, PolicyConfig,

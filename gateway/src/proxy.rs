@@ -5,6 +5,7 @@
 //! request arrives and used until it ends, so a reload or rotation never changes a request
 //! half-way through.
 
+mod access;
 mod body;
 mod error;
 mod headers;
@@ -26,17 +27,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::headers::RequestVars;
 use crate::config::{DisallowedUpgrade, MethodOverride};
 use crate::gateway::Gateway;
 use crate::http::normalize::{normalize_host, normalize_path};
 use crate::http::{BoxError, ClientInfo, ProxyBody, empty, full};
-use crate::policy::{Decision, PolicyRequest};
+use crate::policy::{Decision, PolicyRequest, Report};
 use crate::routing::RouteMatch;
 use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::{
-    GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, UpstreamLabel, metrics,
+    GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, Source, UpstreamLabel, metrics,
 };
 pub use error::ProxyError;
+use opentelemetry::KeyValue;
 
 /// Serve the proxy listener until `shutdown` fires, then drain in-flight requests for up
 /// to the configured grace period.
@@ -218,8 +221,26 @@ pub async fn handle(
     client: Arc<ClientInfo>,
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
+    let trace = snap
+        .tracing
+        .as_ref()
+        .map(|t| t.begin(req.headers(), req.method()));
+    let trace_id = match &trace {
+        Some(t) => Some(t.trace_id()),
+        None => crate::trace::incoming_trace_id(req.headers()),
+    };
     let mut ex = body::Exchange {
         request_id: request_id.clone(),
+        client: client.clone(),
+        trace,
+        trace_id,
+        access: snap.access_log.clone(),
+        exchange_duration: None,
+        response_time: None,
+        policy: None,
+        reason: None,
+        forwarded_for: None,
+        body_in: None,
         route_idx: None,
         route: None,
         upstream: None,
@@ -244,6 +265,7 @@ pub async fn handle(
         }
         Err(e) => {
             ex.flag = Some(e.code());
+            ex.reason = Some(e.to_string());
             count_gateway_response(&ex, e.code(), e.fault());
             if e.is_upstream_failure()
                 && let Some(u) = &ex.upstream
@@ -268,6 +290,15 @@ pub async fn handle(
             e.into_response(&ex.request_id, ex.route.as_deref())
         }
     };
+    if let Some(route) = ex.route_idx.map(|i| &snap.routes[i])
+        && !route.response_headers.is_empty()
+    {
+        let vars = RequestVars {
+            client: &client,
+            request_id: &request_id,
+        };
+        route.response_headers.apply(resp.headers_mut(), &vars);
+    }
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     // A proxy speaks its own version to its client, whatever the upstream spoke (an
     // HTTP/1.0 upstream must not turn a keep-alive HTTP/1.1 client into HTTP/1.0).
@@ -276,10 +307,20 @@ pub async fn handle(
     }
     let status = resp.status();
     let class = MethodClass::of(&ex.method);
-    let elapsed = ex.started.elapsed().as_secs_f64();
+    let head_out = ex.started.elapsed();
+    ex.response_time = Some(head_out);
+    let elapsed = head_out.as_secs_f64();
+    let source = if ex.flag.is_some() {
+        Source::Gateway
+    } else {
+        Source::Upstream
+    };
     let route_metrics = ex.route_idx.map(|i| &snap.routes[i].metrics);
+    ex.exchange_duration = route_metrics.map(|m| m.exchange.clone());
     match route_metrics {
-        Some(m) if status == StatusCode::OK => m.ok[class.clone() as usize].inc(),
+        Some(m) if status == StatusCode::OK && source == Source::Upstream => {
+            m.ok[class.clone() as usize].inc()
+        }
         _ => metrics()
             .proxy
             .requests
@@ -287,6 +328,7 @@ pub async fn handle(
                 route: ex.route.as_deref().unwrap_or("none").to_string(),
                 method: class,
                 status: status.as_u16(),
+                source,
             })
             .inc(),
     };
@@ -324,10 +366,27 @@ async fn pipeline(
     let host = normalize_request(&mut req, gw)?;
     ex.path = req.uri().path().to_string();
 
-    let route_idx = match snap
+    let match_started = ex.trace.as_ref().map(|_| Instant::now());
+    let matched = snap
         .router
-        .route(host.as_deref(), req.uri().path(), req.method())
-    {
+        .route(host.as_deref(), req.uri().path(), req.method());
+    if let (Some(t), Some(t0)) = (&ex.trace, match_started) {
+        let name = match &matched {
+            RouteMatch::Found(i) => snap.routes[*i].name.to_string(),
+            _ => "none".to_string(),
+        };
+        t.annotate(vec![
+            KeyValue::new("url.path", ex.path.clone()),
+            KeyValue::new("http.route", name.clone()),
+        ]);
+        t.record(
+            "warden.route",
+            t0,
+            Instant::now(),
+            vec![KeyValue::new("warden.route", name)],
+        );
+    }
+    let route_idx = match matched {
         RouteMatch::Found(i) => i,
         RouteMatch::NotFound => return Err(ProxyError::NoRoute),
         RouteMatch::MethodNotAllowed(m) => return Err(ProxyError::MethodNotAllowed(m)),
@@ -371,7 +430,30 @@ async fn pipeline(
             headers: req.headers(),
             client,
         };
-        match route.chain.evaluate(&preq, &secrets).await {
+        let mut report = Report {
+            decided_by: None,
+            steps: ex.trace.as_ref().map(|_| Vec::new()),
+        };
+        let decision = route
+            .chain
+            .evaluate_with(&preq, &secrets, &mut report)
+            .await;
+        ex.policy = report.decided_by;
+        if let (Some(t), Some(steps)) = (&ex.trace, report.steps) {
+            for st in steps {
+                t.record(
+                    "warden.policy",
+                    st.started,
+                    st.started + st.took,
+                    vec![
+                        KeyValue::new("warden.plugin", st.plugin),
+                        KeyValue::new("warden.verdict", st.verdict),
+                        KeyValue::new("warden.mode", st.mode),
+                    ],
+                );
+            }
+        }
+        match decision {
             Decision::Allow(changes) => {
                 ex.verdict = "allow";
                 let h = req.headers_mut();
@@ -405,19 +487,30 @@ async fn pipeline(
     let (mut parts, body) = req.into_parts();
     let original_host = headers::authority_of(&parts);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
-    headers::set_forwarded(
+    let trusted_peer = headers::set_forwarded(
         &mut parts.headers,
         client,
         original_host.as_ref(),
         &snap.trusted_proxies,
     );
+    if trusted_peer {
+        ex.forwarded_for = parts.headers.get(headers::X_FORWARDED_FOR).cloned();
+    }
     parts
         .headers
         .insert(headers::X_REQUEST_ID, ex.request_id.clone());
+    if !route.request_headers.is_empty() {
+        let vars = RequestVars {
+            client,
+            request_id: &ex.request_id,
+        };
+        route.request_headers.apply(&mut parts.headers, &vars);
+    }
 
     // Injected headers replace whatever the client sent under the same name: a client can
     // neither spoof nor read them. Rendering is an in-memory lookup; the request path never
     // waits on a provider.
+    let inject_started = ex.trace.as_ref().map(|_| Instant::now());
     for (name, template) in route.inject.iter() {
         parts.headers.remove(name);
         match template.render_header(&secrets) {
@@ -426,6 +519,18 @@ async fn pipeline(
             }
             Err(e) => return Err(ProxyError::SecretUnavailable(e.to_string())),
         }
+    }
+    if let (Some(t), Some(t0)) = (&ex.trace, inject_started)
+        && !route.inject.is_empty()
+    {
+        // Header names only: the span never sees a value.
+        let names: Vec<&str> = route.inject.iter().map(|(n, _)| n.as_str()).collect();
+        t.record(
+            "warden.secrets",
+            t0,
+            Instant::now(),
+            vec![KeyValue::new("warden.secret.headers", names.join(","))],
+        );
     }
 
     parts.version = if upstream.http2 {
@@ -441,7 +546,13 @@ async fn pipeline(
     // Whether the request has a body at all, asked of the body itself: the framing
     // headers are gone by now (hop-by-hop).
     let no_body = http_body::Body::is_end_stream(&body);
-    let body = body.map_err(|e| BoxError::from(error::ClientBodyError(e)));
+    let stats = (!no_body).then(|| {
+        let s = Arc::new(body::BodyIn::default());
+        ex.body_in = Some(s.clone());
+        s
+    });
+    let body = body::counted_in(body, stats, ex.started)
+        .map_err(|e| BoxError::from(error::ClientBodyError(e)));
     let limited = http_body_util::Limited::new(body, route.max_body as usize);
     let mut stream: Option<ProxyBody> = Some(limited.map_err(BoxError::from).boxed());
 
@@ -468,11 +579,14 @@ async fn pipeline(
     };
     upstream.budget.deposit();
 
+    // One endpoint set for every attempt of this request, whatever re-resolution does
+    // meanwhile: `tried` indexes into it.
+    let endpoints = upstream.endpoints();
     let mut tried: Vec<usize> = Vec::new();
     let sent = Instant::now();
     let mut resp = loop {
-        let idx = upstream.balancer.pick(&upstream.endpoints, &tried);
-        let ep = &upstream.endpoints[idx];
+        let idx = upstream.balancer.pick(&endpoints, &tried);
+        let ep = &endpoints[idx];
         tried.push(idx);
         let attempt = tried.len() as u32 - 1;
         let mut req = Request::new(match &replay {
@@ -502,8 +616,12 @@ async fn pipeline(
             }
         }
         ex.upstream = Some(upstream.name.clone());
-        ex.endpoint = Some(ep.authority.clone());
+        ex.endpoint = Some(ep.label.clone());
         ex.attempts = attempt + 1;
+        let span = ex
+            .trace
+            .as_ref()
+            .map(|t| t.upstream_attempt(req.headers_mut(), &upstream.name, &ep.label, attempt));
 
         let in_flight = ep.begin();
         // The head must come within the route's timeout, and within what is left of
@@ -512,8 +630,16 @@ async fn pipeline(
             Some(d) => route.timeout.min(d.saturating_sub(ex.started.elapsed())),
             None => route.timeout,
         };
-        let result = tokio::time::timeout(head_timeout, upstream.client.request(req)).await;
+        let result = tokio::time::timeout(head_timeout, ep.client.request(req)).await;
         drop(in_flight);
+        if let Some(span) = span {
+            span.end(match &result {
+                Ok(Ok(r)) => Ok(r.status().as_u16()),
+                Ok(Err(e)) if e.is_connect() => Err("connect_failure"),
+                Ok(Err(_)) => Err("upstream_error"),
+                Err(_) => Err("timeout"),
+            });
+        }
         let can_retry = replay.is_some() && attempt < policy.attempts;
         let retry = match result {
             Err(_) => {
@@ -549,7 +675,7 @@ async fn pipeline(
                 if connect { "connect" } else { "reset" }
             }
         };
-        debug!(upstream = %upstream.name, endpoint = %ep.authority, attempt, why = retry, "retrying upstream request");
+        debug!(upstream = %upstream.name, endpoint = %ep.label, attempt, why = retry, "retrying upstream request");
         upstream.retries.inc();
         if !policy.backoff.is_zero() {
             tokio::time::sleep(policy.backoff).await;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::gateway::Gateway;
 
@@ -78,6 +78,16 @@ pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
     crate::proxy::serve(proxy, gw.clone(), shutdown).await;
     drained.cancel();
     let _ = admin_task.await;
+    // Spans still buffered go out before the process ends.
+    if let Some(t) = gw.current().tracing.clone() {
+        let flushed = tokio::task::spawn_blocking(move || t.shutdown());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), flushed)
+            .await
+            .is_err()
+        {
+            warn!("trace export did not finish within 5s");
+        }
+    }
     info!("stopped");
     Ok(())
 }

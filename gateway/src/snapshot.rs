@@ -44,6 +44,10 @@ pub struct RouteRuntime {
     pub idle_timeout: Option<Duration>,
     /// The whole exchange, streamed body included, is cut after this.
     pub max_duration: Option<Duration>,
+    /// Header rules for requests: the upstream's, then the route's.
+    pub request_headers: crate::config::HeaderRules,
+    /// Header rules for every response of the route: the upstream's, then the route's.
+    pub response_headers: crate::config::HeaderRules,
     /// Retry rules (the route's, else its upstream's).
     pub retry: Arc<crate::upstream::RetryPolicy>,
     /// Metric handles resolved once, so the request path does no label lookups for the
@@ -55,8 +59,11 @@ pub struct RouteRuntime {
 pub struct RouteMetrics {
     /// `request_duration_seconds{route}`.
     pub duration: Histogram,
-    /// `requests_total{route, method, status="200"}` for read and write methods.
+    /// `requests_total{route, method, status="200", source="upstream"}` for read and
+    /// write methods.
     pub ok: [Counter; 2],
+    /// `exchange_duration_seconds{route}`.
+    pub exchange: Histogram,
 }
 
 impl RouteMetrics {
@@ -67,6 +74,7 @@ impl RouteMetrics {
                 route: route.to_string(),
                 method,
                 status: 200,
+                source: crate::telemetry::Source::Upstream,
             };
             m.proxy.requests.get_or_create(&labels).clone()
         };
@@ -78,7 +86,18 @@ impl RouteMetrics {
                 route: route.to_string(),
             })
             .clone();
-        RouteMetrics { duration, ok }
+        let exchange = m
+            .proxy
+            .exchange_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone();
+        RouteMetrics {
+            duration,
+            ok,
+            exchange,
+        }
     }
 }
 
@@ -100,6 +119,10 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Admin bearer token template.
     pub admin_token: Option<Template>,
+    /// The access log's fields and format.
+    pub access_log: Arc<crate::config::AccessLogConfig>,
+    /// Span export, when `[telemetry] otlp` is set.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
     /// Files whose change triggers a reload (config, includes, plugins, certificates).
     pub watched: Vec<PathBuf>,
     /// Counts this generation in `warden_config_generations` while it is alive.
@@ -218,6 +241,12 @@ pub async fn build_snapshot(
         let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
             continue;
         };
+        let rules = |raw: &crate::config::HeaderRulesConfig| {
+            crate::config::HeaderRules::parse(raw).unwrap_or_default()
+        };
+        let up_cfg = &cfg.upstreams[&r.upstream];
+        let request_headers = rules(&up_cfg.request_headers).then(&r.request_headers);
+        let response_headers = rules(&up_cfg.response_headers).then(&r.response_headers);
         // The upstream's headers, overridden by the route's.
         let mut inject = typed_inject(&cfg.upstreams[&r.upstream].inject);
         inject.retain(|(h, _)| !r.inject.iter().any(|(rh, _)| rh == h));
@@ -231,12 +260,32 @@ pub async fn build_snapshot(
             inject,
             upgrades: r.upgrades.clone(),
             retry: upstream.retry_for(r.retry.as_ref()),
+            request_headers,
+            response_headers,
             idle_timeout: r.idle_timeout,
             max_duration: r.max_duration,
             on_disallowed_upgrade: r.on_disallowed_upgrade,
             chain,
         });
     }
+
+    // The exporter outlives reloads that keep its setting; `warden check` starts none.
+    let tracing = match (&cfg.telemetry.otlp, mode) {
+        (None, _) | (_, SecretsMode::Check) => None,
+        (Some(o), _) => match previous
+            .and_then(|p| p.tracing.clone())
+            .filter(|t| t.config() == o)
+        {
+            Some(t) => Some(t),
+            None => match crate::trace::Tracing::start(o) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errs.push(cfg.locate_main("telemetry.otlp", e));
+                    None
+                }
+            },
+        },
+    };
 
     // `warden check` goes on to the secret references, so one run lists every error.
     if !errs.is_empty() && mode != SecretsMode::Check {
@@ -304,6 +353,7 @@ pub async fn build_snapshot(
         }
     }
 
+    let access_log = Arc::new(cfg.log.access.clone());
     Ok(Snapshot {
         router: Router::new(cfg.routes.iter().map(|r| &r.matcher)),
         trusted_proxies: cfg.gateway.trusted_proxies.clone(),
@@ -313,6 +363,8 @@ pub async fn build_snapshot(
         tls,
         secrets,
         admin_token,
+        access_log,
+        tracing,
         watched,
         _generation: Generation::new(),
     })

@@ -24,6 +24,31 @@ pub struct RequestLabels {
     pub method: MethodClass,
     /// Response status code.
     pub status: u16,
+    /// Who made the response: the upstream, or Warden itself (a deny, no route, a
+    /// timeout, credentials unavailable …).
+    pub source: Source,
+}
+
+/// Who made a response.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream's answer, passed through.
+    Upstream,
+    /// Warden answered itself.
+    Gateway,
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write;
+        e.write_str(match self {
+            Source::Upstream => "upstream",
+            Source::Gateway => "gateway",
+        })
+    }
 }
 
 /// Method class, to keep label cardinality bounded.
@@ -172,6 +197,9 @@ pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time from request head received to response head sent, by route.
     pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Time from request head received to the last response byte (a streamed body
+    /// included), by route.
+    pub exchange_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     /// Time the upstream took to answer with a response head, by upstream.
     pub upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     /// Open downstream connections.
@@ -202,6 +230,15 @@ impl ProxyMetrics {
                 "request_duration_seconds",
                 "Downstream latency: request head in to response head out",
                 latency_histograms(),
+            ),
+            exchange_duration: add(
+                reg,
+                "exchange_duration_seconds",
+                "Whole exchange: request head in to the last response byte, streamed body included",
+                Family::new_with_constructor(|| {
+                    // 1 ms .. ~15 min: a token stream lasts minutes.
+                    Histogram::new(exponential_buckets(0.001, 2.5, 16))
+                }),
             ),
             upstream_duration: add(
                 reg,
@@ -591,6 +628,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where access-log lines go: the process log's writer thread, so they stay in order with
+/// every other line and never block a worker on a write.
+struct AccessOut {
+    writer: tracing_appender::non_blocking::NonBlocking,
+    format: LogFormat,
+}
+
+static ACCESS_OUT: OnceLock<AccessOut> = OnceLock::new();
+
+/// Write one rendered access-log line (with its newline).
+pub fn write_access_line(line: &[u8]) {
+    use std::io::Write;
+    match ACCESS_OUT.get() {
+        Some(out) => {
+            let mut w = tracing_subscriber::fmt::MakeWriter::make_writer(&out.writer);
+            let _ = w.write_all(line);
+        }
+        // No logging set up (library use, unit tests): straight to stderr.
+        None => {
+            let _ = std::io::stderr().write_all(line);
+        }
+    }
+}
+
+/// The process log's format (`--log-format`), the access log's default.
+pub fn process_log_format() -> LogFormat {
+    ACCESS_OUT
+        .get()
+        .map(|o| o.format)
+        .unwrap_or(LogFormat::Human)
+}
+
 /// Install the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`).
 ///
 /// Lines are handed to a writer thread: a synchronous `write` per access-log line on the
@@ -607,7 +676,18 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("warden-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every line queued since its last write into
+        // one `write`, and flushes whenever the queue is empty, so a busy proxy makes one
+        // system call per batch instead of per line, and a quiet one still writes each line
+        // at once. The guard flushes at exit.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let _ = ACCESS_OUT.set(AccessOut {
+        writer: writer.clone(),
+        format,
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

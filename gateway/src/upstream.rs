@@ -1,6 +1,7 @@
 //! Upstreams: one pooled hyper client per upstream, TLS always verified, over one or more
 //! endpoints with balancing, passive and active health, and retries within a budget.
 
+mod dns;
 mod endpoints;
 mod health;
 mod retry;
@@ -8,8 +9,12 @@ mod retry;
 pub use endpoints::{Balancer, Endpoint, InFlight};
 pub use retry::{RetryBudget, RetryPolicy};
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
@@ -22,7 +27,10 @@ use crate::config::field::FieldError;
 use crate::config::{HostHeader, OutlierConfig, RetryConfig, UpstreamConfig};
 use crate::http::ProxyBody;
 
-/// A configured upstream with its connection pool.
+/// The pooled client of one endpoint.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<dns::Resolver>>, ProxyBody>;
+
+/// A configured upstream and its endpoints.
 pub struct Upstream {
     /// Upstream name.
     pub name: Arc<str>,
@@ -30,10 +38,12 @@ pub struct Upstream {
     pub http2: bool,
     /// Default time to the response head.
     pub timeout: Duration,
-    /// The pooled client (pools are per endpoint inside it).
-    pub client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
-    /// Where requests go.
-    pub endpoints: Vec<Endpoint>,
+    /// Where requests go; replaced when re-resolution finds other addresses.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The configured authorities, in order.
+    authorities: Vec<Authority>,
+    /// Builds each endpoint's client.
+    connect: Connect,
     /// Which endpoint takes the next attempt.
     pub balancer: Balancer,
     /// When an endpoint is ejected.
@@ -51,6 +61,51 @@ pub struct Upstream {
     pub duration: prometheus_client::metrics::histogram::Histogram,
     /// `upstream_retries_total{upstream}`, resolved once.
     pub retries: prometheus_client::metrics::counter::Counter,
+}
+
+/// Everything an endpoint's client is made of but its address.
+struct Connect {
+    tls: Arc<rustls::ClientConfig>,
+    https: bool,
+    http2: bool,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
+    connect_timeout: Duration,
+    pool: crate::config::PoolConfig,
+}
+
+impl Connect {
+    fn client(&self, resolver: dns::Resolver) -> UpstreamClient {
+        let mut http = HttpConnector::new_with_resolver(resolver);
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*self.tls).clone());
+        let builder = if self.https {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let builder = match &self.server_name {
+            Some(sn) => builder
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn.clone())),
+            None => builder,
+        };
+        let connector = if self.http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool.idle_timeout)
+            .pool_max_idle_per_host(self.pool.max_idle)
+            .http2_only(self.http2)
+            .set_host(false)
+            .build(connector)
+    }
 }
 
 /// Which `Host` goes upstream.
@@ -90,43 +145,23 @@ impl Upstream {
             return Err(FieldError::new("url", "missing url"));
         };
         let https = scheme == Scheme::HTTPS;
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-
         let tls = crate::tls::client_config(cfg.tls.as_ref())
             .map_err(|e| FieldError::new("tls", e.to_string()))?;
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let builder = if https {
-            builder.https_only()
-        } else {
-            builder.https_or_http()
+        let server_name = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(sn) => Some(
+                rustls_pki_types::ServerName::try_from(sn)
+                    .map_err(|e| FieldError::new("tls.server_name", e.to_string()))?,
+            ),
+            None => None,
         };
-        let builder = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            Some(sn) => {
-                let sn = rustls_pki_types::ServerName::try_from(sn)
-                    .map_err(|e| FieldError::new("tls.server_name", e.to_string()))?;
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
-            }
-            None => builder,
+        let connect = Connect {
+            tls: Arc::new(tls),
+            https,
+            http2: cfg.http2,
+            server_name,
+            connect_timeout: cfg.connect_timeout,
+            pool: cfg.pool.clone(),
         };
-        let connector = if cfg.http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
-        };
-
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool.idle_timeout)
-            .pool_max_idle_per_host(cfg.pool.max_idle)
-            .http2_only(cfg.http2)
-            .set_host(false)
-            .build(connector);
 
         let host = match &cfg.host_header {
             HostHeader::Upstream => HostMode::Endpoint,
@@ -136,13 +171,7 @@ impl Upstream {
                     .map_err(|_| FieldError::new("host_header", "not a valid header value"))?,
             ),
         };
-        let endpoints = parsed
-            .into_iter()
-            .map(|(_, authority, _)| {
-                let host = HeaderValue::from_str(authority.as_str()).ok();
-                Endpoint::new(name, authority, host)
-            })
-            .collect();
+        let authorities: Vec<Authority> = parsed.into_iter().map(|(_, a, _)| a).collect();
         let retry_cfg = cfg.retry.clone().unwrap_or_default();
         let fingerprint = Self::fingerprint(cfg);
         let m = crate::telemetry::metrics();
@@ -157,8 +186,9 @@ impl Upstream {
             name: name.into(),
             http2: cfg.http2,
             timeout: cfg.timeout,
-            client,
-            endpoints,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            authorities,
+            connect,
             balancer: Balancer::new(cfg.balance),
             outlier: cfg.outlier.clone(),
             retry: Arc::new(RetryPolicy::from_config(&retry_cfg)),
@@ -168,6 +198,16 @@ impl Upstream {
             host,
             fingerprint,
         });
+        // Until the first resolution, a name is connected to as written.
+        let first: Vec<Arc<Endpoint>> = up
+            .authorities
+            .iter()
+            .map(|a| Arc::new(up.endpoint(a.clone(), None)))
+            .collect();
+        up.endpoints.store(Arc::new(first));
+        if dns::has_names(&up.authorities) {
+            dns::spawn(&up, cfg.dns_refresh);
+        }
         if let Some(h) = &cfg.health {
             health::spawn(&up, h.clone());
         }
@@ -178,7 +218,7 @@ impl Upstream {
     /// (pools, endpoint health, budget) across reloads.
     pub fn fingerprint(cfg: &UpstreamConfig) -> String {
         format!(
-            "{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             cfg.urls(),
             cfg.http2,
             cfg.connect_timeout,
@@ -189,7 +229,32 @@ impl Upstream {
             cfg.balance,
             cfg.health,
             cfg.outlier,
-            cfg.retry
+            cfg.retry,
+            cfg.dns_refresh
+        )
+    }
+
+    /// The endpoints now in rotation.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// A new endpoint of this upstream: `authority` as configured, connected at `addr`
+    /// when it was resolved.
+    fn endpoint(&self, authority: Authority, addr: Option<SocketAddr>) -> Endpoint {
+        let host = HeaderValue::from_str(authority.as_str()).ok();
+        let resolver = match addr {
+            Some(a) => dns::Resolver::Fixed(a),
+            None => {
+                dns::Resolver::System(hyper_util::client::legacy::connect::dns::GaiResolver::new())
+            }
+        };
+        Endpoint::new(
+            &self.name,
+            authority,
+            addr,
+            host,
+            self.connect.client(resolver),
         )
     }
 

@@ -51,6 +51,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Set `[NAME] key = value` in any top-level table (`telemetry`, `log` …).
+    pub fn section(mut self, name: &str, key: &str, value: impl Into<Value>) -> Self {
+        self.table(name).insert(key.into(), value.into());
+        self
+    }
+
     /// Add `[upstreams.NAME]`.
     pub fn upstream(mut self, name: &str, u: Upstream) -> Self {
         self.table("upstreams")

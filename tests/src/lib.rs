@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod config;
 pub mod openbao;
+pub mod otlp;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -127,12 +128,42 @@ impl Gateway {
 
     /// Start on an existing config file, with extra environment variables.
     pub async fn spawn(config_path: &Path, env: &[(&str, &str)]) -> Result<Gateway, String> {
+        Self::spawn_inner(config_path, env, None).await
+    }
+
+    /// Start on an existing config file in a mount namespace of its own where `hosts` is
+    /// `/etc/hosts` (`unshare -rm`, no privileges needed): host names resolve as the test
+    /// says, and the test may rewrite the file while the gateway runs.
+    pub async fn spawn_with_hosts(config_path: &Path, hosts: &Path) -> Result<Gateway, String> {
+        Self::spawn_inner(config_path, &[], Some(hosts)).await
+    }
+
+    async fn spawn_inner(
+        config_path: &Path,
+        env: &[(&str, &str)],
+        hosts: Option<&Path>,
+    ) -> Result<Gateway, String> {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ready_file =
             config_path.with_file_name(format!(".warden-ready-{}-{n}.json", std::process::id()));
         let _ = std::fs::remove_file(&ready_file);
-        let mut cmd = Command::new(warden_bin());
+        let mut cmd = match hosts {
+            None => Command::new(warden_bin()),
+            Some(h) => {
+                // `exec` keeps one process: the pid the harness signals is the gateway's.
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-rm",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                ])
+                .arg(h)
+                .arg(warden_bin());
+                c
+            }
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(config_path)

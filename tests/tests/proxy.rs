@@ -494,9 +494,11 @@ async fn downstream_tls_and_mtls_with_curl() {
     ] {
         tls.insert(k.into(), v.into());
     }
+    // The verified identity as a request variable; a forged header never survives.
+    let rules: toml::Table = r#"set = { x-client-id = "${tls.identity}" }"#.parse().unwrap();
     let gw = Gateway::start(
         dir.path(),
-        &one_route(Upstream::url(&up.url()))
+        &one_route(Upstream::url(&up.url()).set("request_headers", rules))
             .gateway("tls", tls)
             .toml(),
     )
@@ -528,6 +530,8 @@ async fn downstream_tls_and_mtls_with_curl() {
             "--key",
             ckey.to_str().unwrap(),
             flag,
+            "-H",
+            "x-client-id: spiffe://forged/admin",
             "-w",
             "\n%{http_version}",
             &url,
@@ -541,7 +545,20 @@ async fn downstream_tls_and_mtls_with_curl() {
             echo["headers"]["x-forwarded-proto"],
             serde_json::json!(["https"])
         );
+        assert_eq!(
+            echo["headers"]["x-client-id"],
+            serde_json::json!(["spiffe://sophia/sophia-api"])
+        );
     }
+    assert!(
+        gw.wait_for_log(
+            "tls_identity=spiffe://sophia/sophia-api",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the access log names the client certificate: {}",
+        gw.logs()
+    );
 
     // TLS 1.1 and below are refused by the gateway for their version, not for a missing
     // client certificate: openssl presents one, and offers TLS 1.2 as the control.

@@ -312,14 +312,45 @@ impl Chain {
     /// shadow policies are evaluated and counted but never block or change anything, and a
     /// plugin failure is the policy's `on_error`.
     pub async fn evaluate(&self, req: &PolicyRequest<'_>, secrets: &SecretSnapshot) -> Decision {
+        self.evaluate_with(req, secrets, &mut Report::default())
+            .await
+    }
+
+    /// [`Chain::evaluate`], telling `report` which plugin decided and, when
+    /// `report.steps` is `Some`, what each plugin did and when.
+    pub async fn evaluate_with(
+        &self,
+        req: &PolicyRequest<'_>,
+        secrets: &SecretSnapshot,
+        report: &mut Report,
+    ) -> Decision {
         let mut changes = Changes::default();
         for e in &self.entries {
+            let started = report.steps.is_some().then(Instant::now);
             let result = e.evaluate(req, secrets).await;
-            match (&result, e.mode) {
-                (Ok(Decision::Allow(_)), _) => e.metrics.allow.inc(),
-                (Ok(Decision::Deny { .. }), _) => e.metrics.deny.inc(),
-                (Err(_), _) => e.metrics.error.inc(),
+            let verdict = match (&result, e.mode) {
+                (Ok(Decision::Allow(_)), _) => {
+                    e.metrics.allow.inc();
+                    "allow"
+                }
+                (Ok(Decision::Deny { .. }), _) => {
+                    e.metrics.deny.inc();
+                    "deny"
+                }
+                (Err(_), _) => {
+                    e.metrics.error.inc();
+                    "error"
+                }
             };
+            if let (Some(steps), Some(started)) = (report.steps.as_mut(), started) {
+                steps.push(Step {
+                    plugin: e.plugin.name.clone(),
+                    verdict,
+                    mode: e.mode.label(),
+                    started,
+                    took: started.elapsed(),
+                });
+            }
             if e.mode == Mode::Shadow {
                 match &result {
                     Ok(Decision::Allow(_)) => {
@@ -335,13 +366,43 @@ impl Chain {
             }
             match result {
                 Ok(Decision::Allow(c)) => changes.merge(c),
-                Ok(deny @ Decision::Deny { .. }) => return deny,
+                Ok(deny @ Decision::Deny { .. }) => {
+                    report.decided_by = Some(e.plugin.name.clone());
+                    return deny;
+                }
                 Err(_) if e.on_error == OnError::Allow => continue,
-                Err(_) => return e.error_response(),
+                Err(_) => {
+                    report.decided_by = Some(e.plugin.name.clone());
+                    return e.error_response();
+                }
             }
         }
         Decision::Allow(changes)
     }
+}
+
+/// What a chain's evaluation did beyond its verdict: for the access log and for spans.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The plugin that ended the chain: it denied, or it failed on a fail-closed route.
+    pub decided_by: Option<String>,
+    /// Each plugin's step, collected only when `Some` (the request is traced).
+    pub steps: Option<Vec<Step>>,
+}
+
+/// One plugin's evaluation.
+#[derive(Debug)]
+pub struct Step {
+    /// Plugin name.
+    pub plugin: String,
+    /// `allow`, `deny` or `error`.
+    pub verdict: &'static str,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// When it started.
+    pub started: Instant,
+    /// How long it took.
+    pub took: std::time::Duration,
 }
 
 impl Entry {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -10,34 +11,140 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tracing::info;
+use prometheus_client::metrics::histogram::Histogram;
 
-use crate::http::{BoxError, ProxyBody};
+use crate::config::AccessLogConfig;
+use crate::http::{BoxError, ClientInfo, ProxyBody};
 
-/// One request as the access log and the metrics see it: filled in as the request goes
-/// through the pipeline, and written out when the response body ends. Never a header value
-/// (other than the request id) or a query.
+/// One request as the access log, the metrics and the trace see it: filled in as the
+/// request goes through the pipeline, and written out when the response body ends. Never a
+/// header value (other than the request id and a trusted `X-Forwarded-For`) or a query.
 pub(crate) struct Exchange {
     pub request_id: HeaderValue,
+    pub client: Arc<ClientInfo>,
     pub route_idx: Option<usize>,
     pub route: Option<Arc<str>>,
     /// The upstream, once it was contacted.
     pub upstream: Option<Arc<str>>,
     /// The endpoint of the last attempt.
-    pub endpoint: Option<http::uri::Authority>,
+    pub endpoint: Option<Arc<str>>,
     /// Attempts sent upstream (1 unless retried).
     pub attempts: u32,
     pub method: Method,
     pub path: String,
     pub started: Instant,
     pub upstream_time: Option<Duration>,
+    /// Request head in to response head out.
+    pub response_time: Option<Duration>,
     pub verdict: &'static str,
+    /// The plugin that denied (or failed closed).
+    pub policy: Option<String>,
     /// Why Warden answered itself, when it did (the error code or `policy_denied`).
     pub flag: Option<&'static str>,
+    /// The error behind `flag`, in words.
+    pub reason: Option<String>,
+    /// The `X-Forwarded-For` chain sent upstream, when the peer is a trusted proxy.
+    pub forwarded_for: Option<HeaderValue>,
     /// The downstream HTTP version.
     pub version: Version,
     /// The status sent to the client.
     pub status: u16,
+    /// The request body as it was read, when there was one.
+    pub body_in: Option<Arc<BodyIn>>,
+    /// The trace id: of the request's trace, or of an incoming `traceparent`.
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
+    /// The open request span, when traced.
+    pub trace: Option<crate::trace::RequestTrace>,
+    /// Fields and format of the access log.
+    pub access: Arc<AccessLogConfig>,
+    /// `exchange_duration_seconds` for this route.
+    pub exchange_duration: Option<Histogram>,
+}
+
+/// What was read of a request body: bytes, and when its end came.
+#[derive(Debug, Default)]
+pub(crate) struct BodyIn {
+    bytes: AtomicU64,
+    /// Nanoseconds from the request head to the end of the body, plus one (0: not yet).
+    ended: AtomicU64,
+}
+
+impl BodyIn {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Time from the request head to the body's end, once it ended.
+    pub fn read_in(&self) -> Option<Duration> {
+        match self.ended.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts a request body's bytes on their way upstream.
+    pub(crate) struct CountedIn<B> {
+        #[pin]
+        inner: B,
+        stats: Option<Arc<BodyIn>>,
+        started: Instant,
+    }
+}
+
+/// Count `inner`'s bytes into `stats` (nothing to count without).
+pub(crate) fn counted_in<B>(
+    inner: B,
+    stats: Option<Arc<BodyIn>>,
+    started: Instant,
+) -> CountedIn<B> {
+    CountedIn {
+        inner,
+        stats,
+        started,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for CountedIn<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        let Some(stats) = this.stats.as_ref() else {
+            return r;
+        };
+        let ended = match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    stats.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                false
+            }
+            Poll::Ready(None) => true,
+            _ => false,
+        };
+        if ended || this.inner.is_end_stream() {
+            let n = this.started.elapsed().as_nanos() as u64 + 1;
+            let _ = stats
+                .ended
+                .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -155,23 +262,20 @@ fn cut(log: &mut Option<Exchange>, why: &'static str) -> BoxError {
     Box::new(StreamCut(why))
 }
 
-fn write_access_log(log: Exchange, bytes: u64, complete: bool) {
-    info!(
-        target: "warden::access",
-        request_id = log.request_id.to_str().unwrap_or("-"),
-        route = log.route.as_deref().unwrap_or("-"),
-        method = %log.method,
-        path = %log.path,
-        status = log.status,
-        duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
-        upstream = log.upstream.as_deref().unwrap_or("-"),
-        endpoint = log.endpoint.as_ref().map(|a| a.as_str()).unwrap_or("-"),
-        attempts = log.attempts,
-        upstream_ms = log.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-        verdict = log.verdict,
-        flag = log.flag.unwrap_or("-"),
-        bytes_out = bytes,
-        complete,
-        "request"
-    );
+fn write_access_log(mut log: Exchange, bytes: u64, complete: bool) {
+    let total = log.started.elapsed();
+    let h = log.exchange_duration.take().unwrap_or_else(|| {
+        crate::telemetry::metrics()
+            .proxy
+            .exchange_duration
+            .get_or_create(&crate::telemetry::RouteLabel {
+                route: "none".to_string(),
+            })
+            .clone()
+    });
+    h.observe(total.as_secs_f64());
+    if let Some(t) = log.trace.take() {
+        t.finish(log.status, log.flag);
+    }
+    super::access::write(&log, bytes, complete, total);
 }

@@ -8,7 +8,7 @@ use crate::http::{ClientInfo, is_hop_by_hop};
 
 /// Request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -150,13 +150,14 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 
 /// Set `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept
 /// and the peer appended; from anyone else they are replaced, so a client cannot forge
-/// its address. `Forwarded` is dropped from untrusted peers for the same reason.
+/// its address. `Forwarded` is dropped from untrusted peers for the same reason. Returns
+/// whether the peer is a trusted proxy.
 pub fn set_forwarded(
     h: &mut HeaderMap,
     client: &ClientInfo,
     host: Option<&HeaderValue>,
     trusted: &[ipnet::IpNet],
-) {
+) -> bool {
     let peer_ip = client.addr.ip();
     let trusted_peer = trusted.iter().any(|n| n.contains(&peer_ip));
     let peer = peer_ip.to_string();
@@ -193,6 +194,7 @@ pub fn set_forwarded(
             }
         }
     }
+    trusted_peer
 }
 
 #[cfg(test)]

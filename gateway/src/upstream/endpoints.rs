@@ -1,8 +1,9 @@
 //! An upstream's endpoints: which one takes the next attempt, and passive health
 //! (outlier ejection) from the outcomes of real requests.
 
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -10,15 +11,26 @@ use http::uri::Authority;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::UpstreamClient;
 use crate::config::{Balance, OutlierConfig};
 use crate::telemetry::{EndpointLabels, metrics};
 
-/// One address of an upstream.
+/// One address of an upstream, with its own connection pool.
 pub struct Endpoint {
-    /// `host:port`.
+    /// `host:port` as configured: the request authority, SNI and default `Host`.
     pub authority: Authority,
+    /// The address connections go to, when a host name was resolved to it (an IP
+    /// literal, or a name not resolved yet, is connected to as written).
+    pub addr: Option<SocketAddr>,
+    /// How metrics, logs and `/upstreams` name it: the address, else the authority.
+    pub label: Arc<str>,
     /// `Host` for this endpoint when the upstream sends its own.
     pub host: Option<HeaderValue>,
+    /// Pooled connections to this endpoint only.
+    pub client: UpstreamClient,
+    /// Active health: probes failed and passed in a row.
+    pub(super) probe_fails: AtomicU32,
+    pub(super) probe_passes: AtomicU32,
     /// Requests in flight (for least-request balancing).
     active: AtomicUsize,
     /// Connect failures or 5xx in a row.
@@ -45,10 +57,20 @@ impl Drop for InFlight<'_> {
 }
 
 impl Endpoint {
-    pub(super) fn new(upstream: &str, authority: Authority, host: Option<HeaderValue>) -> Self {
+    pub(super) fn new(
+        upstream: &str,
+        authority: Authority,
+        addr: Option<SocketAddr>,
+        host: Option<HeaderValue>,
+        client: UpstreamClient,
+    ) -> Self {
+        let label: Arc<str> = match addr {
+            Some(a) => a.to_string().into(),
+            None => authority.as_str().into(),
+        };
         let labels = EndpointLabels {
             upstream: upstream.to_string(),
-            endpoint: authority.to_string(),
+            endpoint: label.to_string(),
         };
         let m = &metrics().upstream;
         let requests = m.endpoint_requests.get_or_create(&labels).clone();
@@ -58,7 +80,12 @@ impl Endpoint {
         healthy_gauge.set(1);
         Endpoint {
             authority,
+            addr,
+            label,
             host,
+            client,
+            probe_fails: AtomicU32::new(0),
+            probe_passes: AtomicU32::new(0),
             active: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -69,6 +96,19 @@ impl Endpoint {
             ejected,
             healthy_gauge,
         }
+    }
+
+    /// Drop this endpoint's series from `/metrics` (it left the upstream).
+    pub(super) fn forget_metrics(&self, upstream: &str) {
+        let labels = EndpointLabels {
+            upstream: upstream.to_string(),
+            endpoint: self.label.to_string(),
+        };
+        let m = &metrics().upstream;
+        m.endpoint_requests.remove(&labels);
+        m.endpoint_failures.remove(&labels);
+        m.ejections.remove(&labels);
+        m.endpoint_healthy.remove(&labels);
     }
 
     /// Start an attempt.
@@ -105,7 +145,7 @@ impl Endpoint {
         *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + backoff);
         self.ejected.inc();
-        tracing::warn!(endpoint = %self.authority, ejected_for = ?backoff, "upstream endpoint ejected after consecutive failures");
+        tracing::warn!(endpoint = %self.label, ejected_for = ?backoff, "upstream endpoint ejected after consecutive failures");
     }
 
     /// Time left in the current ejection.
@@ -123,9 +163,9 @@ impl Endpoint {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             self.healthy_gauge.set(healthy as i64);
             if healthy {
-                tracing::info!(endpoint = %self.authority, "upstream endpoint healthy again");
+                tracing::info!(endpoint = %self.label, "upstream endpoint healthy again");
             } else {
-                tracing::warn!(endpoint = %self.authority, "upstream endpoint failed its health checks");
+                tracing::warn!(endpoint = %self.label, "upstream endpoint failed its health checks");
             }
         }
     }
@@ -158,7 +198,7 @@ impl Balancer {
     /// are ejected or unhealthy are skipped while any other is left; when none is, all
     /// are tried anyway (a gateway that fails closed on its own health view turns a
     /// flapping check into an outage).
-    pub fn pick(&self, endpoints: &[Endpoint], tried: &[usize]) -> usize {
+    pub fn pick(&self, endpoints: &[Arc<Endpoint>], tried: &[usize]) -> usize {
         if endpoints.len() == 1 {
             return 0;
         }

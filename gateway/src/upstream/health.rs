@@ -3,6 +3,7 @@
 //! passes bring it back. The task holds the upstream weakly, so it ends with the last
 //! snapshot that uses the upstream.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use http::Request;
@@ -13,17 +14,16 @@ use crate::http::empty;
 
 pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
     let weak: Weak<Upstream> = Arc::downgrade(upstream);
-    let n = upstream.endpoints.len();
     tokio::spawn(async move {
-        let mut fails = vec![0u32; n];
-        let mut passes = vec![0u32; n];
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let Some(up) = weak.upgrade() else { return };
             let cfg = &cfg;
-            let probes = up.endpoints.iter().map(|ep| {
+            // The current endpoint set: re-resolution may have changed it since last time.
+            let endpoints = up.endpoints();
+            let probes = endpoints.iter().map(|ep| {
                 let up = &up;
                 async move {
                     let uri = http::Uri::builder()
@@ -36,30 +36,30 @@ pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
                     if let Some(h) = &ep.host {
                         req.headers_mut().insert(http::header::HOST, h.clone());
                     }
-                    match tokio::time::timeout(cfg.timeout, up.client.request(req)).await {
+                    match tokio::time::timeout(cfg.timeout, ep.client.request(req)).await {
                         Ok(Ok(resp)) => resp.status().is_success(),
                         _ => false,
                     }
                 }
             });
             let results = futures_util::future::join_all(probes).await;
-            for (i, ok) in results.into_iter().enumerate() {
-                let ep = &up.endpoints[i];
+            for (ep, ok) in endpoints.iter().zip(results) {
                 if ok {
-                    fails[i] = 0;
-                    passes[i] += 1;
-                    if passes[i] >= cfg.healthy_after {
+                    ep.probe_fails.store(0, Ordering::Relaxed);
+                    let passes = ep.probe_passes.fetch_add(1, Ordering::Relaxed) + 1;
+                    if passes >= cfg.healthy_after {
                         ep.set_healthy(true);
                     }
                 } else {
-                    passes[i] = 0;
-                    fails[i] += 1;
-                    if fails[i] >= cfg.unhealthy_after {
+                    ep.probe_passes.store(0, Ordering::Relaxed);
+                    let fails = ep.probe_fails.fetch_add(1, Ordering::Relaxed) + 1;
+                    if fails >= cfg.unhealthy_after {
                         ep.set_healthy(false);
                     }
                 }
             }
             // Not held across the wait: the snapshot may drop the upstream meanwhile.
+            drop(endpoints);
             drop(up);
         }
     });

@@ -51,13 +51,12 @@ impl Tracing {
     /// Start exporting to the configured collector. Spans are batched and sent from a
     /// background thread; the request path only queues them.
     pub fn start(config: &OtlpConfig) -> Result<Arc<Tracing>, String> {
-        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+        use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(config.traces_url())
             .with_timeout(config.timeout)
-            .with_headers(Default::default())
             .build()
             .map_err(|e| format!("OTLP exporter: {e}"))?;
         let resource = opentelemetry_sdk::Resource::builder()

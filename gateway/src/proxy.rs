@@ -290,7 +290,9 @@ pub async fn handle(
             e.into_response(&ex.request_id, ex.route.as_deref())
         }
     };
-    if let Some(route) = ex.route_idx.map(|i| &snap.routes[i])
+    // The route the request matched, if any: response rules, metrics and stream limits.
+    let route = ex.route_idx.map(|i| &snap.routes[i]);
+    if let Some(route) = route
         && !route.response_headers.is_empty()
     {
         let vars = RequestVars {
@@ -315,7 +317,7 @@ pub async fn handle(
     } else {
         Source::Upstream
     };
-    let route_metrics = ex.route_idx.map(|i| &snap.routes[i].metrics);
+    let route_metrics = route.map(|r| &r.metrics);
     ex.exchange_duration = route_metrics.map(|m| m.exchange.clone());
     match route_metrics {
         Some(m) if status == StatusCode::OK && source == Source::Upstream => {
@@ -343,7 +345,7 @@ pub async fn handle(
             .observe(elapsed),
     }
     ex.status = status.as_u16();
-    let limits = match ex.route_idx.map(|i| &snap.routes[i]) {
+    let limits = match route {
         Some(r) => body::StreamLimits {
             idle: r.idle_timeout,
             end: r

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tracing::warn;
 
-use crate::config::{Config, ConfigError, ConfigErrors, typed_inject};
+use crate::config::{Config, ConfigError, ConfigErrors, HeaderRules, typed_inject};
 use crate::policy::{Chain, PolicyHost};
 use crate::routing::Router;
 use crate::secrets::{SecretStore, Template};
@@ -45,9 +45,9 @@ pub struct RouteRuntime {
     /// The whole exchange, streamed body included, is cut after this.
     pub max_duration: Option<Duration>,
     /// Header rules for requests: the upstream's, then the route's.
-    pub request_headers: crate::config::HeaderRules,
+    pub request_headers: HeaderRules,
     /// Header rules for every response of the route: the upstream's, then the route's.
-    pub response_headers: crate::config::HeaderRules,
+    pub response_headers: HeaderRules,
     /// Retry rules (the route's, else its upstream's).
     pub retry: Arc<crate::upstream::RetryPolicy>,
     /// Metric handles resolved once, so the request path does no label lookups for the
@@ -226,6 +226,17 @@ pub async fn build_snapshot(
         }
     };
 
+    // Each upstream's header rules, typed once for all its routes (validation has
+    // reported any that do not parse).
+    let typed = |raw| HeaderRules::parse(raw).unwrap_or_default();
+    let upstream_rules: HashMap<&str, (HeaderRules, HeaderRules)> = cfg
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            let rules = (typed(&u.request_headers), typed(&u.response_headers));
+            (name.as_str(), rules)
+        })
+        .collect();
     let mut routes = Vec::new();
     for r in &cfg.routes {
         let chain = match &plugins {
@@ -241,12 +252,9 @@ pub async fn build_snapshot(
         let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
             continue;
         };
-        let rules = |raw: &crate::config::HeaderRulesConfig| {
-            crate::config::HeaderRules::parse(raw).unwrap_or_default()
-        };
-        let up_cfg = &cfg.upstreams[&r.upstream];
-        let request_headers = rules(&up_cfg.request_headers).then(&r.request_headers);
-        let response_headers = rules(&up_cfg.response_headers).then(&r.response_headers);
+        let (up_request, up_response) = &upstream_rules[r.upstream.as_str()];
+        let request_headers = up_request.then(&r.request_headers);
+        let response_headers = up_response.then(&r.response_headers);
         // The upstream's headers, overridden by the route's.
         let mut inject = typed_inject(&cfg.upstreams[&r.upstream].inject);
         inject.retain(|(h, _)| !r.inject.iter().any(|(rh, _)| rh == h));

@@ -58,14 +58,18 @@ impl tower_service::Service<Name> for Resolver {
     }
 }
 
-/// Whether any endpoint of `authorities` names a host rather than an address.
+/// Whether `authority` names a host rather than an address.
+fn is_name(authority: &http::uri::Authority) -> bool {
+    authority
+        .host()
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_err()
+}
+
+/// Whether any of `authorities` names a host rather than an address.
 pub(super) fn has_names(authorities: &[http::uri::Authority]) -> bool {
-    authorities.iter().any(|a| {
-        a.host()
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_err()
-    })
+    authorities.iter().any(is_name)
 }
 
 /// Resolve now and then every `every`, until the upstream is dropped.
@@ -93,7 +97,7 @@ pub(super) async fn refresh(up: &Upstream) {
             .iter()
             .filter(|e| e.authority == *authority)
             .collect();
-        if !has_names(std::slice::from_ref(authority)) {
+        if !is_name(authority) {
             next.extend(mine.into_iter().cloned());
             continue;
         }

@@ -315,13 +315,24 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// Fetch `/metrics` from the admin listener.
-    pub async fn metrics(&self) -> String {
-        let mut req = client().get(self.admin_url("/metrics"));
+    /// GET an admin path, with the admin token when there is one.
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
+        let mut req = client().get(self.admin_url(path));
         if let Some(t) = &self.admin_token {
             req = req.bearer_auth(t);
         }
-        req.send().await.expect("metrics").text().await.unwrap()
+        req.send().await.expect("admin request")
+    }
+
+    /// Fetch `/metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text().await.unwrap()
+    }
+
+    /// Fetch `/upstreams` (every endpoint's state) from the admin listener.
+    pub async fn upstreams(&self) -> serde_json::Value {
+        let body = self.admin_get("/upstreams").await.text().await.unwrap();
+        serde_json::from_str(&body).expect("/upstreams is JSON")
     }
 
     /// Stop the gateway.

@@ -75,6 +75,15 @@ config = {{ rule_set = "internal-only", allow = [ {{ cidr = "10.0.0.0/8" }} ] }}
     )
 }
 
+/// Send `req` as request `request_id`, read its whole answer, and return the status and
+/// the exchange's access-log line.
+async fn logged(gw: &Gateway, req: reqwest::RequestBuilder, request_id: &str) -> (u16, Value) {
+    let r = req.header("x-request-id", request_id).send().await.unwrap();
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    (status, access_line_for(gw, request_id).await)
+}
+
 fn traceparent_seen(echo: &Value) -> String {
     echo["headers"]["traceparent"][0]
         .as_str()
@@ -341,22 +350,17 @@ inject = {{ x-api-key = "${{files:api_key}}" }}
         .with_admin_token(token);
     let c = client();
 
-    let r = c
+    let post = c
         .post(gw.url("/api/upload?sig=query-canary-5"))
-        .header("x-request-id", "rid-post")
         .header("x-forwarded-for", "203.0.113.7")
         .header("authorization", "Bearer header-canary-3")
         .header(
             "traceparent",
             format!("00-{INCOMING_TRACE}-{INCOMING_PARENT}-01"),
         )
-        .body(vec![b'x'; 1234])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap();
-    let l = access_line_for(&gw, "rid-post").await;
+        .body(vec![b'x'; 1234]);
+    let (status, l) = logged(&gw, post, "rid-post").await;
+    assert_eq!(status, 200);
     assert!(
         l["client"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{l}"
@@ -384,14 +388,8 @@ inject = {{ x-api-key = "${{files:api_key}}" }}
     assert!(l["upstream_ms"].as_f64().unwrap() <= resp_ms, "{l}");
 
     // A denial names the plugin; the upstream was never contacted.
-    let r = c
-        .get(gw.url("/internal/x"))
-        .header("x-request-id", "rid-deny")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let l = access_line_for(&gw, "rid-deny").await;
+    let (status, l) = logged(&gw, c.get(gw.url("/internal/x")), "rid-deny").await;
+    assert_eq!(status, 403);
     assert_eq!(l["policy"], "network-isolation");
     assert_eq!(l["flag"], "policy_denied");
     assert_eq!(l["upstream"], "-");
@@ -399,14 +397,8 @@ inject = {{ x-api-key = "${{files:api_key}}" }}
     assert!(l["forwarded_for"].is_null(), "never forwarded: {l}");
 
     // An error carries its reason in the same line.
-    let r = c
-        .get(gw.url("/dead/x"))
-        .header("x-request-id", "rid-dead")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    let l = access_line_for(&gw, "rid-dead").await;
+    let (status, l) = logged(&gw, c.get(gw.url("/dead/x")), "rid-dead").await;
+    assert_eq!(status, 502);
     assert_eq!(l["flag"], "upstream_unavailable");
     assert!(
         l["reason"]
@@ -421,15 +413,9 @@ inject = {{ x-api-key = "${{files:api_key}}" }}
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let r = h2
-        .get(gw.url("/api/h2"))
-        .header("x-request-id", "rid-h2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap();
-    assert_eq!(access_line_for(&gw, "rid-h2").await["protocol"], "HTTP/2");
+    let (status, l) = logged(&gw, h2.get(gw.url("/api/h2")), "rid-h2").await;
+    assert_eq!(status, 200);
+    assert_eq!(l["protocol"], "HTTP/2");
 
     // Admin requests: path, status and whether auth passed; never the token.
     let r = c.get(gw.admin_url("/metrics")).send().await.unwrap();
@@ -714,14 +700,7 @@ response_headers = {{ set = {{ x-frame-options = "DENY", x-served-for = "${{requ
 
 /// The endpoints `/upstreams` lists for the one upstream, sorted.
 async fn endpoints_of(gw: &Gateway) -> Vec<String> {
-    let v: Value = client()
-        .get(gw.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = gw.upstreams().await;
     let mut eps: Vec<String> = v["upstreams"][0]["endpoints"]
         .as_array()
         .unwrap()

@@ -172,14 +172,7 @@ async fn a_killed_endpoint_costs_no_failed_request_and_gets_traffic_back_after_r
         failures.len()
     );
     // `/upstreams` shows both endpoints.
-    let ups: Value = client()
-        .get(gw.admin_url("/upstreams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ups = gw.upstreams().await;
     let eps = ups["upstreams"][0]["endpoints"].as_array().unwrap();
     assert_eq!(eps.len(), 2, "{ups}");
 }

@@ -37,7 +37,7 @@ RUN apk add --no-cache bash gcc musl-dev binutils
 WORKDIR /src
 COPY . .
 # The toolchain pinned by rust-toolchain.toml, with the plugin target.
-RUN rustup toolchain install && rustup target add wasm32-wasip2
+RUN rustup toolchain install && rustup target add wasm32-unknown-unknown wasm32-wasip2
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     scripts/build-plugins.sh --no-test
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -46,7 +46,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # cache where the runtime config looks for it.
 RUN mkdir -p /usr/share/warden/plugins /etc/warden /var/cache/warden \
  && strip -o /usr/local/bin/warden target/release/warden \
- && cp plugins/target/wasm32-wasip2/release/*.wasm /usr/share/warden/plugins/ \
+ && cp plugins/target/wasm32-unknown-unknown/release/*.wasm /usr/share/warden/plugins/ \
  && cp deploy/compose/warden.toml deploy/compose/sophia.toml /etc/warden/ \
  && chmod 0644 /usr/share/warden/plugins/*.wasm /etc/warden/*
 # Same directory as [policy] cache_dir in /etc/warden/warden.toml (and the ConfigMap).

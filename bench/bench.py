@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WARDEN = ROOT / "target" / "release" / "warden"
-PLUGIN = ROOT / "plugins" / "target" / "wasm32-wasip2" / "release" / "network_isolation.wasm"
+PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
 HZ = os.sysconf("SC_CLK_TCK")
 

@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The wasm target comes from rust-toolchain.toml; make sure it is really there.
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+# The wasm targets come from rust-toolchain.toml; make sure they are really there.
+for t in wasm32-unknown-unknown wasm32-wasip2; do
+  rustup target add "$t" >/dev/null 2>&1 || rustup target add "$t"
+done
 
 need_apt=()
 command -v age >/dev/null 2>&1 || need_apt+=(age)
@@ -15,6 +17,7 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""

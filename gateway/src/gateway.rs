@@ -124,6 +124,20 @@ impl Gateway {
                 "switching the listener between TLS and plaintext needs a restart",
             ));
         }
+        // The rate-limit buckets outlive reloads (a reload must not hand every caller a
+        // fresh quota), so where they live is fixed for the process.
+        if cfg.policy.rate_limit_store != old.config.policy.rate_limit_store {
+            errs.push(cfg.locate_main(
+                "policy.rate_limit_store",
+                "the rate-limit store cannot change while running; restart to move it",
+            ));
+        }
+        if cfg.policy.rate_limit_keys != old.config.policy.rate_limit_keys {
+            errs.push(cfg.locate_main(
+                "policy.rate_limit_keys",
+                "the rate-limit bucket count cannot change while running; restart to change it",
+            ));
+        }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }

@@ -10,6 +10,7 @@
 //! | [`watch`] | the one debounced directory watcher |
 //! | `config::field` | located config errors and serde helpers |
 //! | [`secrets`] | templates, providers, the store that outlives reloads |
+//! | [`inspect`] | request-body checks that run before a body policy: codings, media types, strict JSON |
 //! | [`policy`] | the Wasm host, warm instance pools, chains, `warden plugin` |
 //! | [`config`] | files, includes, validation with file and line |
 //! | [`trace`] | W3C trace context and OTLP span export |
@@ -27,6 +28,8 @@ pub mod telemetry;
 pub mod watch;
 
 pub mod secrets;
+
+pub mod inspect;
 
 pub mod policy;
 

@@ -24,6 +24,8 @@ mod chain;
 mod cli;
 mod config;
 mod host;
+pub mod ratelimit;
+mod scaffold;
 #[cfg(test)]
 mod tests;
 

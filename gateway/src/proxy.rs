@@ -417,6 +417,73 @@ async fn pipeline(
     }
 
     let upgrade = choose_upgrade(&mut req, route)?;
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+
+    // The body phase: the body is read whole (within the route's limits), decoded and
+    // checked before any policy sees it, and exactly that is what goes upstream.
+    let mut in_body = InBody::Stream(incoming);
+    if let Some(rules) = route.chain.body()
+        && let InBody::Stream(incoming) = &in_body
+        && !http_body::Body::is_end_stream(incoming)
+    {
+        if upgrade.is_some() {
+            // A tunnel would carry bytes no policy ever sees.
+            return Err(ProxyError::BadRequest(
+                "a protocol upgrade with a body is refused on a route whose policies inspect bodies",
+            ));
+        }
+        let head = rules
+            .check_head(&parts.headers)
+            .map_err(ProxyError::BodyRefused)?;
+        let InBody::Stream(incoming) =
+            std::mem::replace(&mut in_body, InBody::Buffered(Bytes::new()))
+        else {
+            unreachable!("checked above")
+        };
+        let stats = Arc::new(body::BodyIn::default());
+        ex.body_in = Some(stats.clone());
+        let mut counted = std::pin::pin!(body::counted_in(incoming, Some(stats), ex.started));
+        let limit = rules.max().min(route.max_body);
+        let mut raw = bytes::BytesMut::new();
+        // However the client splits it, the body is judged whole.
+        while let Some(frame) = counted.frame().await {
+            let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if (raw.len() + data.len()) as u64 > limit {
+                    return Err(if rules.max() <= route.max_body {
+                        ProxyError::BodyRefused(crate::inspect::Refusal::TooLarge)
+                    } else {
+                        ProxyError::BodyTooLarge
+                    });
+                }
+                raw.extend_from_slice(&data);
+            }
+        }
+        let raw = raw.freeze();
+        in_body = InBody::Buffered(
+            rules
+                .check_body(&head, raw)
+                .map_err(ProxyError::BodyRefused)?,
+        );
+    }
+
+    // The response phase needs the request as the policies saw it, after the upstream
+    // has answered; only routes with one pay for the copy.
+    let seen = route.chain.response_max().map(|_| SeenRequest {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers.clone(),
+        body: match &in_body {
+            InBody::Buffered(b) => Some(b.clone()),
+            InBody::Stream(_) => None,
+        },
+    });
+    if seen.is_some() {
+        // Identity responses are what a response policy can read; ask for nothing else.
+        parts.headers.remove(http::header::ACCEPT_ENCODING);
+    }
 
     // One secret snapshot for the whole request: the policy chain's comparisons and the
     // injected headers see the same values.
@@ -424,13 +491,18 @@ async fn pipeline(
 
     let mut response_headers: Vec<(http::HeaderName, HeaderValue)> = Vec::new();
     if !route.chain.is_empty() {
+        let buffered = match &in_body {
+            InBody::Buffered(b) => Some(b),
+            InBody::Stream(_) => None,
+        };
         let preq = PolicyRequest {
             route: &route.name,
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
             client,
+            body: buffered,
         };
         let mut report = Report {
             decided_by: None,
@@ -458,7 +530,7 @@ async fn pipeline(
         match decision {
             Decision::Allow(changes) => {
                 ex.verdict = "allow";
-                let h = req.headers_mut();
+                let h = &mut parts.headers;
                 for name in &changes.remove_headers {
                     h.remove(name);
                 }
@@ -466,6 +538,9 @@ async fn pipeline(
                     h.insert(name, value);
                 }
                 response_headers = changes.response_headers;
+                if let Some(b) = changes.body {
+                    in_body = InBody::Buffered(b);
+                }
             }
             Decision::Deny {
                 status,
@@ -484,9 +559,6 @@ async fn pipeline(
     }
 
     let upstream = &route.upstream;
-    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-
-    let (mut parts, body) = req.into_parts();
     let original_host = headers::authority_of(&parts);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
     let trusted_peer = headers::set_forwarded(
@@ -543,41 +615,55 @@ async fn pipeline(
     let method = parts.method.clone();
     let downstream_uri = std::mem::take(&mut parts.uri);
 
-    // Errors reading the client's body are marked as the client's, so that the upstream
-    // client failing to send it is a 400, not a 502 blamed on the upstream.
-    // Whether the request has a body at all, asked of the body itself: the framing
-    // headers are gone by now (hop-by-hop).
-    let no_body = http_body::Body::is_end_stream(&body);
-    let stats = (!no_body).then(|| {
-        let s = Arc::new(body::BodyIn::default());
-        ex.body_in = Some(s.clone());
-        s
-    });
-    let body = body::counted_in(body, stats, ex.started)
-        .map_err(|e| BoxError::from(error::ClientBodyError(e)));
-    let limited = http_body_util::Limited::new(body, route.max_body as usize);
-    let mut stream: Option<ProxyBody> = Some(limited.map_err(BoxError::from).boxed());
-
-    // A request can be sent again only if its body can: none, or small enough to buffer.
-    // A larger body streams upstream once, and is never replayed.
     let policy = &route.retry;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let replay: Option<Bytes> = if policy.attempts == 0 || downstream_upgrade.is_some() {
-        None
-    } else if no_body {
-        Some(Bytes::new())
-    } else if declared.is_some_and(|n| n <= policy.buffer) {
-        let collected = stream.take().expect("body present").collect().await;
-        match collected {
-            Ok(c) => Some(c.to_bytes()),
-            Err(e) => return Err(ProxyError::from_body_error(e)),
+    let (mut stream, replay): (Option<ProxyBody>, Option<Bytes>) = match in_body {
+        // A checked (or replaced) body goes upstream as it is held: decoded, with its own
+        // length. It can be sent again on a retry.
+        InBody::Buffered(b) => {
+            parts.headers.remove(http::header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(b.len()));
+            (None, (policy.attempts > 0).then_some(b.clone()).or(Some(b)))
         }
-    } else {
-        None
+        InBody::Stream(body) => {
+            // Errors reading the client's body are marked as the client's, so that the
+            // upstream client failing to send it is a 400, not a 502 blamed on the
+            // upstream. Whether the request has a body at all, asked of the body itself:
+            // the framing headers are gone by now (hop-by-hop).
+            let no_body = http_body::Body::is_end_stream(&body);
+            let stats = (!no_body).then(|| {
+                let s = Arc::new(body::BodyIn::default());
+                ex.body_in = Some(s.clone());
+                s
+            });
+            let body = body::counted_in(body, stats, ex.started)
+                .map_err(|e| BoxError::from(error::ClientBodyError(e)));
+            let limited = http_body_util::Limited::new(body, route.max_body as usize);
+            let mut stream: Option<ProxyBody> = Some(limited.map_err(BoxError::from).boxed());
+
+            // A request can be sent again only if its body can: none, or small enough to
+            // buffer. A larger body streams upstream once, and is never replayed.
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let replay: Option<Bytes> = if policy.attempts == 0 || downstream_upgrade.is_some() {
+                None
+            } else if no_body {
+                Some(Bytes::new())
+            } else if declared.is_some_and(|n| n <= policy.buffer) {
+                let collected = stream.take().expect("body present").collect().await;
+                match collected {
+                    Ok(c) => Some(c.to_bytes()),
+                    Err(e) => return Err(ProxyError::from_body_error(e)),
+                }
+            } else {
+                None
+            };
+            (stream, replay)
+        }
     };
     upstream.budget.deposit();
 
@@ -740,13 +826,174 @@ async fn pipeline(
 
     let (mut parts, b) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, None);
+    let body = match &seen {
+        Some(seen) if response_inspectable(&method, &parts) => {
+            let preq = PolicyRequest {
+                route: &route.name,
+                method: &seen.method,
+                path: &seen.path,
+                query: seen.query.as_deref(),
+                headers: &seen.headers,
+                client,
+                body: seen.body.as_ref(),
+            };
+            response_phase(&route.chain, &preq, &secrets, &mut parts, b).await?
+        }
+        _ => b.map_err(BoxError::from).boxed(),
+    };
     for (n, v) in response_headers {
         parts.headers.append(n, v);
     }
-    Ok(Response::from_parts(
-        parts,
-        b.map_err(BoxError::from).boxed(),
-    ))
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The request body on its way through the pipeline.
+enum InBody {
+    /// Streamed to the upstream as it arrives.
+    Stream(Incoming),
+    /// Read whole and checked by the body phase (or replaced by a policy).
+    Buffered(Bytes),
+}
+
+/// The request as the policies saw it, kept for the response phase.
+struct SeenRequest {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: http::HeaderMap,
+    body: Option<Bytes>,
+}
+
+/// Whether a response can go through the response phase: a JSON body (never an event
+/// stream) of a request that can have one.
+fn response_inspectable(method: &Method, parts: &http::response::Parts) -> bool {
+    if *method == Method::HEAD
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        return false;
+    }
+    let Some(ct) = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    ty.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json")))
+}
+
+/// Read a JSON response up to the largest `response_body.max` on the route and let the
+/// policies inspect (and replace) it. A larger response passes through untouched, its
+/// bytes already read sent first; so does one whose declared length is over the limit,
+/// without being read at all.
+async fn response_phase(
+    chain: &crate::policy::Chain,
+    preq: &PolicyRequest<'_>,
+    secrets: &crate::secrets::SecretSnapshot,
+    parts: &mut http::response::Parts,
+    body: Incoming,
+) -> Result<ProxyBody, ProxyError> {
+    let max = chain.response_max().unwrap_or(0);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    }
+    let mut body = body;
+    let mut read: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    total += data.len() as u64;
+                    read.push(data);
+                    if total > max {
+                        // Too large to inspect: what was read goes first, then the rest.
+                        let head =
+                            futures_util::stream::iter(read.into_iter().map(
+                                |d| -> Result<_, BoxError> { Ok(hyper::body::Frame::data(d)) },
+                            ));
+                        let rest = http_body_util::BodyStream::new(
+                            body.map_err(|e| -> BoxError { Box::new(e) }),
+                        );
+                        return Ok(http_body_util::StreamBody::new(
+                            futures_util::StreamExt::chain(head, rest),
+                        )
+                        .boxed());
+                    }
+                }
+                // Trailers end a JSON body that is otherwise whole; they are not kept.
+                Err(_) => break,
+            },
+        }
+    }
+    let raw = match read.len() {
+        0 => Bytes::new(),
+        1 => read.pop().expect("one chunk"),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(total as usize);
+            for d in read {
+                all.extend_from_slice(&d);
+            }
+            all.freeze()
+        }
+    };
+    // A response policy reads identity bytes; one the gateway cannot decode within the
+    // limit fails closed rather than slipping past the policy encoded.
+    let limits = crate::inspect::Limits {
+        max,
+        decoded_max: max,
+        max_ratio: None,
+    };
+    let codings = crate::inspect::content_codings(&parts.headers)
+        .map_err(|r| ProxyError::Upstream(format!("response for the response phase: {r}")))?;
+    let decoded = !codings.is_empty();
+    let plain = crate::inspect::decode_codings(&codings, raw, &limits)
+        .map_err(|r| ProxyError::Upstream(format!("response for the response phase: {r}")))?;
+    let out = match chain
+        .evaluate_response(preq, secrets, parts.status, &parts.headers, &plain)
+        .await
+    {
+        Ok(Some(replaced)) => {
+            parts.headers.remove(http::header::ETAG);
+            replaced
+        }
+        Ok(None) => plain,
+        Err(Decision::Deny {
+            status,
+            body,
+            headers,
+        }) => {
+            parts.status = status;
+            parts.headers.clear();
+            for (n, v) in headers {
+                parts.headers.append(n, v);
+            }
+            body
+        }
+        Err(Decision::Allow(_)) => unreachable!("a failed response phase denies"),
+    };
+    if decoded {
+        parts.headers.remove(http::header::CONTENT_ENCODING);
+    }
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Ok(full(out))
 }
 
 fn count_gateway_response(ex: &body::Exchange, reason: &str, fault: &str) {

@@ -513,6 +513,9 @@ impl Metrics {
         let proxy = ProxyMetrics::register(&mut registry);
         let upstream = UpstreamMetrics::register(&mut registry);
         let policy = PolicyMetrics::register(&mut registry);
+        // The rate limiter's families live with it (its counters are process-wide, like
+        // its buckets); only their registration happens here.
+        crate::policy::ratelimit::RateLimiter::register(&mut registry);
         let secrets = SecretMetrics::register(&mut registry);
         let config = ConfigMetrics::register(&mut registry);
         let version = vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())];

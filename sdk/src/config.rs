@@ -1,6 +1,7 @@
 //! Configuration-time types.
 
 use std::fmt;
+use std::time::Duration;
 
 /// What the gateway tells a policy when configuring it for one route.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -12,6 +13,13 @@ pub struct Setup {
     pub secrets: Vec<String>,
     /// Sensitive header names (lower case) the route lets this policy see.
     pub granted_headers: Vec<String>,
+    /// The body phase's size limit (`body = { max = ... }`) when this policy has it:
+    /// only then does [`Request::body`](crate::Request::body) carry the body. A policy
+    /// that needs the body should refuse its configuration when this is `None`.
+    pub body_max: Option<u64>,
+    /// True when this policy has the response phase (`response_body = { max = ... }`), so
+    /// [`Policy::evaluate_response`](crate::Policy::evaluate_response) will be called.
+    pub response_phase: bool,
 }
 
 impl Setup {
@@ -23,12 +31,13 @@ impl Setup {
     /// True when the policy will see header `name`: either it is not one of the sensitive
     /// headers the gateway withholds by default, or the route grants it.
     pub fn sees_header(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
-        !crate::request::SENSITIVE_HEADERS.contains(&name.as_str())
+        !crate::request::SENSITIVE_HEADERS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
             || self
                 .granted_headers
                 .iter()
-                .any(|h| h.eq_ignore_ascii_case(&name))
+                .any(|h| h.eq_ignore_ascii_case(name))
     }
 }
 
@@ -115,5 +124,63 @@ impl fmt::Display for ConfigErrors {
             write!(f, "{e}")?;
         }
         Ok(())
+    }
+}
+
+/// Parse a duration the way the gateway's config writes them: a whole number and a unit,
+/// `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"30s"`, `"1m"`, `"24h"`). For a policy's own
+/// config fields, so operators write durations the same way everywhere.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration like \"500ms\", \"30s\", \"1m\" or \"1h\"");
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(err());
+    }
+    let n: u64 = s[..digits].parse().map_err(|_| err())?;
+    let unit_ms: u64 = match &s[digits..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in [
+            "",
+            "m",
+            "1",
+            "1 m",
+            "-1s",
+            "1.5s",
+            "1M",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sensitive_headers_need_a_grant() {
+        let mut s = Setup::default();
+        assert!(s.sees_header("x-api-key"));
+        assert!(!s.sees_header("Authorization"));
+        s.granted_headers.push("authorization".into());
+        assert!(s.sees_header("Authorization"));
     }
 }

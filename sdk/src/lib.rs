@@ -2,8 +2,10 @@
 //!
 //! A policy is a type implementing [`Policy`]: it is built once per route from the route's
 //! `config` table ([`Policy::configure`]) and then asked for a [`Verdict`] on every request
-//! ([`Policy::evaluate`]). [`export_policy!`] turns it into a WebAssembly component that
-//! targets the `warden:policy/policy-plugin` world (`sdk/wit/policy.wit`).
+//! ([`Policy::evaluate`]) and, where the route turns the response phase on, for a
+//! [`ResponseVerdict`] on every JSON response ([`Policy::evaluate_response`]).
+//! [`export_policy!`] exports it as the `warden:policy/policy` interface of the
+//! `warden:policy/policy-plugin@0.2.0` world (`sdk/wit/policy.wit`).
 //!
 //! ```ignore
 //! use warden_sdk::{Policy, Request, Setup, Verdict, ConfigErrors};
@@ -27,19 +29,33 @@
 //! warden_sdk::export_policy!(RequireHeader);
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`); the
-//! output `.wasm` is already a component. Unit-test natively with [`testing`].
+//! Build with `cargo build --release --target wasm32-unknown-unknown` (crate type
+//! `cdylib`): the module imports nothing but the `warden:policy/host` functions, and the
+//! gateway turns it into a component from the component type that wit-bindgen embeds.
+//! `wasm32-wasip2` works too (the output is then a component that imports the WASI
+//! interfaces std uses, which the gateway stubs out). Unit-test natively with [`testing`].
+//!
+//! Helpers for common request shapes: [`mcp`] (JSON-RPC 2.0 / Model Context Protocol) and
+//! [`inference`] (OpenAI-style chat and completions requests).
 #![deny(missing_docs)]
 
 mod config;
+mod headers;
 mod host;
+pub mod inference;
+pub mod json;
+pub mod mcp;
 mod request;
+mod response;
 pub mod testing;
 mod verdict;
 
-pub use config::{ConfigError, ConfigErrors, Setup};
-pub use host::{Level, log, secret_matches};
-pub use request::{Client, Request, RequestBuilder};
+pub use config::{ConfigError, ConfigErrors, Setup, parse_duration};
+pub use headers::HeaderIter;
+pub use host::{Level, RateDecision, log, rate_limit, secret_matches};
+pub use json::JsonError;
+pub use request::{Client, Method, Request, RequestBuilder};
+pub use response::{Response, ResponseBuilder, ResponseVerdict};
 pub use verdict::{Changes, Denial, Verdict};
 
 /// Re-exported so plugins can build JSON bodies and test configs without another dependency.
@@ -61,6 +77,16 @@ pub trait Policy: Sized + 'static {
 
     /// Decide about one request.
     fn evaluate(&self, request: &Request) -> Verdict;
+
+    /// Decide about one response (only called where [`Setup::response_phase`] is on).
+    ///
+    /// `request` is the request as [`Policy::evaluate`] saw it. The instance may not be
+    /// the one that evaluated the request, so derive anything needed from `request`
+    /// rather than from state kept between the calls.
+    fn evaluate_response(&self, request: &Request, response: &Response) -> ResponseVerdict {
+        let _ = (request, response);
+        ResponseVerdict::Keep
+    }
 }
 
 /// Parse a JSON config document into `P::Config` and configure `P`, turning serde errors
@@ -115,6 +141,19 @@ macro_rules! export_policy {
                         $crate::__rt::evaluate(policy, request)
                     })
                 }
+
+                fn evaluate_response(
+                    request: $crate::__rt::WitRequest,
+                    response: $crate::__rt::WitResponse,
+                ) -> $crate::__rt::WitResponseVerdict {
+                    __WARDEN_POLICY.with(|p| {
+                        let p = p.borrow();
+                        let policy = p
+                            .as_ref()
+                            .expect("evaluate-response called before configure");
+                        $crate::__rt::evaluate_response(policy, request, response)
+                    })
+                }
             }
 
     $crate::__rt::export!(__WardenExport with_types_in $crate::__rt::bindings);
@@ -130,21 +169,36 @@ pub mod __rt {
     pub mod bindings {
         wit_bindgen::generate!({
             path: "wit",
-            world: "warden:policy/policy-plugin@0.1.0",
+            world: "warden:policy/policy-plugin@0.2.0",
             pub_export_macro: true,
             default_bindings_module: "warden_sdk::__rt::bindings",
         });
     }
 
+    use std::cell::RefCell;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+
     pub use bindings::export;
     pub use bindings::exports::warden::policy::policy::Guest;
+    use bindings::warden::policy::host;
     use bindings::warden::policy::types as wit;
     pub use wit::{
-        ConfigError as WitConfigError, Request as WitRequest, Setup as WitSetup,
-        Verdict as WitVerdict,
+        ConfigError as WitConfigError, Request as WitRequest, Response as WitResponse,
+        ResponseVerdict as WitResponseVerdict, Setup as WitSetup, Verdict as WitVerdict,
     };
 
-    use crate::{Changes, Client, Denial, Policy, Request, Setup, Verdict};
+    use crate::headers::Headers;
+    use crate::{
+        Changes, Client, Denial, Method, Policy, RateDecision, Request, Response, ResponseVerdict,
+        Setup, Verdict,
+    };
+
+    thread_local! {
+        // The 0.2.0 request no longer names the route; it is fixed per instance, so it is
+        // kept from `configure` and shared into every `Request`.
+        static ROUTE: RefCell<Arc<str>> = RefCell::new(Arc::from(""));
+    }
 
     /// Configure `P` from the host's arguments.
     pub fn configure<P: Policy>(setup: WitSetup, config: &str) -> Result<P, Vec<WitConfigError>> {
@@ -152,7 +206,10 @@ pub mod __rt {
             route: setup.route,
             secrets: setup.secrets,
             granted_headers: setup.granted_headers,
+            body_max: setup.body_max,
+            response_phase: setup.response_phase,
         };
+        ROUTE.with(|r| *r.borrow_mut() = Arc::from(setup.route.as_str()));
         crate::configure_from_json::<P>(&setup, config).map_err(|errs| {
             errs.into_iter()
                 .map(|e| WitConfigError {
@@ -163,34 +220,60 @@ pub mod __rt {
         })
     }
 
-    /// Convert the request, evaluate, convert the verdict.
-    pub fn evaluate<P: Policy>(policy: &P, r: WitRequest) -> WitVerdict {
-        let client = Client {
-            address: r.client.address,
-            port: r.client.port,
-            tls: r.client.tls,
-            sni: r.client.sni,
-            uri_sans: r.client.uri_sans,
-            dns_sans: r.client.dns_sans,
-        };
-        let request = Request {
-            route: r.route,
-            method: r.method,
+    // Every field is moved, never copied: the header list stays one packed buffer.
+    fn request(r: WitRequest) -> Request {
+        let c = r.client;
+        Request {
+            route: ROUTE.with(|r| r.borrow().clone()),
+            method: match r.method {
+                wit::Method::Get => Method::Get,
+                wit::Method::Head => Method::Head,
+                wit::Method::Post => Method::Post,
+                wit::Method::Put => Method::Put,
+                wit::Method::Delete => Method::Delete,
+                wit::Method::Connect => Method::Connect,
+                wit::Method::Options => Method::Options,
+                wit::Method::Trace => Method::Trace,
+                wit::Method::Patch => Method::Patch,
+                wit::Method::Other(s) => Method::Other(s),
+            },
             path: r.path,
             query: r.query,
-            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-            client,
-        };
-        match policy.evaluate(&request) {
+            headers: Headers(r.headers),
+            client: Client {
+                address: match c.address {
+                    wit::IpAddress::Ipv4(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+                    // The host already sends mapped peers as IPv4; canonicalising again
+                    // is two compares and keeps IPv4 rules unbypassable if it ever did not.
+                    wit::IpAddress::Ipv6((hi, lo)) => {
+                        IpAddr::V6(Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo)))
+                            .to_canonical()
+                    }
+                },
+                port: c.port,
+                tls: c.tls,
+                sni: c.sni,
+                uri_sans: c.uri_sans,
+                dns_sans: c.dns_sans,
+            },
+            body: r.body,
+        }
+    }
+
+    /// Convert the request, evaluate, convert the verdict.
+    pub fn evaluate<P: Policy>(policy: &P, r: WitRequest) -> WitVerdict {
+        match policy.evaluate(&request(r)) {
             Verdict::Allow(c) if c.is_empty() => WitVerdict::Allow,
             Verdict::Allow(Changes {
                 set_request_headers,
                 remove_request_headers,
                 add_response_headers,
+                body,
             }) => WitVerdict::AllowWithChanges(wit::Changes {
                 set_request_headers: headers(set_request_headers),
                 remove_request_headers,
                 add_response_headers: headers(add_response_headers),
+                body,
             }),
             Verdict::Deny(Denial {
                 status,
@@ -204,15 +287,31 @@ pub mod __rt {
         }
     }
 
+    /// Convert the request and response, evaluate, convert the verdict.
+    pub fn evaluate_response<P: Policy>(
+        policy: &P,
+        r: WitRequest,
+        resp: WitResponse,
+    ) -> WitResponseVerdict {
+        let resp = Response {
+            status: resp.status,
+            headers: Headers(resp.headers),
+            body: resp.body,
+        };
+        match policy.evaluate_response(&request(r), &resp) {
+            ResponseVerdict::Keep => WitResponseVerdict::Keep,
+            ResponseVerdict::Replace(b) => WitResponseVerdict::Replace(b),
+        }
+    }
+
     fn headers(h: Vec<(String, Vec<u8>)>) -> Vec<wit::Header> {
         h.into_iter()
             .map(|(name, value)| wit::Header { name, value })
             .collect()
     }
 
-    /// Host imports.
+    /// Host import.
     pub fn host_log(level: crate::Level, message: &str, fields: &[(&str, &str)]) {
-        use bindings::warden::policy::host;
         let level = match level {
             crate::Level::Trace => host::Level::Trace,
             crate::Level::Debug => host::Level::Debug,
@@ -229,6 +328,16 @@ pub mod __rt {
 
     /// Host import.
     pub fn host_secret_matches(name: &str, presented: &[u8]) -> bool {
-        bindings::warden::policy::host::secret_matches(name, presented)
+        host::secret_matches(name, presented)
+    }
+
+    /// Host import.
+    pub fn host_rate_limit(key: &str, limit: u32, window_ms: u32) -> RateDecision {
+        let d = host::rate_limit(key, limit, window_ms);
+        RateDecision {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            reset_after: std::time::Duration::from_millis(d.reset_after_ms.into()),
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod config;
 pub mod openbao;
 pub mod otlp;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -57,10 +58,10 @@ pub fn warden_bin() -> PathBuf {
     p
 }
 
-/// A built example plugin: `plugins/target/wasm32-wasip2/release/{name}.wasm`.
+/// A built example plugin: `plugins/target/wasm32-unknown-unknown/release/{name}.wasm`.
 pub fn plugin_wasm(name: &str) -> PathBuf {
     let p = repo_root()
-        .join("plugins/target/wasm32-wasip2/release")
+        .join("plugins/target/wasm32-unknown-unknown/release")
         .join(format!("{name}.wasm"));
     assert!(
         p.exists(),

@@ -57,6 +57,8 @@ struct State {
     /// What every other request answers, when set (0: echo).
     forced: std::sync::atomic::AtomicU16,
     seen: Mutex<Vec<Seen>>,
+    /// Request bodies read (echo and `/mcp`), in order.
+    bodies: Mutex<Vec<Bytes>>,
 }
 
 /// A running test upstream. Stops on drop.
@@ -180,6 +182,11 @@ impl Echo {
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
+
+    /// Request bodies received so far by the echo and `/mcp` handlers.
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.state.bodies.lock().unwrap().clone()
+    }
 }
 
 fn tls_acceptor(leaf: &Leaf, client_ca_pem: Option<&str>) -> tokio_rustls::TlsAcceptor {
@@ -203,6 +210,57 @@ fn tls_acceptor(leaf: &Leaf, client_ca_pem: Option<&str>) -> tokio_rustls::TlsAc
     let mut cfg = builder.with_single_cert(certs, key).expect("server cert");
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// A tiny MCP server (streamable HTTP): JSON-RPC in, JSON out, or one SSE event with
+/// `?sse=1`. Tools: `search_projects`, `get_project`, `delete_project`.
+fn mcp(body: &[u8], query: Option<&str>) -> Response<Body> {
+    fn answer(call: &serde_json::Value) -> serde_json::Value {
+        let id = call.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        let method = call.get("method").and_then(|m| m.as_str()).unwrap_or("");
+        let result = match method {
+            "initialize" => json!({
+                "protocolVersion": "2025-06-18",
+                "capabilities": { "tools": {} },
+                "serverInfo": { "name": "test-mcp", "version": "1" }
+            }),
+            "tools/list" => json!({ "tools": [
+                { "name": "search_projects", "description": "Search", "inputSchema": { "type": "object" } },
+                { "name": "get_project", "description": "Get", "inputSchema": { "type": "object" } },
+                { "name": "delete_project", "description": "Delete", "inputSchema": { "type": "object" } },
+            ]}),
+            "tools/call" => {
+                let name = call["params"]["name"].as_str().unwrap_or("");
+                json!({ "content": [ { "type": "text", "text": format!("called {name}") } ] })
+            }
+            _ => {
+                return json!({ "jsonrpc": "2.0", "id": id,
+                    "error": { "code": -32601, "message": "method not found" } });
+            }
+        };
+        json!({ "jsonrpc": "2.0", "id": id, "result": result })
+    }
+    let reply = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(calls)) => {
+            serde_json::Value::Array(calls.iter().map(answer).collect())
+        }
+        Ok(call) => answer(&call),
+        Err(_) => json!({ "jsonrpc": "2.0", "id": null,
+            "error": { "code": -32700, "message": "parse error" } }),
+    };
+    let sse = query.is_some_and(|q| q.contains("sse=1"));
+    let (ct, text) = if sse {
+        (
+            "text/event-stream",
+            format!("event: message\ndata: {reply}\n\n"),
+        )
+    } else {
+        ("application/json", reply.to_string())
+    };
+    let mut r = Response::new(full(text));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+    r
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -349,6 +407,11 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    st.bodies.lock().unwrap().push(body.clone());
+
+    if path.ends_with("/mcp") {
+        return Ok(mcp(&body, query.as_deref()));
+    }
 
     if path == "/grpc" {
         // One length-prefixed message back, then trailers — the gRPC wire shape.

@@ -569,7 +569,7 @@ fn assert_check_passes(files: &BTreeMap<String, String>, bao: OpenBao) {
     let tmp = tempfile::tempdir().unwrap();
     let (secrets, cache) = (tmp.path().join("secrets"), tmp.path().join("cache"));
     write_secrets(&bao, &secrets);
-    let plugins = repo_root().join("plugins/target/wasm32-wasip2/release/");
+    let plugins = repo_root().join("plugins/target/wasm32-unknown-unknown/release/");
     let vault = config["secrets"]["vault"]["address"].as_str().unwrap();
     let localize = |text: &str| {
         text.replace("/run/secrets/", &format!("{}/", secrets.display()))
@@ -791,7 +791,7 @@ fn alert_rules_pass_promtool_and_use_exported_metric_names() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 5 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
     // Each alert the operations docs promise, on a metric the gateway exports (the
     // dashboard test above checks the exported names against a live gateway).
     let yaml = read("deploy/prometheus/warden-rules.yml");
@@ -807,6 +807,7 @@ fn alert_rules_pass_promtool_and_use_exported_metric_names() {
         ),
         ("WardenEndpointEjected", "warden_upstream_ejections_total"),
         ("WardenPluginTraps", "warden_plugin_traps_total"),
+        ("WardenRateLimitStoreDown", "warden_rate_limit_store_up"),
     ] {
         let block = yaml
             .split("- alert: ")

@@ -550,7 +550,7 @@ fn integrity_failures_are_refused_by_warden_check_with_their_message() {
     );
     assert_ne!(code, 0);
     assert!(
-        out.contains("wrong world") && out.contains("missing export warden:policy/policy@0.1.0"),
+        out.contains("wrong world") && out.contains("missing export warden:policy/policy@0.2.0"),
         "{out}"
     );
 
@@ -631,6 +631,9 @@ fn plugin_test_harness_passes_for_every_example_plugin() {
         ("network_isolation", "network-isolation"),
         ("api_key", "api-key"),
         ("header_guard", "header-guard"),
+        ("mcp_guard", "mcp-guard"),
+        ("model_guard", "model-guard"),
+        ("rate_limit", "rate-limit"),
     ] {
         let cases = repo_root()
             .join("plugins")
@@ -657,7 +660,9 @@ fn plugin_test_harness_passes_for_every_example_plugin() {
     ]);
     assert_ne!(code, 0);
     assert!(
-        out.contains("FAIL  wrong") && out.contains("expected allow, got deny"),
+        out.contains("FAIL  wrong")
+            && out.contains("expected: allow")
+            && out.contains("actual:   deny (status 403"),
         "{out}"
     );
 }
@@ -668,7 +673,8 @@ fn plugin_inspect_shows_world_and_hash() {
     let (code, out, _) = run_warden(&["plugin", "inspect", &p(&plugin_wasm("network_isolation"))]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("warden:policy/policy@0.1.0 { configure, evaluate }"),
+        out.contains("warden:policy/policy@0.2.0 { configure, evaluate, evaluate-response }")
+            && out.contains("world:   warden:policy/policy-plugin@0.2.0"),
         "{out}"
     );
     assert!(out.contains("accepted: yes"), "{out}");

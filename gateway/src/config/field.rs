@@ -23,6 +23,16 @@ impl FieldError {
             reason: reason.into(),
         }
     }
+
+    /// This error seen from the enclosing item: `prefix.key` (or `prefix`).
+    pub fn prefixed(self, prefix: &str) -> Self {
+        let key = if self.key.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.key)
+        };
+        FieldError { key, ..self }
+    }
 }
 
 /// A config error with its location.

@@ -13,13 +13,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::Store;
 
 use super::config::{Isolation, Mode, OnError, PolicyConfig, SENSITIVE_HEADERS};
-use super::host::{DeadlineExceeded, LoadedPlugin, PluginSet, PolicyHost, StoreState, bindings};
+use super::host::{
+    Contract, DeadlineExceeded, LoadedPlugin, PluginSet, PolicyHost, Pre, StoreState, bindings,
+};
 use crate::config::field::FieldError;
 use crate::http::ClientInfo;
+use crate::inspect::{BodyConfig, BodyRules};
 use crate::secrets::{SecretBytes, SecretSnapshot, Template};
 use crate::telemetry::{PluginLabel, VerdictLabels, metrics};
 
-use bindings::warden::policy::types as wit;
+use bindings::v1::warden::policy::types as wit1;
+use bindings::v2::warden::policy::types as wit2;
 
 /// What a plugin sees of a request.
 pub struct PolicyRequest<'a> {
@@ -35,6 +39,8 @@ pub struct PolicyRequest<'a> {
     pub headers: &'a http::HeaderMap,
     /// The client.
     pub client: &'a ClientInfo,
+    /// The buffered, checked body, on routes with a body phase.
+    pub body: Option<&'a Bytes>,
 }
 
 /// Header changes from a chain that allowed. Apply `remove_headers`, then `set_headers`
@@ -47,6 +53,8 @@ pub struct Changes {
     pub remove_headers: Vec<HeaderName>,
     /// Response headers to add.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// A replacement request body (body phase only); the last replacement wins.
+    pub body: Option<Bytes>,
 }
 
 impl Changes {
@@ -63,6 +71,9 @@ impl Changes {
             self.set_headers.push((name, value));
         }
         self.response_headers.extend(other.response_headers);
+        if other.body.is_some() {
+            self.body = other.body;
+        }
     }
 }
 
@@ -86,6 +97,10 @@ pub enum Decision {
 #[derive(Default)]
 pub struct Chain {
     entries: Vec<Entry>,
+    /// The route's body phase, shared by every policy that asked for it.
+    body: Option<BodyRules>,
+    /// The largest response any policy inspects; `None` without a response phase.
+    response_max: Option<u64>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -107,6 +122,10 @@ struct Entry {
     granted_headers: Vec<String>,
     granted_secrets: Arc<[String]>,
     secrets: Vec<(String, Template)>,
+    /// The body phase's limit, when this policy sees the request body.
+    body_max: Option<u64>,
+    /// Largest response this policy inspects, when it has the response phase.
+    response_max: Option<u64>,
     pool: Mutex<Vec<Warm>>,
     metrics: EntryMetrics,
 }
@@ -124,8 +143,14 @@ struct EntryMetrics {
 /// A configured instance.
 struct Warm {
     store: Store<StoreState>,
-    plugin: bindings::PolicyPlugin,
+    plugin: Instance,
     uses: u64,
+}
+
+/// An instance of either contract.
+enum Instance {
+    V1(bindings::v1::PolicyPlugin),
+    V2(bindings::v2::PolicyPlugin),
 }
 
 /// Why a plugin evaluation produced no usable verdict.
@@ -160,6 +185,9 @@ impl Chain {
     ) -> Result<Chain, Vec<FieldError>> {
         let mut errs = Vec::new();
         let mut entries = Vec::new();
+        let mut body: Option<BodyRules> = None;
+        let mut body_config: Option<BodyConfig> = None;
+        let mut response_max: Option<u64> = None;
         let route: Arc<str> = Arc::from(route);
         for (i, p) in policies.iter().enumerate() {
             let at = |k: &str| {
@@ -185,6 +213,47 @@ impl Chain {
                 ));
                 continue;
             };
+            if plugin.contract == Contract::V1 {
+                for (key, set) in [
+                    ("body", p.body.is_some()),
+                    ("response_body", p.response_body.is_some()),
+                ] {
+                    if set {
+                        errs.push(FieldError::new(
+                            at(key),
+                            format!(
+                                "plugin {:?} is built against warden:policy@0.1.0, which passes no bodies; rebuild it with a 0.2 warden-sdk",
+                                plugin.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(b) = &p.body {
+                match &body_config {
+                    None => match BodyRules::new(b) {
+                        Ok(rules) => {
+                            body = Some(rules);
+                            body_config = Some(b.clone());
+                        }
+                        Err(list) => errs.extend(list.into_iter().map(|e| e.prefixed(&at("body")))),
+                    },
+                    // One body is forwarded, so every policy must agree on what it accepts.
+                    Some(first) if first != b => errs.push(FieldError::new(
+                        at("body"),
+                        "policies on one route share one body phase: give every `body` table on this route the same settings",
+                    )),
+                    Some(_) => {}
+                }
+            }
+            if let Some(r) = &p.response_body {
+                errs.extend(
+                    r.check()
+                        .into_iter()
+                        .map(|e| e.prefixed(&at("response_body"))),
+                );
+                response_max = response_max.max(Some(r.max));
+            }
             let mut granted_headers = Vec::new();
             for (j, h) in p.headers.iter().enumerate() {
                 let lower = h.to_ascii_lowercase();
@@ -259,6 +328,8 @@ impl Chain {
                 granted_headers,
                 granted_secrets: secrets.iter().map(|(n, _)| n.clone()).collect(),
                 secrets,
+                body_max: p.body.as_ref().map(|b| b.max),
+                response_max: p.response_body.as_ref().map(|r| r.max),
                 pool: Mutex::new(Vec::new()),
                 metrics: entry_metrics,
             };
@@ -276,13 +347,13 @@ impl Chain {
                     entries.push(entry);
                 }
                 Ok(Err(config_errors)) => {
-                    for e in config_errors {
-                        let key = if e.key.is_empty() {
+                    for (key, reason) in config_errors {
+                        let key = if key.is_empty() {
                             "config".to_string()
                         } else {
-                            format!("config.{}", e.key)
+                            format!("config.{key}")
                         };
-                        errs.push(FieldError::new(at(&key), e.reason));
+                        errs.push(FieldError::new(at(&key), reason));
                     }
                 }
                 Err(f) => errs.push(FieldError::new(
@@ -297,7 +368,11 @@ impl Chain {
             }
         }
         if errs.is_empty() {
-            Ok(Chain { entries })
+            Ok(Chain {
+                entries,
+                body,
+                response_max,
+            })
         } else {
             Err(errs)
         }
@@ -306,6 +381,17 @@ impl Chain {
     /// True when the route has no policies.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The route's body phase, if any policy on it asked for the body.
+    pub fn body(&self) -> Option<&BodyRules> {
+        self.body.as_ref()
+    }
+
+    /// The largest response a policy on this route inspects; `None` without a response
+    /// phase.
+    pub fn response_max(&self) -> Option<u64> {
+        self.response_max
     }
 
     /// Evaluate the chain: the first enforce-mode deny wins, allow changes accumulate,
@@ -325,19 +411,21 @@ impl Chain {
         report: &mut Report,
     ) -> Decision {
         let mut changes = Changes::default();
+        // A policy that replaced the body hands the next one what will be forwarded.
+        let mut body: Option<Bytes> = req.body.cloned();
         for e in &self.entries {
             let started = report.steps.is_some().then(Instant::now);
-            let result = e.evaluate(req, secrets).await;
-            let verdict = match (&result, e.mode) {
-                (Ok(Decision::Allow(_)), _) => {
+            let result = e.evaluate(req, body.as_ref(), secrets).await;
+            let verdict = match &result {
+                Ok(Decision::Allow(_)) => {
                     e.metrics.allow.inc();
                     "allow"
                 }
-                (Ok(Decision::Deny { .. }), _) => {
+                Ok(Decision::Deny { .. }) => {
                     e.metrics.deny.inc();
                     "deny"
                 }
-                (Err(_), _) => {
+                Err(_) => {
                     e.metrics.error.inc();
                     "error"
                 }
@@ -365,7 +453,12 @@ impl Chain {
                 continue;
             }
             match result {
-                Ok(Decision::Allow(c)) => changes.merge(c),
+                Ok(Decision::Allow(c)) => {
+                    if let Some(b) = &c.body {
+                        body = Some(b.clone());
+                    }
+                    changes.merge(c)
+                }
                 Ok(deny @ Decision::Deny { .. }) => {
                     report.decided_by = Some(e.plugin.name.clone());
                     return deny;
@@ -378,6 +471,59 @@ impl Chain {
             }
         }
         Decision::Allow(changes)
+    }
+
+    /// Run the response phase over a buffered JSON response of `body.len()` bytes: each
+    /// policy with `response_body` whose `max` fits inspects it in chain order and may
+    /// replace it. `Ok(None)` keeps the response; `Err` is the response to send instead
+    /// when a fail-closed policy failed (502).
+    pub async fn evaluate_response(
+        &self,
+        req: &PolicyRequest<'_>,
+        secrets: &SecretSnapshot,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+    ) -> Result<Option<Bytes>, Decision> {
+        let mut current: Option<Bytes> = None;
+        for e in &self.entries {
+            if e.response_max.is_none_or(|m| body.len() as u64 > m) {
+                continue;
+            }
+            let seen = current.as_ref().unwrap_or(body);
+            let result = e
+                .evaluate_response(req, secrets, status, headers, seen)
+                .await;
+            match result {
+                Ok(replaced) if e.mode == Mode::Enforce => {
+                    if replaced.is_some() {
+                        current = replaced;
+                    }
+                }
+                Ok(replaced) => {
+                    if replaced.is_some() {
+                        tracing::info!(route = %e.route, plugin = %e.plugin.name, "shadow policy would have replaced this response");
+                    }
+                }
+                Err(_) if e.on_error == OnError::Allow || e.mode == Mode::Shadow => {}
+                Err(_) => {
+                    let body = serde_json::json!({
+                        "error": "policy unavailable",
+                        "route": &*e.route,
+                        "policy": e.plugin.name,
+                    });
+                    return Err(Decision::Deny {
+                        status: StatusCode::BAD_GATEWAY,
+                        body: Bytes::from(body.to_string()),
+                        headers: vec![(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                    });
+                }
+            }
+        }
+        Ok(current)
     }
 }
 
@@ -408,7 +554,7 @@ pub struct Step {
 impl Entry {
     /// A fresh, configured instance. The outer error is a plugin failure, the inner one
     /// the plugin's own config errors.
-    async fn instantiate(&self) -> Result<Result<Warm, Vec<wit::ConfigError>>, Failure> {
+    async fn instantiate(&self) -> Result<Result<Warm, Vec<(String, String)>>, Failure> {
         let mut store = self.host.new_store(
             &self.plugin,
             self.route.clone(),
@@ -418,29 +564,53 @@ impl Entry {
         store
             .data_mut()
             .arm_deadline(self.plugin.config.limits.configure_deadline, tick);
-        let plugin = match self.plugin.pre.instantiate_async(&mut store).await {
-            Ok(p) => p,
-            Err(e) => return Err(classify(&store, e)),
+        let secrets: Vec<&str> = self.granted_secrets.iter().map(String::as_str).collect();
+        let granted: Vec<&str> = self.granted_headers.iter().map(String::as_str).collect();
+        let configured = match &self.plugin.pre {
+            Pre::V1(pre) => {
+                let plugin = match pre.instantiate_async(&mut store).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(classify(&store, e)),
+                };
+                let setup = wit1::Setup {
+                    route: &self.route,
+                    secrets: &secrets,
+                    granted_headers: &granted,
+                };
+                plugin
+                    .warden_policy_policy()
+                    .call_configure(&mut store, setup, &self.config_json)
+                    .await
+                    .map(|r| {
+                        r.map(|()| Instance::V1(plugin))
+                            .map_err(|errs| errs.into_iter().map(|e| (e.key, e.reason)).collect())
+                    })
+            }
+            Pre::V2(pre) => {
+                let plugin = match pre.instantiate_async(&mut store).await {
+                    Ok(p) => p,
+                    Err(e) => return Err(classify(&store, e)),
+                };
+                let body_max = self.body_max;
+                let setup = wit2::Setup {
+                    route: &self.route,
+                    secrets: &secrets,
+                    granted_headers: &granted,
+                    body_max,
+                    response_phase: self.response_max.is_some(),
+                };
+                plugin
+                    .warden_policy_policy()
+                    .call_configure(&mut store, setup, &self.config_json)
+                    .await
+                    .map(|r| {
+                        r.map(|()| Instance::V2(plugin))
+                            .map_err(|errs| errs.into_iter().map(|e| (e.key, e.reason)).collect())
+                    })
+            }
         };
-        let setup = wit::Setup {
-            route: &self.route,
-            secrets: &self
-                .granted_secrets
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-            granted_headers: &self
-                .granted_headers
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        };
-        match plugin
-            .warden_policy_policy()
-            .call_configure(&mut store, setup, &self.config_json)
-            .await
-        {
-            Ok(Ok(())) => Ok(Ok(Warm {
+        match configured {
+            Ok(Ok(plugin)) => Ok(Ok(Warm {
                 store,
                 plugin,
                 uses: 0,
@@ -453,12 +623,49 @@ impl Entry {
     async fn evaluate(
         &self,
         req: &PolicyRequest<'_>,
+        body: Option<&Bytes>,
         secrets: &SecretSnapshot,
     ) -> Result<Decision, Failure> {
         let start = Instant::now();
-        let result = self.evaluate_inner(req, secrets).await;
+        let result = self.run(Call::Request { req, body, secrets }).await;
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
-        if let Err(f) = &result {
+        self.count_failure(&result);
+        match result {
+            Ok(Outcome::Request(d)) => Ok(d),
+            Ok(Outcome::Response(_)) => unreachable!("a request call yields a request outcome"),
+            Err(f) => Err(f),
+        }
+    }
+
+    async fn evaluate_response(
+        &self,
+        req: &PolicyRequest<'_>,
+        secrets: &SecretSnapshot,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        body: &Bytes,
+    ) -> Result<Option<Bytes>, Failure> {
+        let start = Instant::now();
+        let result = self
+            .run(Call::Response {
+                req,
+                secrets,
+                status,
+                headers,
+                body,
+            })
+            .await;
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        self.count_failure(&result);
+        match result {
+            Ok(Outcome::Response(r)) => Ok(r),
+            Ok(Outcome::Request(_)) => unreachable!("a response call yields a response outcome"),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn count_failure<T>(&self, result: &Result<T, Failure>) {
+        if let Err(f) = result {
             match f {
                 Failure::Deadline => self.metrics.deadline.inc(),
                 Failure::Memory => self.metrics.memory.inc(),
@@ -472,14 +679,31 @@ impl Entry {
                 );
             }
         }
-        result
     }
 
-    async fn evaluate_inner(
-        &self,
-        req: &PolicyRequest<'_>,
-        secrets: &SecretSnapshot,
-    ) -> Result<Decision, Failure> {
+    /// Headers this policy may see, packed for 0.2.0: name, 0, value, 0 for each.
+    fn packed_headers(&self, headers: &http::HeaderMap) -> Vec<u8> {
+        let mut out = Vec::with_capacity(headers.len() * 32);
+        for (n, v) in headers {
+            if !self.sees(n) {
+                continue;
+            }
+            out.extend_from_slice(n.as_str().as_bytes());
+            out.push(0);
+            // A header value never holds a 0 byte (http refuses control characters), so
+            // the packing cannot be confused.
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    fn sees(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        !SENSITIVE_HEADERS.contains(&n) || self.granted_headers.iter().any(|g| g == n)
+    }
+
+    async fn run(&self, call: Call<'_, '_>) -> Result<Outcome, Failure> {
         let pooled = self.plugin.config.isolation == Isolation::Pooled;
         let warm = if pooled {
             self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
@@ -500,33 +724,23 @@ impl Entry {
             },
         };
 
+        let req = call.request();
         {
             let s = warm.store.data_mut();
             s.arm_deadline(
                 self.plugin.config.limits.deadline,
                 self.host.settings.epoch_tick,
             );
+            let (Call::Request { secrets, .. } | Call::Response { secrets, .. }) = &call;
             s.secrets = self
                 .secrets
                 .iter()
                 .map(|(n, t)| (n.clone(), render_secret(t, secrets)))
                 .collect();
+            s.evaluating = true;
         }
         warm.store.set_epoch_deadline(1);
 
-        // Lower the request. Borrowed bindings: no per-header allocations on the host side.
-        let headers: Vec<wit::HeaderParam<'_>> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| {
-                let n = n.as_str();
-                !SENSITIVE_HEADERS.contains(&n) || self.granted_headers.iter().any(|g| g == n)
-            })
-            .map(|(n, v)| wit::HeaderParam {
-                name: n.as_str(),
-                value: v.as_bytes(),
-            })
-            .collect();
         let ip = match req.client.addr.ip() {
             IpAddr::V6(v6) => v6
                 .to_ipv4_mapped()
@@ -534,37 +748,118 @@ impl Entry {
                 .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
-        let address = ip.to_string();
         let uri_sans: Vec<&str> = req.client.uri_sans.iter().map(String::as_str).collect();
         let dns_sans: Vec<&str> = req.client.dns_sans.iter().map(String::as_str).collect();
-        let request = wit::Request {
-            route: req.route,
-            method: req.method.as_str(),
-            path: req.path,
-            query: req.query,
-            headers: &headers,
-            client: wit::Client {
-                address: &address,
-                port: req.client.addr.port(),
-                tls: req.client.tls,
-                sni: req.client.sni.as_deref(),
-                uri_sans: &uri_sans,
-                dns_sans: &dns_sans,
-            },
-        };
 
-        let result = warm
-            .plugin
-            .warden_policy_policy()
-            .call_evaluate(&mut warm.store, request)
-            .await;
+        let result = match &warm.plugin {
+            Instance::V1(plugin) => {
+                // Borrowed bindings: no per-header allocations on the host side.
+                let headers: Vec<wit1::HeaderParam<'_>> = req
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| self.sees(n))
+                    .map(|(n, v)| wit1::HeaderParam {
+                        name: n.as_str(),
+                        value: v.as_bytes(),
+                    })
+                    .collect();
+                let address = ip.to_string();
+                let request = wit1::Request {
+                    route: req.route,
+                    method: req.method.as_str(),
+                    path: req.path,
+                    query: req.query,
+                    headers: &headers,
+                    client: wit1::Client {
+                        address: &address,
+                        port: req.client.addr.port(),
+                        tls: req.client.tls,
+                        sni: req.client.sni.as_deref(),
+                        uri_sans: &uri_sans,
+                        dns_sans: &dns_sans,
+                    },
+                };
+                plugin
+                    .warden_policy_policy()
+                    .call_evaluate(&mut warm.store, request)
+                    .await
+                    .map(|v| validate_v1(v).map(Outcome::Request))
+            }
+            Instance::V2(plugin) => {
+                let headers = self.packed_headers(req.headers);
+                let address = match ip {
+                    IpAddr::V4(v4) => wit2::IpAddress::Ipv4(u32::from(v4)),
+                    IpAddr::V6(v6) => {
+                        let bits = u128::from(v6);
+                        wit2::IpAddress::Ipv6(((bits >> 64) as u64, bits as u64))
+                    }
+                };
+                let method = method_v2(req.method);
+                let body = match &call {
+                    Call::Request { body, .. } if self.body_max.is_some() => body.map(|b| &b[..]),
+                    // The response phase sees the request as it was checked.
+                    Call::Response { req, .. } if self.body_max.is_some() => {
+                        req.body.map(|b| &b[..])
+                    }
+                    _ => None,
+                };
+                let request = wit2::Request {
+                    method,
+                    path: req.path,
+                    query: req.query,
+                    headers: &headers,
+                    client: wit2::Client {
+                        address,
+                        port: req.client.addr.port(),
+                        tls: req.client.tls,
+                        sni: req.client.sni.as_deref(),
+                        uri_sans: &uri_sans,
+                        dns_sans: &dns_sans,
+                    },
+                    body,
+                };
+                match &call {
+                    Call::Request { .. } => plugin
+                        .warden_policy_policy()
+                        .call_evaluate(&mut warm.store, request)
+                        .await
+                        .map(|v| validate_v2(v, self.body_max.is_some()).map(Outcome::Request)),
+                    Call::Response {
+                        status,
+                        headers: resp_headers,
+                        body,
+                        ..
+                    } => {
+                        let packed = self.packed_headers(resp_headers);
+                        let response = wit2::Response {
+                            status: status.as_u16(),
+                            headers: &packed,
+                            body,
+                        };
+                        plugin
+                            .warden_policy_policy()
+                            .call_evaluate_response(&mut warm.store, request, response)
+                            .await
+                            .map(|v| {
+                                Ok(Outcome::Response(match v {
+                                    wit2::ResponseVerdict::Keep => None,
+                                    wit2::ResponseVerdict::Replace(b) => Some(Bytes::from(b)),
+                                }))
+                            })
+                    }
+                }
+            }
+        };
         // Secrets leave the store (and are zeroized) as soon as the call is over.
-        warm.store.data_mut().secrets.clear();
-        let verdict = match result {
-            Ok(v) => v,
+        {
+            let s = warm.store.data_mut();
+            s.secrets.clear();
+            s.evaluating = false;
+        }
+        let outcome = match result {
+            Ok(v) => v.map_err(Failure::Invalid)?,
             Err(e) => return Err(classify(&warm.store, e)),
         };
-        let verdict = validate(verdict).map_err(Failure::Invalid)?;
 
         warm.uses += 1;
         let s = warm.store.data();
@@ -576,7 +871,7 @@ impl Entry {
                 pool.push(warm);
             }
         }
-        Ok(verdict)
+        Ok(outcome)
     }
 
     fn error_response(&self) -> Decision {
@@ -654,59 +949,161 @@ fn checked_name(name: &str) -> Result<HeaderName, String> {
     Ok(n)
 }
 
-fn validate(v: wit::Verdict) -> Result<Decision, String> {
-    match v {
-        wit::Verdict::Allow => Ok(Decision::Allow(Changes::default())),
-        wit::Verdict::AllowWithChanges(c) => {
-            if c.set_request_headers.len()
-                + c.remove_request_headers.len()
-                + c.add_response_headers.len()
-                > MAX_CHANGES
-            {
-                return Err(format!("more than {MAX_CHANGES} header changes"));
-            }
-            let mut out = Changes::default();
-            for name in &c.remove_request_headers {
-                out.merge(Changes {
-                    remove_headers: vec![checked_name(name)?],
-                    ..Changes::default()
-                });
-            }
-            for h in &c.set_request_headers {
-                let (n, v) = header(&h.name, &h.value)?;
-                out.merge(Changes {
-                    set_headers: vec![(n, v)],
-                    ..Changes::default()
-                });
-            }
-            for h in &c.add_response_headers {
-                out.response_headers.push(header(&h.name, &h.value)?);
-            }
-            Ok(Decision::Allow(out))
-        }
-        wit::Verdict::Deny(d) => {
-            let status = StatusCode::from_u16(d.status)
-                .ok()
-                .filter(|s| s.is_client_error() || s.is_server_error())
-                .ok_or_else(|| format!("deny status {} is not 400..=599", d.status))?;
-            if d.body.len() > MAX_DENY_BODY {
-                return Err(format!("deny body larger than {MAX_DENY_BODY} bytes"));
-            }
-            if d.headers.len() > MAX_CHANGES {
-                return Err(format!("more than {MAX_CHANGES} deny headers"));
-            }
-            let headers = d
-                .headers
-                .iter()
-                .map(|h| header(&h.name, &h.value))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Decision::Deny {
-                status,
-                body: Bytes::from(d.body),
-                headers,
-            })
+/// What one plugin call is about.
+enum Call<'r, 'a> {
+    Request {
+        req: &'r PolicyRequest<'a>,
+        body: Option<&'r Bytes>,
+        secrets: &'r SecretSnapshot,
+    },
+    Response {
+        req: &'r PolicyRequest<'a>,
+        secrets: &'r SecretSnapshot,
+        status: StatusCode,
+        headers: &'r http::HeaderMap,
+        body: &'r Bytes,
+    },
+}
+
+impl<'r, 'a> Call<'r, 'a> {
+    fn request(&self) -> &'r PolicyRequest<'a> {
+        match self {
+            Call::Request { req, .. } | Call::Response { req, .. } => req,
         }
     }
+}
+
+/// What one plugin call produced.
+enum Outcome {
+    Request(Decision),
+    Response(Option<Bytes>),
+}
+
+fn method_v2(m: &http::Method) -> wit2::Method<'_> {
+    use wit2::Method as M;
+    match *m {
+        http::Method::GET => M::Get,
+        http::Method::HEAD => M::Head,
+        http::Method::POST => M::Post,
+        http::Method::PUT => M::Put,
+        http::Method::DELETE => M::Delete,
+        http::Method::CONNECT => M::Connect,
+        http::Method::OPTIONS => M::Options,
+        http::Method::TRACE => M::Trace,
+        http::Method::PATCH => M::Patch,
+        _ => M::Other(m.as_str()),
+    }
+}
+
+/// Largest body a plugin may hand back (a replacement is forwarded as it is).
+const MAX_REPLACED_BODY: usize = 64 << 20;
+
+fn validate_v2(v: wit2::Verdict, sees_body: bool) -> Result<Decision, String> {
+    match v {
+        wit2::Verdict::Allow => Ok(Decision::Allow(Changes::default())),
+        wit2::Verdict::AllowWithChanges(c) => {
+            let body = match c.body {
+                Some(_) if !sees_body => {
+                    return Err("replaced the body on a route without a body phase".into());
+                }
+                Some(b) if b.len() > MAX_REPLACED_BODY => {
+                    return Err(format!(
+                        "replacement body larger than {MAX_REPLACED_BODY} bytes"
+                    ));
+                }
+                b => b.map(Bytes::from),
+            };
+            let mut out = changes(
+                c.set_request_headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), &h.value[..])),
+                &c.remove_request_headers,
+                c.add_response_headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), &h.value[..])),
+            )?;
+            out.body = body;
+            Ok(Decision::Allow(out))
+        }
+        wit2::Verdict::Deny(d) => denial(
+            d.status,
+            d.body,
+            d.headers.iter().map(|h| (h.name.as_str(), &h.value[..])),
+        ),
+    }
+}
+
+fn validate_v1(v: wit1::Verdict) -> Result<Decision, String> {
+    match v {
+        wit1::Verdict::Allow => Ok(Decision::Allow(Changes::default())),
+        wit1::Verdict::AllowWithChanges(c) => Ok(Decision::Allow(changes(
+            c.set_request_headers
+                .iter()
+                .map(|h| (h.name.as_str(), &h.value[..])),
+            &c.remove_request_headers,
+            c.add_response_headers
+                .iter()
+                .map(|h| (h.name.as_str(), &h.value[..])),
+        )?)),
+        wit1::Verdict::Deny(d) => denial(
+            d.status,
+            d.body,
+            d.headers.iter().map(|h| (h.name.as_str(), &h.value[..])),
+        ),
+    }
+}
+
+fn changes<'h>(
+    set: impl ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+    remove: &[String],
+    add: impl ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+) -> Result<Changes, String> {
+    if set.len() + remove.len() + add.len() > MAX_CHANGES {
+        return Err(format!("more than {MAX_CHANGES} header changes"));
+    }
+    let mut out = Changes::default();
+    for name in remove {
+        out.merge(Changes {
+            remove_headers: vec![checked_name(name)?],
+            ..Changes::default()
+        });
+    }
+    for (name, value) in set {
+        let (n, v) = header(name, value)?;
+        out.merge(Changes {
+            set_headers: vec![(n, v)],
+            ..Changes::default()
+        });
+    }
+    for (name, value) in add {
+        out.response_headers.push(header(name, value)?);
+    }
+    Ok(out)
+}
+
+fn denial<'h>(
+    status: u16,
+    body: String,
+    headers: impl ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+) -> Result<Decision, String> {
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .ok_or_else(|| format!("deny status {status} is not 400..=599"))?;
+    if body.len() > MAX_DENY_BODY {
+        return Err(format!("deny body larger than {MAX_DENY_BODY} bytes"));
+    }
+    if headers.len() > MAX_CHANGES {
+        return Err(format!("more than {MAX_CHANGES} deny headers"));
+    }
+    let headers = headers
+        .map(|(n, v)| header(n, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Decision::Deny {
+        status,
+        body: Bytes::from(body),
+        headers,
+    })
 }
 
 #[cfg(test)]

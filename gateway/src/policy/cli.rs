@@ -1,4 +1,5 @@
-//! `warden plugin …`: inspect, precompile, test, and sign/verify policy components.
+//! `warden plugin …`: scaffold, inspect, precompile, test, pin and sign/verify policy
+//! components.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -6,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
@@ -41,10 +43,34 @@ pub enum PluginCommand {
         /// The cases file (TOML; see `plugins/*/cases.toml`).
         cases: PathBuf,
     },
-    /// Generate an Ed25519 signing key (hex PKCS#8, mode 0600) and print its public key
-    /// for `[policy] trusted_keys`.
+    /// Write a new policy crate NAME/ that builds and passes `warden plugin test` as is.
+    New {
+        /// Crate name (also the plugin's name in the config), e.g. `tenant-gate`.
+        name: String,
+        /// The warden-sdk directory to depend on (default: the one this binary was built
+        /// from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+        /// Create NAME/ in this directory instead of the current one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print a ready-to-paste `[plugins.NAME]` table pinning a component's sha256 (exit 1
+    /// if the gateway would not accept it).
+    Pin {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Also sign it with this private key (writes `FILE.sig`, adds `signature`).
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// The plugin's name (default: the file stem with `_` turned into `-`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Generate an Ed25519 signing key (hex PKCS#8, mode 0600) and its public key (hex,
+    /// `KEY.pub`), and print the public key for `[policy] trusted_keys`.
     Keygen {
-        /// Where to write the private key.
+        /// Where to write the private key (the public key goes to this path + `.pub`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -83,11 +109,7 @@ pub async fn run_cli(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
             println!("size:    {} bytes", info.size);
             println!(
                 "world:   {}",
-                if info.verdict.is_ok() {
-                    "warden:policy/policy-plugin@0.1.0"
-                } else {
-                    "(not a policy plugin)"
-                }
+                info.verdict.as_deref().unwrap_or("(not a policy plugin)")
             );
             println!("imports:");
             for i in &info.imports {
@@ -98,7 +120,7 @@ pub async fn run_cli(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
                 println!("  {e}");
             }
             match info.verdict {
-                Ok(()) => {
+                Ok(_) => {
                     println!("accepted: yes");
                     Ok(ExitCode::SUCCESS)
                 }
@@ -128,36 +150,55 @@ pub async fn run_cli(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Test { plugin, cases } => run_cases(&plugin, &cases).await,
+        PluginCommand::New { name, sdk, dir } => {
+            let parent = dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            let c = super::scaffold::new_plugin(&name, &parent, sdk.as_deref())?;
+            // As the user named it: `cd demo-guard`, not a long absolute path.
+            let shown = dir.map_or_else(|| PathBuf::from(&name), |d| d.join(&name));
+            println!(
+                "created {}/ (warden-sdk: {})",
+                shown.display(),
+                c.sdk.display()
+            );
+            println!();
+            println!("next:");
+            println!("  cd {}", shown.display());
+            println!(
+                "  cargo test                                              # native unit tests"
+            );
+            println!("  cargo build --release --target wasm32-unknown-unknown   # the component");
+            println!("  warden plugin test {} cases.toml", c.wasm);
+            println!("  warden plugin pin {}", c.wasm);
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Pin { file, sign, name } => pin(&file, sign.as_deref(), name),
         PluginCommand::Keygen { out } => {
             use ring::signature::{Ed25519KeyPair, KeyPair};
+            let pub_path = pub_path(&out);
+            // Checked before the private key is written, so a refusal leaves no key
+            // without its public half.
+            if pub_path.exists() {
+                anyhow::bail!("{} already exists", pub_path.display());
+            }
             let rng = ring::rand::SystemRandom::new();
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
                 .map_err(|_| anyhow!("key generation failed"))?;
             let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
                 .map_err(|_| anyhow!("key generation failed"))?;
+            let public = hex::encode(pair.public_key().as_ref());
             write_private(&out, &hex::encode(pkcs8.as_ref()))?;
-            println!("{}", hex::encode(pair.public_key().as_ref()));
+            write_public(&pub_path, &format!("{public}\n"))?;
+            println!("{public}");
             eprintln!(
-                "private key written to {}; add the public key above to [policy] trusted_keys",
-                out.display()
+                "private key written to {}, public key to {}; add the public key to [policy] trusted_keys",
+                out.display(),
+                pub_path.display()
             );
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Sign { key, file, out } => {
-            use ring::signature::Ed25519KeyPair;
-            let text = std::fs::read_to_string(&key)
-                .with_context(|| format!("reading {}", key.display()))?;
-            let der = hex::decode(text.trim()).context("key file is not hex")?;
-            let pair = Ed25519KeyPair::from_pkcs8(&der)
-                .map_err(|_| anyhow!("{} is not an Ed25519 PKCS#8 key", key.display()))?;
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let out = out.unwrap_or_else(|| sig_path(&file));
-            std::fs::write(
-                &out,
-                format!("{}\n", hex::encode(pair.sign(&bytes).as_ref())),
-            )
-            .with_context(|| format!("writing {}", out.display()))?;
+            sign_file(&key, &file, &out)?;
             println!("signature written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -203,6 +244,108 @@ fn sig_path(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
     s.push(".sig");
     PathBuf::from(s)
+}
+
+fn pub_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Sign `file` with the PKCS#8 key in `key`, writing the hex signature to `out`; returns
+/// the public key (hex).
+fn sign_file(key: &Path, file: &Path, out: &Path) -> anyhow::Result<String> {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let der = hex::decode(text.trim()).context("key file is not hex")?;
+    let pair = Ed25519KeyPair::from_pkcs8(&der)
+        .map_err(|_| anyhow!("{} is not an Ed25519 PKCS#8 key", key.display()))?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    std::fs::write(
+        out,
+        format!("{}\n", hex::encode(pair.sign(&bytes).as_ref())),
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    Ok(hex::encode(pair.public_key().as_ref()))
+}
+
+/// `warden plugin pin`: the `[plugins.NAME]` table on stdout (and nothing else, so it can
+/// be piped into a config), notes on stderr.
+fn pin(file: &Path, sign: Option<&Path>, name: Option<String>) -> anyhow::Result<ExitCode> {
+    // The same compile and world check the gateway runs at load: a pin for a file it
+    // would refuse is worse than no pin.
+    let host = cli_host(None)?;
+    let info = inspect_component(&host, file)?;
+    if let Err(e) = &info.verdict {
+        eprintln!(
+            "error: {} is not a plugin the gateway accepts: {e}",
+            file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let name = name.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_else(|| "plugin".into())
+    });
+    let quote = |s: &str| toml::Value::String(s.into()).to_string();
+    let key = if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        name.clone()
+    } else {
+        quote(&name)
+    };
+    let mut block = String::new();
+    let signature = match sign {
+        Some(k) => {
+            let sig = sig_path(file);
+            let public = sign_file(k, file, &sig)?;
+            eprintln!("signature written to {}", sig.display());
+            block.push_str(&format!(
+                "# Signed by {public}: the gateway checks it when [policy] trusted_keys lists\n\
+                 # that key, e.g. trusted_keys = [\"{public}\"]\n"
+            ));
+            Some(sig)
+        }
+        None => None,
+    };
+    block.push_str(&format!("[plugins.{key}]\n"));
+    block.push_str(&format!("file = {}\n", quote(&file.display().to_string())));
+    block.push_str(&format!("sha256 = \"{}\"\n", info.sha256));
+    if let Some(sig) = signature {
+        block.push_str(&format!(
+            "signature = {}\n",
+            quote(&sig.display().to_string())
+        ));
+    }
+    print!("{block}");
+    if file.is_relative() {
+        eprintln!(
+            "note: relative paths in a config resolve against the directory of the file that defines the plugin"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    // Explicit, whatever the umask: the public key is meant to be handed around.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -268,7 +411,36 @@ struct Case {
     client: CaseClient,
     /// Overrides `policy.config` for this case.
     config: Option<toml::Table>,
+    /// Request body, as text.
+    body: Option<String>,
+    /// Request body, as JSON (sets `content-type: application/json` unless given).
+    json: Option<serde_json::Value>,
+    /// Evaluate the same request this many times on one chain (rate limits); the
+    /// expectations apply to the last evaluation.
+    #[serde(default = "one")]
+    repeat: u32,
+    /// An upstream response for the response phase.
+    response: Option<CaseResponse>,
     expect: Expect,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseResponse {
+    #[serde(default = "ok_status")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    json: Option<serde_json::Value>,
+}
+
+fn ok_status() -> u16 {
+    200
 }
 
 fn default_method() -> String {
@@ -306,6 +478,16 @@ struct Expect {
     remove_headers: Vec<String>,
     #[serde(default)]
     response_headers: BTreeMap<String, String>,
+    /// The deny body, compared as JSON.
+    body_json: Option<serde_json::Value>,
+    /// The request body forwarded upstream (after a policy replaced it).
+    request_body: Option<String>,
+    /// The request body forwarded upstream, compared as JSON.
+    request_json: Option<serde_json::Value>,
+    /// The response body the client gets after the response phase.
+    response_body: Option<String>,
+    /// The response body the client gets after the response phase, compared as JSON.
+    response_json: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,6 +555,7 @@ async fn run_cases(plugin: &Path, cases_path: &Path) -> anyhow::Result<ExitCode>
 
     let snapshot = SecretSnapshot::empty();
     for case in &file.cases {
+        host.fresh_rate_limits();
         let chain = Chain::build(&set, &file.route, &[policy_for(case.config.as_ref())?]).await;
         let chain = match chain {
             Ok(c) => c,
@@ -450,6 +633,40 @@ async fn run_case(
             HeaderValue::from_str(v)?,
         );
     }
+    let body = match (&case.body, &case.json) {
+        (Some(_), Some(_)) => anyhow::bail!("a case has `body` or `json`, not both"),
+        (Some(b), None) => Some(Bytes::from(b.clone())),
+        (None, Some(j)) => {
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Some(Bytes::from(serde_json::to_vec(j)?))
+        }
+        (None, None) => None,
+    };
+    // The gateway's own checks run first, as they do in front of a real route.
+    let body = match (chain.body(), body) {
+        (Some(rules), Some(b)) => {
+            let checked = rules
+                .check_head(&headers)
+                .and_then(|head| rules.check_body(&head, b));
+            match checked {
+                Ok(b) => Some(b),
+                Err(r) => {
+                    let refused = Decision::Deny {
+                        status: r.status(),
+                        body: Bytes::from(format!("refused by the gateway: {}", r.reason())),
+                        headers: Vec::new(),
+                    };
+                    return Ok(compare(&case.expect, &refused, route, None));
+                }
+            }
+        }
+        (_, b) => b,
+    };
     let client = ClientInfo {
         addr: SocketAddr::new(
             case.client.address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
@@ -469,12 +686,98 @@ async fn run_case(
         query: query.as_deref(),
         headers: &headers,
         client: &client,
+        body: body.as_ref(),
     };
-    let decision = chain.evaluate(&req, snapshot).await;
-    Ok(compare(&case.expect, &decision, route))
+    let mut decision = chain.evaluate(&req, snapshot).await;
+    for _ in 1..case.repeat.max(1) {
+        decision = chain.evaluate(&req, snapshot).await;
+    }
+    let mut problems = compare(&case.expect, &decision, route, body.as_ref());
+    if let Some(r) = &case.response {
+        let response = if matches!(decision, Decision::Allow(_)) {
+            Some(run_response(chain, &req, snapshot, r).await?)
+        } else {
+            None
+        };
+        problems.extend(compare_response(&case.expect, response));
+    }
+    Ok(problems)
 }
 
-fn compare(e: &Expect, d: &Decision, route: &str) -> Vec<String> {
+/// What the client gets after the response phase: the status and the body.
+async fn run_response(
+    chain: &Chain,
+    req: &PolicyRequest<'_>,
+    snapshot: &SecretSnapshot,
+    r: &CaseResponse,
+) -> anyhow::Result<(u16, Bytes)> {
+    let mut headers = HeaderMap::new();
+    for (n, v) in &r.headers {
+        headers.append(
+            HeaderName::from_bytes(n.as_bytes())?,
+            HeaderValue::from_str(v)?,
+        );
+    }
+    let body = match (&r.body, &r.json) {
+        (Some(_), Some(_)) => anyhow::bail!("a response has `body` or `json`, not both"),
+        (Some(b), None) => Bytes::from(b.clone()),
+        (None, Some(j)) => {
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Bytes::from(serde_json::to_vec(j)?)
+        }
+        (None, None) => Bytes::new(),
+    };
+    let status = http::StatusCode::from_u16(r.status).context("response.status")?;
+    Ok(
+        match chain
+            .evaluate_response(req, snapshot, status, &headers, &body)
+            .await
+        {
+            Ok(Some(replaced)) => (r.status, replaced),
+            Ok(None) => (r.status, body),
+            Err(Decision::Deny { status, body, .. }) => (status.as_u16(), body),
+            Err(Decision::Allow(_)) => (r.status, body),
+        },
+    )
+}
+
+fn compare_response(e: &Expect, got: Option<(u16, Bytes)>) -> Vec<String> {
+    let mut p = Vec::new();
+    if e.response_body.is_none() && e.response_json.is_none() {
+        return p;
+    }
+    let Some((status, body)) = got else {
+        p.push("expected a response phase, but the request was denied".into());
+        return p;
+    };
+    let text = String::from_utf8_lossy(&body);
+    if let Some(want) = &e.response_body
+        && *want != text
+    {
+        p.push(format!(
+            "response body\n          expected: {want}\n          actual:   {text} (status {status})"
+        ));
+    }
+    if let Some(want) = &e.response_json {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) if v == *want => {}
+            Ok(v) => p.push(format!(
+                "response json\n          expected: {want}\n          actual:   {v} (status {status})"
+            )),
+            Err(_) => p.push(format!(
+                "response json\n          expected: {want}\n          actual:   {text} (not JSON; status {status})"
+            )),
+        }
+    }
+    p
+}
+
+fn compare(e: &Expect, d: &Decision, route: &str, sent: Option<&Bytes>) -> Vec<String> {
     let mut p = Vec::new();
     let (verdict, status, body) = match d {
         Decision::Allow(_) => ("allow", 200, String::new()),
@@ -498,7 +801,7 @@ fn compare(e: &Expect, d: &Decision, route: &str) -> Vec<String> {
     }
     if verdict != e.verdict {
         p.push(format!(
-            "expected {}, got {verdict} (status {status}{})",
+            "verdict\n          expected: {}\n          actual:   {verdict} (status {status}{})",
             e.verdict,
             if body.is_empty() {
                 String::new()
@@ -511,17 +814,57 @@ fn compare(e: &Expect, d: &Decision, route: &str) -> Vec<String> {
     if let Some(s) = e.status
         && s != status
     {
-        p.push(format!("expected status {s}, got {status}"));
+        p.push(format!(
+            "status\n          expected: {s}\n          actual:   {status}"
+        ));
     }
     if let Some(b) = &e.body
         && *b != body
     {
-        p.push(format!("expected body {b:?}, got {body:?}"));
+        p.push(format!(
+            "body\n          expected: {b:?}\n          actual:   {body:?}"
+        ));
     }
     if let Some(b) = &e.body_contains
         && !body.contains(b.as_str())
     {
-        p.push(format!("expected body containing {b:?}, got {body:?}"));
+        p.push(format!(
+            "body\n          expected to contain: {b:?}\n          actual:   {body:?}"
+        ));
+    }
+    if let Some(want) = &e.body_json {
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(v) if v == *want => {}
+            Ok(v) => p.push(format!(
+                "body json\n          expected: {want}\n          actual:   {v}"
+            )),
+            Err(_) => p.push(format!(
+                "body json\n          expected: {want}\n          actual:   {body:?} (not JSON)"
+            )),
+        }
+    }
+    let forwarded: Option<&Bytes> = match d {
+        Decision::Allow(c) => c.body.as_ref().or(sent),
+        Decision::Deny { .. } => None,
+    };
+    let forwarded_text = forwarded.map(|b| String::from_utf8_lossy(b).into_owned());
+    if let Some(want) = &e.request_body
+        && forwarded_text.as_deref() != Some(want.as_str())
+    {
+        p.push(format!(
+            "forwarded request body\n          expected: {want:?}\n          actual:   {forwarded_text:?}"
+        ));
+    }
+    if let Some(want) = &e.request_json {
+        let got = forwarded.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        if got.as_ref() != Some(want) {
+            p.push(format!(
+                "forwarded request json\n          expected: {want}\n          actual:   {}",
+                got.map(|v| v.to_string())
+                    .or(forwarded_text)
+                    .unwrap_or_else(|| "(no body)".into())
+            ));
+        }
     }
     let (set, removed, resp, deny_headers) = match d {
         Decision::Allow(c) => (
@@ -537,7 +880,13 @@ fn compare(e: &Expect, d: &Decision, route: &str) -> Vec<String> {
             .iter()
             .any(|(hn, hv)| hn.as_str() == n.to_ascii_lowercase() && hv.as_bytes() == v.as_bytes())
         {
-            p.push(format!("expected request header {n}: {v} to be set"));
+            p.push(format!(
+                "request header {n}\n          expected set to: {v}\n          actual:   {}",
+                show(
+                    set.iter()
+                        .find(|(hn, _)| hn.as_str() == n.to_ascii_lowercase())
+                )
+            ));
         }
     }
     for n in &e.remove_headers {
@@ -554,10 +903,24 @@ fn compare(e: &Expect, d: &Decision, route: &str) -> Vec<String> {
             .chain(deny_headers)
             .any(|(hn, hv)| hn.as_str() == n.to_ascii_lowercase() && hv.as_bytes() == v.as_bytes())
         {
-            p.push(format!("expected response header {n}: {v}"));
+            p.push(format!(
+                "response header {n}\n          expected: {v}\n          actual:   {}",
+                show(
+                    resp.iter()
+                        .chain(deny_headers)
+                        .find(|(hn, _)| hn.as_str() == n.to_ascii_lowercase())
+                )
+            ));
         }
     }
     p
+}
+
+fn show(h: Option<&(HeaderName, HeaderValue)>) -> String {
+    match h {
+        Some((_, v)) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        None => "(not set)".into(),
+    }
 }
 
 #[allow(dead_code)]

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::ratelimit::StoreConfig;
 use crate::config::field::{FieldError, de};
+use crate::inspect::{BodyConfig, ResponseBodyConfig};
 use crate::secrets::Template;
 
 /// Largest memory limit a plugin may ask for. The pooling allocator reserves this much
@@ -39,6 +41,11 @@ pub struct PolicySettings {
     /// Log records per second each plugin may emit (bursts up to 4x); the rest are
     /// dropped and counted.
     pub log_rate: u32,
+    /// Rate-limit buckets kept in memory (all plugins, routes and keys); the least
+    /// recently used are forgotten first.
+    pub rate_limit_keys: usize,
+    /// Share `host.rate-limit` buckets across gateway replicas through Redis.
+    pub rate_limit_store: Option<StoreConfig>,
 }
 
 impl Default for PolicySettings {
@@ -51,6 +58,8 @@ impl Default for PolicySettings {
             max_instances: 1000,
             epoch_tick: Duration::from_millis(1),
             log_rate: 10,
+            rate_limit_keys: 100_000,
+            rate_limit_store: None,
         }
     }
 }
@@ -86,6 +95,17 @@ impl PolicySettings {
         if self.max_instances == 0 {
             errs.push(FieldError::new("max_instances", "must be at least 1"));
         }
+        if self.rate_limit_keys == 0 {
+            errs.push(FieldError::new("rate_limit_keys", "must be at least 1"));
+        }
+        if let Some(store) = &self.rate_limit_store {
+            errs.extend(
+                store
+                    .check()
+                    .into_iter()
+                    .map(|e| e.prefixed("rate_limit_store")),
+            );
+        }
         errs
     }
 
@@ -102,6 +122,15 @@ impl PolicySettings {
         }
         if s.max_instances == 0 {
             s.max_instances = d.max_instances;
+        }
+        if s.rate_limit_keys == 0 {
+            s.rate_limit_keys = d.rate_limit_keys;
+        }
+        if s.rate_limit_store
+            .as_ref()
+            .is_some_and(|r| !r.check().is_empty())
+        {
+            s.rate_limit_store = None;
         }
         s
     }
@@ -318,6 +347,10 @@ pub struct PolicyConfig {
     /// such as `"${vault:ml/keys#gateway}"`.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Request body phase: buffer (up to `max`), check and pass the body to this policy.
+    pub body: Option<BodyConfig>,
+    /// Response phase: pass non-streaming JSON responses up to `max` to this policy.
+    pub response_body: Option<ResponseBodyConfig>,
 }
 
 impl PolicyConfig {

@@ -16,28 +16,69 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::config::{MAX_PLUGIN_MEMORY, PluginConfig, PolicySettings};
+use super::ratelimit::RateLimiter;
 use crate::config::field::FieldError;
 use crate::secrets::SecretBytes;
 
-/// Generated host bindings for `sdk/wit/policy.wit`. The only place that knows about them.
+/// Generated host bindings for both contract versions. The only place that knows them.
 pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../sdk/wit",
-        world: "warden:policy/policy-plugin@0.1.0",
-        imports: { default: trappable },
-        exports: { default: async },
-        ownership: Borrowing { duplicate_if_necessary: true },
-    });
+    /// `warden:policy@0.1.0` (`sdk/wit-0.1.0`): plugins built before 0.2.0 keep running.
+    pub(crate) mod v1 {
+        wasmtime::component::bindgen!({
+            path: "../sdk/wit-0.1.0",
+            world: "warden:policy/policy-plugin@0.1.0",
+            imports: { default: trappable },
+            exports: { default: async },
+            ownership: Borrowing { duplicate_if_necessary: true },
+        });
+    }
+    /// `warden:policy@0.2.0` (`sdk/wit`).
+    pub(crate) mod v2 {
+        wasmtime::component::bindgen!({
+            path: "../sdk/wit",
+            world: "warden:policy/policy-plugin@0.2.0",
+            // A shared rate-limit store is a network round trip: the call must not hold a
+            // runtime worker.
+            imports: {
+                "warden:policy/host.rate-limit": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+            ownership: Borrowing { duplicate_if_necessary: true },
+        });
+    }
 }
 
-use bindings::warden::policy::host::Level;
+/// The contract versions this gateway runs, oldest first.
+pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 
-/// Name of the interface a plugin must export.
-pub(crate) const POLICY_EXPORT: &str = "warden:policy/policy@0.1.0";
-/// Imports a plugin may have besides WASI: the host functions (and their types).
-const WARDEN_IMPORTS: &[&str] = &["warden:policy/host@0.1.0", "warden:policy/types@0.1.0"];
-/// WASI interfaces satisfied (granting nothing). Filesystem and sockets are not among them:
-/// a plugin that imports them is refused at load.
+/// Which contract a loaded plugin speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contract {
+    /// `warden:policy@0.1.0`: request head only.
+    V1,
+    /// `warden:policy@0.2.0`: bodies, response phase, rate limits.
+    V2,
+}
+
+impl Contract {
+    pub(crate) fn version(self) -> &'static str {
+        match self {
+            Contract::V1 => "0.1.0",
+            Contract::V2 => "0.2.0",
+        }
+    }
+}
+
+/// A plugin pre-instantiated against the linker, per contract.
+pub(crate) enum Pre {
+    V1(bindings::v1::PolicyPluginPre<StoreState>),
+    V2(bindings::v2::PolicyPluginPre<StoreState>),
+}
+
+/// WASI interfaces satisfied (granting nothing) for plugins whose std imports them
+/// (`wasm32-wasip2`). Filesystem and sockets are not among them: a plugin that imports
+/// them is refused at load.
 const WASI_PREFIXES: &[&str] = &["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/"];
 
 /// Process-wide plugin host. Create once with [`PolicyHost::new`]; shared across reloads.
@@ -51,6 +92,9 @@ pub struct PolicyHost {
     compiled: Mutex<HashMap<String, Component>>,
     ticker_stop: Arc<AtomicBool>,
     pub(crate) cache_dir: Option<PathBuf>,
+    /// Buckets behind `host.rate-limit`, kept across reloads so a reload never resets a
+    /// caller's quota.
+    rate: arc_swap::ArcSwap<RateLimiter>,
 }
 
 impl Drop for PolicyHost {
@@ -98,7 +142,8 @@ pub(crate) struct LoadedPlugin {
     pub(crate) name: String,
     pub(crate) config: PluginConfig,
     pub(crate) sha256: String,
-    pub(crate) pre: bindings::PolicyPluginPre<StoreState>,
+    pub(crate) pre: Pre,
+    pub(crate) contract: Contract,
     pub(crate) logs: Arc<LogLimiter>,
 }
 
@@ -109,7 +154,8 @@ pub(crate) struct LoadedPlugin {
 /// Data of one plugin instance's `Store`.
 pub(crate) struct StoreState {
     pub(crate) limits: MemoryLimiter,
-    wasi: WasiCtx,
+    /// Built on first use: a plugin without WASI imports never pays for one.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) plugin: Arc<str>,
     pub(crate) route: Arc<str>,
@@ -125,6 +171,10 @@ pub(crate) struct StoreState {
     /// deadline because the runtime was slow to resume it.
     pub(crate) ticks_left: u64,
     pub(crate) deadline_hit: bool,
+    /// Buckets behind `host.rate-limit` (process-wide).
+    pub(crate) rate: Arc<RateLimiter>,
+    /// True while `evaluate` runs: rate limits count requests, not configurations.
+    pub(crate) evaluating: bool,
 }
 
 impl StoreState {
@@ -139,7 +189,7 @@ impl StoreState {
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(deny_all_wasi),
             table: &mut self.table,
         }
     }
@@ -191,19 +241,25 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 #[error("plugin deadline exceeded")]
 pub(crate) struct DeadlineExceeded;
 
-impl bindings::warden::policy::types::Host for StoreState {}
+impl bindings::v1::warden::policy::types::Host for StoreState {}
+impl bindings::v2::warden::policy::types::Host for StoreState {}
 
-impl bindings::warden::policy::host::Host for StoreState {
-    fn log(
-        &mut self,
-        level: Level,
-        message: String,
-        fields: Vec<(String, String)>,
-    ) -> wasmtime::Result<()> {
+/// The log levels of both contracts.
+#[derive(Clone, Copy)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl StoreState {
+    fn host_log(&mut self, level: LogLevel, message: &str, fields: &[(String, String)]) {
         let Some(suppressed) = self.logs.admit() else {
-            return Ok(());
+            return;
         };
-        let message = clip(&message, 512);
+        let message = clip(message, 512);
         let mut rendered = String::new();
         for (k, v) in fields.iter().take(16) {
             if !rendered.is_empty() {
@@ -218,23 +274,22 @@ impl bindings::warden::policy::host::Host for StoreState {
             };
         }
         match level {
-            Level::Trace => ev!(tracing::Level::TRACE),
-            Level::Debug => ev!(tracing::Level::DEBUG),
-            Level::Info => ev!(tracing::Level::INFO),
-            Level::Warn => ev!(tracing::Level::WARN),
-            Level::Error => ev!(tracing::Level::ERROR),
+            LogLevel::Trace => ev!(tracing::Level::TRACE),
+            LogLevel::Debug => ev!(tracing::Level::DEBUG),
+            LogLevel::Info => ev!(tracing::Level::INFO),
+            LogLevel::Warn => ev!(tracing::Level::WARN),
+            LogLevel::Error => ev!(tracing::Level::ERROR),
         }
-        Ok(())
     }
 
-    fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
-        if !self.granted.contains(&name) {
+    fn host_secret_matches(&mut self, name: &str, presented: &[u8]) -> wasmtime::Result<bool> {
+        if !self.granted.iter().any(|g| g == name) {
             return Err(wasmtime::format_err!(
                 "plugin asked for secret {name:?}, which this route does not grant it"
             ));
         }
-        match self.secrets.iter().find(|(n, _)| *n == name) {
-            Some((_, Ok(secret))) => Ok(secret.ct_eq(&presented)),
+        match self.secrets.iter().find(|(n, _)| n == name) {
+            Some((_, Ok(secret))) => Ok(secret.ct_eq(presented)),
             Some((_, Err(reason))) => Err(wasmtime::format_err!(
                 "secret {name:?} is unavailable: {reason}"
             )),
@@ -245,6 +300,95 @@ impl bindings::warden::policy::host::Host for StoreState {
         }
     }
 }
+
+impl bindings::v1::warden::policy::host::Host for StoreState {
+    fn log(
+        &mut self,
+        level: bindings::v1::warden::policy::host::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        use bindings::v1::warden::policy::host::Level as L;
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        self.host_log(level, &message, &fields);
+        Ok(())
+    }
+
+    fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
+        self.host_secret_matches(&name, &presented)
+    }
+}
+
+impl bindings::v2::warden::policy::host::Host for StoreState {
+    fn log(
+        &mut self,
+        level: bindings::v2::warden::policy::host::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        use bindings::v2::warden::policy::host::Level as L;
+        let level = match level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        };
+        self.host_log(level, &message, &fields);
+        Ok(())
+    }
+
+    fn secret_matches(&mut self, name: String, presented: Vec<u8>) -> wasmtime::Result<bool> {
+        self.host_secret_matches(&name, &presented)
+    }
+
+    async fn rate_limit(
+        &mut self,
+        key: String,
+        limit: u32,
+        window_ms: u32,
+    ) -> wasmtime::Result<bindings::v2::warden::policy::types::RateDecision> {
+        if !self.evaluating {
+            return Err(wasmtime::format_err!(
+                "rate-limit is only available while evaluating a request"
+            ));
+        }
+        if limit == 0 || window_ms == 0 {
+            return Err(wasmtime::format_err!(
+                "rate-limit needs a limit and a window greater than zero"
+            ));
+        }
+        if key.len() > MAX_RATE_KEY {
+            return Err(wasmtime::format_err!(
+                "rate-limit key longer than {MAX_RATE_KEY} bytes"
+            ));
+        }
+        let d = self
+            .rate
+            .check(
+                &self.plugin,
+                &self.route,
+                &key,
+                limit,
+                Duration::from_millis(u64::from(window_ms)),
+            )
+            .await;
+        Ok(bindings::v2::warden::policy::types::RateDecision {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            reset_after_ms: u32::try_from(d.reset_after.as_millis()).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Longest rate-limit key a plugin may pass (a hash or an identity fits easily).
+const MAX_RATE_KEY: usize = 1024;
 
 fn clip(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -357,11 +501,16 @@ impl PolicyHost {
 
         let mut linker = Linker::<StoreState>::new(&engine);
         add_wasi_to_linker(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
-        bindings::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
+        bindings::v1::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
             &mut linker,
             |s| s,
         )
-        .map_err(|e| anyhow!("linking host functions: {e:#}"))?;
+        .map_err(|e| anyhow!("linking host functions (0.1.0): {e:#}"))?;
+        bindings::v2::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow!("linking host functions (0.2.0): {e:#}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -386,7 +535,20 @@ impl PolicyHost {
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
             cache_dir,
+            rate: arc_swap::ArcSwap::new(RateLimiter::new(
+                settings.rate_limit_keys,
+                settings.rate_limit_store.as_ref(),
+            )),
         }))
+    }
+
+    /// Forget every rate-limit bucket (`warden plugin test` runs each case from zero).
+    pub(crate) fn fresh_rate_limits(&self) {
+        let old = self.rate.load();
+        self.rate.store(RateLimiter::new(
+            old.max_keys(),
+            self.settings.rate_limit_store.as_ref(),
+        ));
     }
 
     /// The engine (for tools that precompile).
@@ -458,9 +620,23 @@ impl PolicyHost {
                 ));
             }
         }
-        match &cfg.signature {
+        // `signature` defaults to `FILE.sig` when that file exists (as `warden plugin sign`
+        // writes it) and there are keys to check it with.
+        let default_sig = {
+            let mut p = path.clone().into_os_string();
+            p.push(".sig");
+            PathBuf::from(p)
+        };
+        let signature = cfg
+            .signature
+            .as_ref()
+            .map(|s| base_dir.join(s))
+            .or_else(|| {
+                (!self.trusted_keys.is_empty() && default_sig.is_file()).then_some(default_sig)
+            });
+        match &signature {
             Some(sig) => {
-                if let Err(e) = self.verify_signature(&bytes, &base_dir.join(sig)) {
+                if let Err(e) = self.verify_signature(&bytes, sig) {
                     errs.push(FieldError::new("signature", e));
                 }
             }
@@ -477,7 +653,7 @@ impl PolicyHost {
         let component = self
             .compile(&bytes, &sha256)
             .map_err(|e| vec![FieldError::new("file", e)])?;
-        let pre = self
+        let (pre, contract) = self
             .check_component(&component)
             .map_err(|e| vec![FieldError::new("file", e)])?;
         Ok((
@@ -486,6 +662,7 @@ impl PolicyHost {
                 config: cfg.clone(),
                 sha256,
                 pre,
+                contract,
                 logs: Arc::new(LogLimiter::new(self.settings.log_rate)),
             },
             component,
@@ -532,75 +709,100 @@ impl PolicyHost {
         {
             return Ok(c.clone());
         }
-        match bytes.get(..8) {
+        let componentized;
+        let bytes = match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err(
-                    "not a component: this is a core WebAssembly module; build the plugin for \
-                            --target wasm32-wasip2 (which outputs a component) with warden-sdk"
-                        .into(),
-                );
+                componentized = componentize(bytes)?;
+                &componentized[..]
             }
-            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => bytes,
             _ => return Err("not a component: the file is not WebAssembly".into()),
-        }
+        };
         Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
     }
 
-    /// Check world and exports, and pre-instantiate against the linker.
-    pub(crate) fn check_component(
-        &self,
-        component: &Component,
-    ) -> Result<bindings::PolicyPluginPre<StoreState>, String> {
+    /// Check world, version and exports, and pre-instantiate against the linker.
+    pub(crate) fn check_component(&self, component: &Component) -> Result<(Pre, Contract), String> {
         let ty = component.component_type();
-        let mut unsupported = Vec::new();
-        for (name, _) in ty.imports(&self.engine) {
-            let ok =
-                WARDEN_IMPORTS.contains(&name) || WASI_PREFIXES.iter().any(|p| name.starts_with(p));
-            if !ok {
-                unsupported.push(name.to_string());
-            }
-        }
-        if !unsupported.is_empty() {
-            return Err(format!(
-                "wrong world: the component imports {}, which Warden does not provide to plugins \
-                 (policies get no filesystem, network or other host access; target the \
-                 warden:policy/policy-plugin@0.1.0 world)",
-                unsupported.join(", ")
-            ));
-        }
         let exports: Vec<(String, ComponentItem)> = ty
             .exports(&self.engine)
             .map(|(n, item)| (n.to_string(), item.ty))
             .collect();
-        let Some((_, item)) = exports.iter().find(|(n, _)| n == POLICY_EXPORT) else {
-            let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
-            let other_version = names
-                .iter()
-                .find(|n| n.starts_with("warden:policy/policy@"));
-            return Err(match other_version {
-                Some(v) => format!(
-                    "wrong world: the component exports {v}, but this gateway speaks {POLICY_EXPORT}; rebuild it against a matching warden-sdk"
-                ),
-                None => format!(
-                    "wrong world: missing export {POLICY_EXPORT} (the component exports: {}); is the policy exported with warden_sdk::export_policy!?",
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        // The version a plugin was built against shows in its export (or, failing that, in
+        // what it imports of ours).
+        let built_against = exports
+            .iter()
+            .find_map(|(n, _)| n.strip_prefix("warden:policy/policy@"))
+            .or_else(|| {
+                imports.iter().find_map(|n| {
+                    n.strip_prefix("warden:policy/")
+                        .and_then(|r| r.split_once('@'))
+                        .map(|(_, v)| v)
+                })
+            })
+            .map(str::to_string);
+        let contract = match built_against.as_deref() {
+            Some("0.1.0") => Contract::V1,
+            Some("0.2.0") => Contract::V2,
+            Some(other) => {
+                return Err(format!(
+                    "wrong world: built against warden:policy@{other}, this gateway supports {}",
+                    SUPPORTED_VERSIONS.join(" and ")
+                ));
+            }
+            None => {
+                let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(format!(
+                    "wrong world: missing export warden:policy/policy@{} (the component exports: {}); is the policy exported with warden_sdk::export_policy!?",
+                    Contract::V2.version(),
                     if names.is_empty() {
                         "nothing".to_string()
                     } else {
                         names.join(", ")
                     }
-                ),
-            });
+                ));
+            }
+        };
+        let version = contract.version();
+        let export = format!("warden:policy/policy@{version}");
+        let ours = [
+            format!("warden:policy/host@{version}"),
+            format!("warden:policy/types@{version}"),
+        ];
+        let unsupported: Vec<&str> = imports
+            .iter()
+            .filter(|n| !ours.contains(n) && !WASI_PREFIXES.iter().any(|p| n.starts_with(p)))
+            .map(String::as_str)
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(format!(
+                "wrong world: the component imports {}, which Warden does not provide to plugins \
+                 (policies get no filesystem, network or other host access; target the \
+                 warden:policy/policy-plugin@{version} world)",
+                unsupported.join(", ")
+            ));
+        }
+        let Some((_, item)) = exports.iter().find(|(n, _)| *n == export) else {
+            return Err(format!(
+                "wrong world: the component imports warden:policy@{version} but does not export {export}"
+            ));
+        };
+        let required: &[&str] = match contract {
+            Contract::V1 => &["configure", "evaluate"],
+            Contract::V2 => &["configure", "evaluate", "evaluate-response"],
         };
         if let ComponentItem::ComponentInstance(inst) = item {
             let funcs: Vec<String> = inst
                 .exports(&self.engine)
                 .map(|(n, _)| n.to_string())
                 .collect();
-            for f in ["configure", "evaluate"] {
+            for f in required {
                 if !funcs.iter().any(|n| n == f) {
-                    return Err(format!(
-                        "missing export: {POLICY_EXPORT} has no `{f}` function"
-                    ));
+                    return Err(format!("missing export: {export} has no `{f}` function"));
                 }
             }
         }
@@ -608,8 +810,13 @@ impl PolicyHost {
             .linker
             .instantiate_pre(component)
             .map_err(|e| format!("wrong world: cannot link the component's imports: {e:#}"))?;
-        bindings::PolicyPluginPre::new(pre)
-            .map_err(|e| format!("wrong world: exports do not match {POLICY_EXPORT}: {e:#}"))
+        let mismatch =
+            |e: wasmtime::Error| format!("wrong world: exports do not match {export}: {e:#}");
+        let pre = match contract {
+            Contract::V1 => Pre::V1(bindings::v1::PolicyPluginPre::new(pre).map_err(mismatch)?),
+            Contract::V2 => Pre::V2(bindings::v2::PolicyPluginPre::new(pre).map_err(mismatch)?),
+        };
+        Ok((pre, contract))
     }
 
     /// A new store for one instance of `plugin` serving `route`.
@@ -625,7 +832,7 @@ impl PolicyHost {
                 hit: false,
                 current: 0,
             },
-            wasi: deny_all_wasi(),
+            wasi: None,
             table: ResourceTable::new(),
             plugin: Arc::from(plugin.name.as_str()),
             route,
@@ -634,6 +841,8 @@ impl PolicyHost {
             granted,
             ticks_left: 0,
             deadline_hit: false,
+            rate: self.rate.load_full(),
+            evaluating: false,
         };
         let mut state = state;
         state.arm_deadline(
@@ -693,6 +902,37 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
     Engine::new(&cfg).map_err(|e| anyhow!("cannot set up the WebAssembly engine: {e:#}"))
 }
 
+/// Turn a core module built for `wasm32-unknown-unknown` (which carries its WIT world in
+/// a `component-type` custom section, as wit-bindgen emits it) into a component. Such a
+/// plugin imports no WASI at all, so its instances are one core module and nothing else.
+/// Deterministic, so a pinned hash of the module file pins the component too.
+fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    let has_world = wasmparser::Parser::new(0)
+        .parse_all(module)
+        .filter_map(Result::ok)
+        .any(|p| {
+            matches!(p, wasmparser::Payload::CustomSection(c) if c.name().starts_with("component-type"))
+        });
+    if !has_world {
+        return Err(
+            "not a component: this is a core WebAssembly module with no warden:policy world in \
+             it; build the plugin with warden-sdk (for --target wasm32-unknown-unknown or \
+             wasm32-wasip2)"
+                .into(),
+        );
+    }
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| {
+            format!(
+                "not a component: this is a core WebAssembly module without a usable \
+                 warden:policy world ({e:#}); build the plugin with warden-sdk for \
+                 --target wasm32-unknown-unknown or wasm32-wasip2"
+            )
+        })
+}
+
 /// `$XDG_CACHE_HOME/warden`, `$HOME/.cache/warden`, or a temp-dir fallback.
 pub(crate) fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
@@ -744,8 +984,8 @@ pub struct ComponentInfo {
     pub imports: Vec<String>,
     /// Exported interfaces/functions (with their functions).
     pub exports: Vec<String>,
-    /// `Ok(())` when the gateway would accept it, else why not.
-    pub verdict: Result<(), String>,
+    /// The world it targets when the gateway would accept it, else why not.
+    pub verdict: Result<String, String>,
 }
 
 /// Inspect a component file with `host`'s engine.
@@ -774,7 +1014,9 @@ pub fn inspect_component(host: &PolicyHost, path: &Path) -> anyhow::Result<Compo
             _ => n.to_string(),
         })
         .collect();
-    let verdict = host.check_component(&component).map(|_| ());
+    let verdict = host
+        .check_component(&component)
+        .map(|(_, c)| format!("warden:policy/policy-plugin@{}", c.version()));
     Ok(ComponentInfo {
         sha256,
         size: bytes.len(),

@@ -21,13 +21,22 @@ fn repo() -> PathBuf {
 }
 
 fn wasm(name: &str) -> PathBuf {
-    let p = if ["misbehave", "wrong_world", "missing_export", "fs_reader"].contains(&name) {
+    let p = if [
+        "misbehave",
+        "wrong_world",
+        "missing_export",
+        "fs_reader",
+        "legacy_v010",
+        "future_version",
+    ]
+    .contains(&name)
+    {
         repo()
             .join("tests/plugins/target/wasm32-wasip2/release")
             .join(format!("{name}.wasm"))
     } else {
         repo()
-            .join("plugins/target/wasm32-wasip2/release")
+            .join("plugins/target/wasm32-unknown-unknown/release")
             .join(format!("{name}.wasm"))
     };
     assert!(
@@ -149,6 +158,7 @@ impl Req {
             query: None,
             headers: &self.headers,
             client: &self.client,
+            body: None,
         };
         chain.evaluate(&pr, &SecretSnapshot::empty()).await
     }
@@ -359,7 +369,7 @@ fn integrity_refusals_have_clear_messages() {
     // Wrong world, missing export, forbidden import.
     let e = load_errors(&[("ww", plugin("wrong_world"))]);
     assert!(
-        e[0].starts_with("ww.file: wrong world: missing export warden:policy/policy@0.1.0"),
+        e[0].starts_with("ww.file: wrong world: missing export warden:policy/policy@0.2.0"),
         "{e:?}"
     );
     assert!(e[0].contains("hello"), "lists what it does export: {e:?}");
@@ -879,25 +889,39 @@ fn inspect_reports_world_and_hash() {
     let info = inspect_component(&host(), &wasm("network_isolation")).unwrap();
     assert_eq!(info.sha256.len(), 64);
     assert!(
-        info.exports
-            .iter()
-            .any(|e| e.starts_with("warden:policy/policy@0.1.0 { configure, evaluate }")),
+        info.exports.iter().any(|e| e
+            .starts_with("warden:policy/policy@0.2.0 { configure, evaluate, evaluate-response }")),
         "{info:?}"
     );
     assert!(
         info.imports
             .iter()
-            .any(|i| i == "warden:policy/types@0.1.0"),
+            .any(|i| i == "warden:policy/types@0.2.0"),
         "{info:?}"
     );
+    // Built for wasm32-unknown-unknown: nothing of WASI at all.
     assert!(
-        !info
-            .imports
-            .iter()
-            .any(|i| i.starts_with("wasi:filesystem") || i.starts_with("wasi:sockets")),
+        !info.imports.iter().any(|i| i.starts_with("wasi:")),
         "{info:?}"
     );
-    assert!(info.verdict.is_ok());
+    assert_eq!(
+        info.verdict.as_deref(),
+        Ok("warden:policy/policy-plugin@0.2.0")
+    );
+    // The contract before 0.2.0 still loads; a version from the future is refused by name.
+    let legacy = inspect_component(&host(), &wasm("legacy_v010")).unwrap();
+    assert_eq!(
+        legacy.verdict.as_deref(),
+        Ok("warden:policy/policy-plugin@0.1.0")
+    );
+    let future = inspect_component(&host(), &wasm("future_version")).unwrap();
+    assert_eq!(
+        future.verdict,
+        Err(
+            "wrong world: built against warden:policy@0.9.0, this gateway supports 0.1.0 and 0.2.0"
+                .into()
+        )
+    );
     let info = inspect_component(&host(), &wasm("wrong_world")).unwrap();
     assert!(info.verdict.is_err());
 }

@@ -24,6 +24,10 @@ pub enum ProxyError {
     /// The request body is over the route's limit.
     #[error("request body too large")]
     BodyTooLarge,
+    /// A body policy's route refused the body before any plugin saw it: too large, a
+    /// media type or coding it does not accept, or JSON parsers could read differently.
+    #[error("request body refused: {0}")]
+    BodyRefused(crate::inspect::Refusal),
     /// The client's request body broke (malformed chunk, early end of stream) while it
     /// was being forwarded: the client's fault, not the upstream's.
     #[error("client request body failed: {0}")]
@@ -58,6 +62,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyRefused(r) => r.status(),
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamConnect(_)
             | ProxyError::Upstream(_)
@@ -74,6 +79,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BodyRefused(r) => match r.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                _ => "body_refused",
+            },
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamConnect(_) => "upstream_unavailable",
             ProxyError::Upstream(_) => "upstream_error",
@@ -91,6 +101,7 @@ impl ProxyError {
             | ProxyError::MethodRefused(_)
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge
+            | ProxyError::BodyRefused(_)
             | ProxyError::ClientBody(_) => "client",
             ProxyError::UpstreamTimeout
             | ProxyError::UpstreamConnect(_)
@@ -130,6 +141,9 @@ impl ProxyError {
         }
         if let ProxyError::BadRequest(why) | ProxyError::MethodRefused(why) = &self {
             body["detail"] = json!(why);
+        }
+        if let ProxyError::BodyRefused(r) = &self {
+            body["detail"] = json!(r.reason());
         }
         let mut resp = http::Response::new(super::json_body(body));
         *resp.status_mut() = status;

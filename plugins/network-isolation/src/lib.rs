@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 use warden_sdk::serde_json::json;
-use warden_sdk::{ConfigErrors, Policy, Request, Setup, Verdict};
+use warden_sdk::{ConfigErrors, Method, Policy, Request, Setup, Verdict};
 
 /// The policy's `config` table.
 #[derive(Debug, Deserialize)]
@@ -62,7 +62,7 @@ enum Identity {
 struct Rule {
     identity: Option<Identity>,
     cidr: Option<IpNet>,
-    methods: Option<Vec<String>>,
+    methods: Option<Vec<Method>>,
     path: Option<Glob>,
 }
 
@@ -135,7 +135,11 @@ impl Policy for NetworkIsolation {
                             );
                         }
                     }
-                    Some(ms.into_iter().map(|m| m.to_ascii_uppercase()).collect())
+                    Some(
+                        ms.iter()
+                            .map(|m| Method::parse(&m.to_ascii_uppercase()))
+                            .collect(),
+                    )
                 }
             };
             let path = match raw.path {
@@ -170,10 +174,9 @@ impl Policy for NetworkIsolation {
     }
 
     fn evaluate(&self, req: &Request) -> Verdict {
-        let ip = req.client().ip().map(|ip| match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        });
+        // The SDK hands IPv4-mapped IPv6 peers over as IPv4, so a v4 CIDR also covers a
+        // client that connects through a dual-stack socket.
+        let ip = req.client().ip();
         if self.rules.iter().any(|r| r.matches(req, ip)) {
             return Verdict::allow();
         }
@@ -185,17 +188,16 @@ impl Policy for NetworkIsolation {
 }
 
 impl Rule {
-    fn matches(&self, req: &Request, ip: Option<IpAddr>) -> bool {
+    fn matches(&self, req: &Request, ip: IpAddr) -> bool {
         if let Some(m) = &self.methods
             && !m.iter().any(|m| m == req.method())
         {
             return false;
         }
-        if let Some(net) = &self.cidr {
-            match ip {
-                Some(ip) if net.contains(&ip) => {}
-                _ => return false,
-            }
+        if let Some(net) = &self.cidr
+            && !net.contains(&ip)
+        {
+            return false;
         }
         if let Some(g) = &self.path
             && !g.matches(req.path())

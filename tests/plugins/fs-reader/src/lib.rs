@@ -1,5 +1,8 @@
 //! Reads a file: it imports wasi:filesystem, which Warden does not provide, so it must be
 //! refused at load.
+//!
+//! Must be built for `wasm32-wasip2`: that is what makes `std::fs` import
+//! `wasi:filesystem` (on `wasm32-unknown-unknown` it would import nothing and just fail).
 use warden_sdk::{ConfigErrors, Policy, Request, Setup, Verdict};
 
 /// The policy.

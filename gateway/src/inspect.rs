@@ -265,7 +265,7 @@ pub enum Refusal {
     ByteOrderMark,
     /// 400: not JSON: a syntax error, invalid UTF-8, a lone surrogate escape.
     MalformedJson,
-    /// 400: an object with the same key twice (after decoding escapes).
+    /// 400: an object with the same key twice (after decoding escapes and folding case).
     DuplicateKey,
     /// 400: an integer beyond ±(2^53−1), or a number beyond the double range.
     NumberOutOfRange,
@@ -312,7 +312,7 @@ impl Refusal {
             EmptyBody => "empty json body",
             ByteOrderMark => "json body starts with a byte order mark",
             MalformedJson => "malformed json",
-            DuplicateKey => "duplicate key in json object",
+            DuplicateKey => "duplicate key in json object (keys are compared case-folded)",
             NumberOutOfRange => "json number out of interoperable range",
             TooDeep => "json nested too deeply",
             TrailingData => "data after the json document",
@@ -534,7 +534,7 @@ impl BodyRules {
     /// With `strict_json` and a JSON `head`, refuse (400) a body that JSON parsers could
     /// read differently: empty, a UTF-8 byte order mark, invalid JSON or UTF-8, a lone
     /// surrogate escape, an object key twice in one object (compared after decoding
-    /// escapes), an integer (no fraction, no exponent) beyond ±(2^53−1), a number beyond
+    /// escapes and folding case), an integer (no fraction, no exponent) beyond ±(2^53−1), a number beyond
     /// the double range, nesting deeper than `max_depth`, anything after the document.
     /// Other bodies pass. Runs in time linear in the body; recursion stops one level past
     /// `max_depth`, so no input can exhaust the stack.
@@ -1000,7 +1000,10 @@ impl<'de> Visitor<'de> for Node<'_, 'de> {
         let depth = self.enter()?;
         let mut keys = self.walk.spare.pop().unwrap_or_default();
         while let Some(key) = map.next_key_seed(Key)? {
-            if !keys.insert(key) {
+            // Keys are compared case-folded: decoders that match fields without regard to
+            // case (Go's encoding/json, which also folds `ſ` into `s` and the Kelvin sign
+            // into `k`) would read `"MODEL"` as `"model"`.
+            if !keys.insert(fold(key)) {
                 return Err(self.walk.refuse(Refusal::DuplicateKey));
             }
             map.next_value_seed(Node {
@@ -1012,6 +1015,23 @@ impl<'de> Visitor<'de> for Node<'_, 'de> {
         self.walk.spare.push(keys);
         Ok(())
     }
+}
+
+/// `key` with every character case-folded (upper-cased, then lower-cased, so that
+/// characters whose upper case is shared fold together), borrowed when nothing changes.
+fn fold(key: Cow<'_, str>) -> Cow<'_, str> {
+    if key.is_ascii() {
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Owned(key.to_ascii_lowercase());
+        }
+        return key;
+    }
+    Cow::Owned(
+        key.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect(),
+    )
 }
 
 /// An object key, decoded: borrowed from the body unless it had escapes.
@@ -1742,7 +1762,7 @@ mod tests {
             "[1e10, -0, 0.5, -1.5e-300, 1e308, 1E+2, 9007199254740991, -9007199254740991]",
             "[9007199254740993.0, 1e20, 123456789012345678901234567890.5, 1e-400]",
             r#"["日本語", "9007199254740993"]"#,
-            r#"{"a":1,"A":2,"a ":3}"#,
+            r#"{"a":1,"b":2,"a ":3}"#,
         ] {
             json(body).unwrap_or_else(|e| panic!("{body}: {e}"));
         }
@@ -1761,6 +1781,11 @@ mod tests {
             (r#"{"\ud83d\ude00":1,"😀":2}"#, DuplicateKey),
             (r#"[{"x":{"k":1,"y":[{"k":1,"k":2}]}}]"#, DuplicateKey),
             (r#"{"a":{"b":1},"a":{"c":2}}"#, DuplicateKey),
+            // Equal once case-folded, as case-insensitive decoders match fields.
+            (r#"{"model":"a","MODEL":"b"}"#, DuplicateKey),
+            (r#"{"name":"a","NaMe":"b"}"#, DuplicateKey),
+            (r#"{"arguments":{},"argumentſ":{}}"#, DuplicateKey),
+            (r#"{"key":1,"Key":2}"#, DuplicateKey),
             (r#"["\ud800"]"#, MalformedJson),
             (r#"["\udc00x"]"#, MalformedJson),
             (r#"["\ud800\u0041"]"#, MalformedJson),
@@ -1950,7 +1975,7 @@ mod tests {
         assert_eq!(Refusal::DuplicateKey.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             Refusal::DuplicateKey.to_string(),
-            "duplicate key in json object (400)"
+            "duplicate key in json object (keys are compared case-folded) (400)"
         );
     }
 }

@@ -422,17 +422,18 @@ async fn pipeline(
 
     // The body phase: the body is read whole (within the route's limits), decoded and
     // checked before any policy sees it, and exactly that is what goes upstream.
+    let inspects = route.chain.body().is_some() || route.chain.response_max().is_some();
+    if inspects && upgrade.is_some() {
+        // A tunnel would carry bytes, both ways, that no policy ever sees.
+        return Err(ProxyError::BadRequest(
+            "protocol upgrades are refused on a route whose policies inspect bodies",
+        ));
+    }
     let mut in_body = InBody::Stream(incoming);
     if let Some(rules) = route.chain.body()
         && let InBody::Stream(incoming) = &in_body
         && !http_body::Body::is_end_stream(incoming)
     {
-        if upgrade.is_some() {
-            // A tunnel would carry bytes no policy ever sees.
-            return Err(ProxyError::BadRequest(
-                "a protocol upgrade with a body is refused on a route whose policies inspect bodies",
-            ));
-        }
         let head = rules
             .check_head(&parts.headers)
             .map_err(ProxyError::BodyRefused)?;
@@ -446,18 +447,31 @@ async fn pipeline(
         let mut counted = std::pin::pin!(body::counted_in(incoming, Some(stats), ex.started));
         let limit = rules.max().min(route.max_body);
         let mut raw = bytes::BytesMut::new();
-        // However the client splits it, the body is judged whole.
-        while let Some(frame) = counted.frame().await {
-            let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if (raw.len() + data.len()) as u64 > limit {
-                    return Err(if rules.max() <= route.max_body {
-                        ProxyError::BodyRefused(crate::inspect::Refusal::TooLarge)
-                    } else {
-                        ProxyError::BodyTooLarge
-                    });
+        // However the client splits it, the body is judged whole; and however slowly it
+        // comes, it comes within the route's timeout (a trickling client must not hold a
+        // buffer forever).
+        let read = async {
+            while let Some(frame) = counted.frame().await {
+                let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if (raw.len() + data.len()) as u64 > limit {
+                        return Err(if rules.max() <= route.max_body {
+                            ProxyError::BodyRefused(crate::inspect::Refusal::TooLarge)
+                        } else {
+                            ProxyError::BodyTooLarge
+                        });
+                    }
+                    raw.extend_from_slice(&data);
                 }
-                raw.extend_from_slice(&data);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(route.timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ProxyError::ClientBody(
+                    "the request body did not arrive within the route's timeout".into(),
+                ));
             }
         }
         let raw = raw.freeze();
@@ -481,8 +495,11 @@ async fn pipeline(
         },
     });
     if seen.is_some() {
-        // Identity responses are what a response policy can read; ask for nothing else.
+        // Whole identity responses are what a response policy can read: no codings it
+        // would have to undo, and no ranges it would see a fragment of.
         parts.headers.remove(http::header::ACCEPT_ENCODING);
+        parts.headers.remove(http::header::RANGE);
+        parts.headers.remove(http::header::IF_RANGE);
     }
 
     // One secret snapshot for the whole request: the policy chain's comparisons and the
@@ -560,7 +577,16 @@ async fn pipeline(
 
     let upstream = &route.upstream;
     let original_host = headers::authority_of(&parts);
+    // A checked body goes upstream with the content type it was checked as, even if the
+    // client's `Connection` header names it (which would strip it below).
+    let checked_type = match &in_body {
+        InBody::Buffered(_) => parts.headers.get(http::header::CONTENT_TYPE).cloned(),
+        InBody::Stream(_) => None,
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
+    if let Some(ct) = checked_type {
+        parts.headers.insert(http::header::CONTENT_TYPE, ct);
+    }
     let trusted_peer = headers::set_forwarded(
         &mut parts.headers,
         client,
@@ -837,7 +863,16 @@ async fn pipeline(
                 client,
                 body: seen.body.as_ref(),
             };
-            response_phase(&route.chain, &preq, &secrets, &mut parts, b).await?
+            // The route's timeout bounds reading the response for its policies too.
+            match tokio::time::timeout(
+                route.timeout,
+                response_phase(&route.chain, &preq, &secrets, &mut parts, b),
+            )
+            .await
+            {
+                Ok(r) => r?,
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+            }
         }
         _ => b.map_err(BoxError::from).boxed(),
     };
@@ -969,7 +1004,17 @@ async fn response_phase(
         .await
     {
         Ok(Some(replaced)) => {
-            parts.headers.remove(http::header::ETAG);
+            // Validators and digests of the upstream's body do not describe this one.
+            for h in [
+                "etag",
+                "last-modified",
+                "content-md5",
+                "digest",
+                "content-digest",
+                "repr-digest",
+            ] {
+                parts.headers.remove(h);
+            }
             replaced
         }
         Ok(None) => plain,

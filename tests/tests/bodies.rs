@@ -54,6 +54,26 @@ file = "{model}"
 file = "{legacy}"
 [plugins.network-isolation]
 file = "{ni}"
+[plugins.misbehave]
+file = "{misbehave}"
+
+[[routes]]
+name = "trap"
+match = {{ path_prefix = "/trap/" }}
+upstream = "api"
+[[routes.policies]]
+plugin = "misbehave"
+response_body = {{ max = "64KiB" }}
+config = {{ mode = "allow", response = "trap" }}
+
+[[routes]]
+name = "replace"
+match = {{ path_prefix = "/replace/" }}
+upstream = "api"
+[[routes.policies]]
+plugin = "misbehave"
+response_body = {{ max = "64KiB" }}
+config = {{ mode = "allow", response = "replace", value = "{{\"replaced\":true}}" }}
 
 [[routes]]
 name = "mcp"
@@ -108,6 +128,7 @@ config = {{ allow = [ {{ cidr = "127.0.0.0/8" }} ] }}
         model = p(&plugin_wasm("model_guard")),
         legacy = p(&test_plugin("legacy_v010")),
         ni = p(&plugin_wasm("network_isolation")),
+        misbehave = p(&test_plugin("misbehave")),
     )
 }
 
@@ -252,6 +273,37 @@ async fn body_policies_cannot_be_walked_around() {
         let (s, b) = post(&gw, "/mcp", json_ct, &[], body.clone()).await;
         assert_eq!(s, 400, "{body}: {b}");
     }
+    // Keys equal once case-folded are duplicates too: a case-insensitive decoder upstream
+    // (Go's) would read `NAME`, or `argument\u017f`, as the key the policy checked.
+    for body in [
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get_project","NAME":"delete_project"}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get_project","arguments":{},"argument\u017f":{"id":1}}}"#,
+    ] {
+        let (s, b) = post(&gw, "/mcp", json_ct, &[], body).await;
+        assert_eq!(s, 400, "{body}: {b}");
+    }
+    // An upgrade would open a tunnel no policy reads: refused on an inspecting route, even
+    // without a body.
+    let out = warden_tests::raw_exchange(
+        gw.addr,
+        b"GET /mcp HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // A `Connection` header naming the content type does not strip it after the check.
+    let body = call(json!(12), "get_project").to_string();
+    let raw = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: content-type, close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let out = warden_tests::raw_exchange(gw.addr, raw.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(
+        up.seen().pop().unwrap().headers["content-type"],
+        "application/json"
+    );
+
     // A key written with escapes is the key: it is decided as `name`.
     let (s, _) = post(
         &gw,
@@ -410,6 +462,17 @@ async fn response_phase_filters_json_and_leaves_streams_alone() {
             .get("accept-encoding")
             .is_none()
     );
+    // Nor can a range ask for a fragment the filter cannot read.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("range", "bytes=100-")
+        .body(list.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.seen().pop().unwrap().headers.get("range").is_none());
 
     // An event stream passes through untouched, even with the response phase on.
     let r = client()
@@ -424,6 +487,19 @@ async fn response_phase_filters_json_and_leaves_streams_alone() {
     let text = r.text().await.unwrap();
     assert!(text.starts_with("event: message\ndata: "), "{text}");
     assert!(text.contains("delete_project"), "untouched: {text}");
+
+    // A policy replacing a JSON response: the client gets the new body with its length;
+    // one failing in the response phase fails closed with 502 (the upstream's answer never
+    // goes out unchecked).
+    let r = client().get(gw.url("/replace/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "17");
+    assert_eq!(r.text().await.unwrap(), r#"{"replaced":true}"#);
+    let r = client().get(gw.url("/trap/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "policy unavailable");
+    assert_eq!(v["policy"], "misbehave");
 
     // A 0.1.0 plugin next to a 0.2.0 one, each behaving as it was built to.
     let r = client().get(gw.url("/legacy/x")).send().await.unwrap();

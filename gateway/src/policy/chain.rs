@@ -466,7 +466,7 @@ impl Chain {
                 Err(_) if e.on_error == OnError::Allow => continue,
                 Err(_) => {
                     report.decided_by = Some(e.plugin.name.clone());
-                    return e.error_response();
+                    return e.error_response(StatusCode::SERVICE_UNAVAILABLE);
                 }
             }
         }
@@ -506,21 +506,9 @@ impl Chain {
                     }
                 }
                 Err(_) if e.on_error == OnError::Allow || e.mode == Mode::Shadow => {}
-                Err(_) => {
-                    let body = serde_json::json!({
-                        "error": "policy unavailable",
-                        "route": &*e.route,
-                        "policy": e.plugin.name,
-                    });
-                    return Err(Decision::Deny {
-                        status: StatusCode::BAD_GATEWAY,
-                        body: Bytes::from(body.to_string()),
-                        headers: vec![(
-                            http::header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        )],
-                    });
-                }
+                // The upstream's answer cannot go out unchecked, and it is not the client's
+                // fault: 502.
+                Err(_) => return Err(e.error_response(StatusCode::BAD_GATEWAY)),
             }
         }
         Ok(current)
@@ -737,7 +725,8 @@ impl Entry {
                 .iter()
                 .map(|(n, t)| (n.clone(), render_secret(t, secrets)))
                 .collect();
-            s.evaluating = true;
+            // Rate limits count requests: a response-phase call takes no token.
+            s.evaluating = matches!(call, Call::Request { .. });
         }
         warm.store.set_epoch_deadline(1);
 
@@ -874,14 +863,14 @@ impl Entry {
         Ok(outcome)
     }
 
-    fn error_response(&self) -> Decision {
+    fn error_response(&self, status: StatusCode) -> Decision {
         let body = serde_json::json!({
             "error": "policy unavailable",
             "route": &*self.route,
             "policy": self.plugin.name,
         });
         Decision::Deny {
-            status: StatusCode::SERVICE_UNAVAILABLE,
+            status,
             body: Bytes::from(body.to_string()),
             headers: vec![(
                 http::header::CONTENT_TYPE,

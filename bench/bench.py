@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side proxy benchmark: upstream direct vs nginx vs HAProxy vs Warden variants.
 
-Driven by scripts/bench.sh (which builds the plugins and the release binary first).
+Driven by scripts/bench.sh (which builds the plugins and the `dist` binary first).
 Plain stdlib. Everything listens on 127.0.0.1; every child is killed on exit (explicitly,
 and by PR_SET_PDEATHSIG should this driver die).
 
@@ -38,7 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WARDEN = ROOT / "target" / "release" / "warden"
+# The `dist` build (fat LTO, one codegen unit, stripped) when scripts/bench.sh made it;
+# WARDEN_BIN names another.
+WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
+    (p for p in (ROOT / "target" / "dist" / "warden", ROOT / "target" / "release" / "warden") if p.exists()),
+    ROOT / "target" / "release" / "warden"))
+RATE_LOAD = ROOT / "target" / "release" / "rate-load"
+RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -433,6 +439,20 @@ def wrk(port: int, conns: int, duration: str, cpus: str | None, path: str = "/")
     return r
 
 
+def rate_load(port: int, rate: int, cpu: str | None) -> dict:
+    """Latency at a fixed request rate (10 keep-alive connections, 0.5 s warm-up, 3 s
+    measured, latency counted from when each request was due): tests/src/bin/rate-load.rs."""
+    cmd = [str(RATE_LOAD), f"http://127.0.0.1:{port}/", "--rate", str(rate), "--conns", "10",
+           "--duration", "3", "--warmup", "0.5"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        log(f"!! rate-load on {port} failed: {out.stderr.strip()}")
+        return {"errors": 1}
+    return json.loads(out.stdout)
+
+
 def scrape(admin: int) -> dict:
     """Sums of the Warden metrics the report uses (over the whole run, warm-up included)."""
     _, body = http_get(admin, "/metrics", timeout=5)
@@ -512,6 +532,8 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin (proxy/wrk float on both cores)")
     ap.add_argument("--only", default="", help="comma-separated target keys (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, raw wrk output)")
+    ap.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 5000)),
+                    help="fixed request rate for the latency-at-a-rate measure (0: skip it)")
     ap.add_argument("--baseline", default="", help="another warden binary to run as b-none/b-pool (A/B)")
     args = ap.parse_args()
 
@@ -519,7 +541,7 @@ def main() -> int:
         if not shutil.which(tool):
             log(f"missing tool: {tool}")
             return 1
-    for f in (WARDEN, PLUGIN):
+    for f in (WARDEN, PLUGIN) + ((RATE_LOAD,) if args.rate else ()):
         if not f.exists():
             log(f"missing {f} (run scripts/bench.sh, which builds it)")
             return 1
@@ -628,6 +650,8 @@ def main() -> int:
                 foreign = max(0, (s1[0] - s0[0]) - ours) / window * 100
                 steal = (s1[1] - s0[1]) / window * 100
                 single = wrk(t.port, 1, args.lat_duration, load_cpu)
+                fixed = (rate_load(t.port, args.rate, load_cpu)
+                         if args.rate and t.key in RATE_TARGETS else {})
                 if t.proc and rnd == args.rounds - 1:
                     t.rss = rss_kib(t.proc.pid)
                 t.stop()
@@ -642,7 +666,10 @@ def main() -> int:
                     "up_cpu_us": (up1 - up0) / HZ * 1e6 / max(loaded["requests"], 1),
                     "foreign": foreign,
                     "steal": steal,
-                    "errors": loaded["non2xx"] + single["non2xx"],
+                    "errors": loaded["non2xx"] + single["non2xx"] + fixed.get("errors", 0),
+                    "rate_p50": fixed.get("p50_us", float("nan")),
+                    "rate_p99": fixed.get("p99_us", float("nan")),
+                    "rate_achieved": fixed.get("rate", float("nan")),
                 }
                 if res["errors"] or loaded["sockerr"] or single["sockerr"]:
                     log(f"!! {t.key}: non-2xx={res['errors']} socket errors: {loaded['sockerr']} {single['sockerr']}")
@@ -710,6 +737,20 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
           f"of the machine; steal median {median(st):.0f}%, max {max(st):.0f}%. "
           "Proxy CPU µs/req is the least noise-sensitive column.")
     print()
+    if args.rate and "direct" in med and med["direct"].get("rate_p50") == med["direct"].get("rate_p50"):
+        dr = med["direct"]
+        print(f"Latency at a fixed rate: {args.rate} req/s over 10 keep-alive connections (`rate-load`, latency "
+              "from when each request was due), 3 s per round, median of rounds; added = target − direct:")
+        print()
+        print("| target | achieved req/s | p50 | p99 | added p50 | added p99 |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for t in targets:
+            m = med.get(t.key) or {}
+            if m.get("rate_p50", float("nan")) != m.get("rate_p50", float("nan")):
+                continue
+            print(f"| {t.label} | {m['rate_achieved']:.0f} | {fmt_us(m['rate_p50'])} | {fmt_us(m['rate_p99'])} | "
+                  f"{m['rate_p50'] - dr['rate_p50']:+.0f} µs | {m['rate_p99'] - dr['rate_p99']:+.0f} µs |")
+        print()
     print("Per-request overhead (medians):")
     print()
     print(f"- policy chain, pooled vs no policy: {over('w-pool', 'w-none')}")
@@ -748,8 +789,8 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
         subprocess.run(["strip", "-o", str(s), str(WARDEN)], check=True)
         ssize = s.stat().st_size
     print()
-    print(f"Binary: target/release/warden {size / 2**20:.1f} MiB as built (line-tables debug info), "
-          f"{ssize / 2**20:.1f} MiB stripped.")
+    print(f"Binary: {WARDEN.relative_to(ROOT) if WARDEN.is_relative_to(ROOT) else WARDEN} "
+          f"{size / 2**20:.1f} MiB as built, {ssize / 2**20:.1f} MiB stripped.")
     print(f"Harness wall time: {elapsed:.0f} s.")
 
 

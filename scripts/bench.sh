@@ -5,7 +5,7 @@
 # Prints a markdown table of ratios (absolute numbers on a shared VM are noise), per-request
 # overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; < 5 minutes.
 #
-#   scripts/bench.sh                     build (release) + run, defaults: 3 rounds, -c32 -d4s
+#   scripts/bench.sh                     build (dist profile) + run, defaults: 3 rounds, -c32 -d4s
 #   scripts/bench.sh --no-build ...      skip the builds
 #   scripts/bench.sh --rounds 5 --duration 5s --conns 64 --only nginx,w-pool --keep --no-pin
 #
@@ -22,7 +22,10 @@ done
 
 if [[ $build == 1 ]]; then
     scripts/build-plugins.sh --no-test >&2
-    cargo build --release -p warden >&2
+    # The shipped build: fat LTO, one codegen unit, stripped (Cargo.toml, [profile.dist]).
+    cargo build --profile dist -p warden --bin warden >&2
+    # The fixed-rate load generator (its own latencies do not need the long build).
+    cargo build --release -p warden-tests --bin rate-load >&2
 fi
 
 pid=

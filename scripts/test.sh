@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/build-plugins.sh
-cargo build --release --workspace --bins
+# Bins and tests in one build: built apart, the bins would miss the features the tests'
+# dev-dependencies turn on, and the test build would compile the gateway a second time.
+cargo build --release --workspace --bins --tests
 # End-to-end tests start many gateways and upstreams; two at a time keeps timing checks
 # honest on a 2-core machine.
 cargo test --release --workspace --no-fail-fast -- --test-threads="${WARDEN_TEST_THREADS:-2}"

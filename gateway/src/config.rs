@@ -47,7 +47,8 @@ pub struct GatewayConfig {
     /// Downstream TLS; plaintext (HTTP/1.1 and h2c) without it.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
-    /// Tokio worker threads (default: number of CPUs).
+    /// Proxy worker threads, each with its own runtime, listener and upstream pools
+    /// (default: one per CPU).
     #[serde(default)]
     pub worker_threads: Option<usize>,
     /// Peers whose `X-Forwarded-*` headers are kept and extended rather than replaced.

@@ -118,6 +118,12 @@ impl Gateway {
                 "the admin address cannot change while running; restart to move it",
             ));
         }
+        if cfg.gateway.worker_threads != old.config.gateway.worker_threads {
+            errs.push(cfg.locate_main(
+                "gateway.worker_threads",
+                "the number of proxy workers cannot change while running; restart to change it",
+            ));
+        }
         if cfg.gateway.tls.is_some() != old.config.gateway.tls.is_some() {
             errs.push(cfg.locate_main(
                 "gateway.tls",

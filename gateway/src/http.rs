@@ -70,6 +70,41 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name` is a hop-by-hop header (case-insensitive).
 pub fn is_hop_by_hop(name: &str) -> bool {
+    // Called for every header of every request: compared in place, never lowercased
+    // into a new string.
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || name.to_ascii_lowercase().starts_with("proxy-")
+        || name
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_hop_by_hop;
+
+    #[test]
+    fn hop_by_hop_names_match_in_any_case_without_panicking_on_any_input() {
+        for yes in [
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "proxy-foo",
+            "Proxy-Authorization",
+        ] {
+            assert!(is_hop_by_hop(yes), "{yes}");
+        }
+        // A multi-byte character across the 6-byte prefix must not panic.
+        for no in [
+            "proxy",
+            "prox",
+            "x-proxy-a",
+            "content-type",
+            "",
+            "prox\u{e9}-a",
+            "tes",
+        ] {
+            assert!(!is_hop_by_hop(no), "{no}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`http`] | `ClientInfo`, the body type, hop-by-hop rules, request normalization |
+//! | [`worker`] | proxy worker numbers, per-worker slots, `SO_REUSEPORT` listeners |
 //! | [`telemetry`] | metrics, logging |
 //! | [`watch`] | the one debounced directory watcher |
 //! | `config::field` | located config errors and serde helpers |
@@ -26,6 +27,7 @@
 pub mod http;
 pub mod telemetry;
 pub mod watch;
+pub mod worker;
 
 pub mod secrets;
 

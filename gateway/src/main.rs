@@ -212,9 +212,11 @@ fn run(path: &Path, strict_secrets: bool, ready_file: Option<PathBuf>) -> ExitCo
             return ExitCode::from(2);
         }
     };
-    let workers = cfg.gateway.worker_threads;
+    // Proxy workers get threads of their own; the control runtime (admin, reload, secret
+    // refresh, health checks) needs one.
+    warden::worker::set_count(warden::worker::resolve_count(cfg.gateway.worker_threads));
     let path = path.to_path_buf();
-    block_on(workers, async move {
+    block_on(Some(1), async move {
         let gw = match Gateway::start(&path, cfg, strict_secrets).await {
             Ok(gw) => gw,
             Err(errs) => {

@@ -45,6 +45,25 @@ use opentelemetry::KeyValue;
 /// to the configured grace period.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
+    let worker = crate::worker::index();
+    let accepted = metrics()
+        .proxy
+        .worker_connections
+        .get_or_create(&crate::telemetry::WorkerLabel {
+            worker: worker.to_string(),
+        })
+        .clone();
+    if worker > 0 {
+        // This worker's buffered access-log lines go out at least this often.
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(crate::telemetry::ACCESS_FLUSH_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                crate::telemetry::flush_access_log();
+            }
+        });
+    }
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -59,6 +78,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
+        accepted.inc();
         let gw = gw.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -744,7 +764,7 @@ async fn pipeline(
             Some(d) => route.timeout.min(d.saturating_sub(ex.started.elapsed())),
             None => route.timeout,
         };
-        let result = tokio::time::timeout(head_timeout, ep.client.request(req)).await;
+        let result = tokio::time::timeout(head_timeout, ep.client().request(req)).await;
         drop(in_flight);
         if let Some(span) = span {
             span.end(match &result {

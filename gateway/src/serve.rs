@@ -1,4 +1,4 @@
-//! The running process: bind both listeners, announce them, install signal handlers, and
+//! The running process: bind the listeners (one per proxy worker, see [`crate::worker`]), announce them, install signal handlers, and
 //! shut down in order — the proxy listener closes at once and drains, while the admin
 //! listener stays up (readiness answers `draining`, metrics can still be scraped) until
 //! the drain has ended.
@@ -35,18 +35,18 @@ pub struct BoundAddrs {
 /// Serve until SIGTERM or SIGINT, then drain.
 pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
     let snap = gw.current();
-    let proxy = tokio::net::TcpListener::bind(snap.config.gateway.listen)
-        .await
+    let workers = crate::worker::count().max(1);
+    let proxies = crate::worker::listeners(snap.config.gateway.listen, workers)
         .with_context(|| format!("binding gateway.listen {}", snap.config.gateway.listen))?;
     let admin = tokio::net::TcpListener::bind(snap.config.admin.listen)
         .await
         .with_context(|| format!("binding admin.listen {}", snap.config.admin.listen))?;
     let bound = BoundAddrs {
-        proxy: proxy.local_addr()?,
+        proxy: proxies[0].local_addr()?,
         admin: admin.local_addr()?,
     };
     info!(addr = %bound.admin, "admin listening");
-    info!(addr = %bound.proxy, tls = snap.tls.is_some(), routes = snap.routes.len(), "proxy listening");
+    info!(addr = %bound.proxy, workers, tls = snap.tls.is_some(), routes = snap.routes.len(), "proxy listening");
     drop(snap);
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, &bound)
@@ -75,7 +75,13 @@ pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
     });
     let drained = CancellationToken::new();
     let admin_task = tokio::spawn(crate::admin::serve(admin, gw.clone(), drained.clone()));
-    crate::proxy::serve(proxy, gw.clone(), shutdown).await;
+    let mut finished = Vec::with_capacity(workers);
+    for (i, listener) in proxies.into_iter().enumerate() {
+        finished.push(spawn_worker(i + 1, listener, gw.clone(), shutdown.clone())?);
+    }
+    for done in finished {
+        let _ = done.await;
+    }
     drained.cancel();
     let _ = admin_task.await;
     // Spans still buffered go out before the process ends.
@@ -90,6 +96,44 @@ pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Start proxy worker `i` on its own thread and current-thread runtime. The returned
+/// receiver completes when the worker has drained and flushed its access log.
+fn spawn_worker(
+    i: usize,
+    listener: std::net::TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("warden-worker-{i}"))
+        .spawn(move || {
+            crate::worker::enter(i);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(async {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => crate::proxy::serve(l, gw, shutdown).await,
+                        Err(e) => {
+                            error!(worker = i, error = %e, "worker cannot use its listener; shutting down");
+                            shutdown.cancel();
+                        }
+                    }
+                }),
+                Err(e) => {
+                    error!(worker = i, error = %e, "cannot start a worker runtime; shutting down");
+                    shutdown.cancel();
+                }
+            }
+            crate::telemetry::flush_access_log();
+            let _ = done.send(());
+        })
+        .context("starting a proxy worker thread")?;
+    Ok(finished)
 }
 
 fn write_ready_file(path: &std::path::Path, bound: &BoundAddrs) -> std::io::Result<()> {

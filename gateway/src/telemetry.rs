@@ -84,6 +84,13 @@ impl MethodClass {
     }
 }
 
+/// A proxy worker label (`1`..`N`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    /// Worker number.
+    pub worker: String,
+}
+
 /// A route label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
@@ -210,6 +217,10 @@ pub struct ProxyMetrics {
     pub upstream_timeouts: Family<UpstreamLabel, Counter>,
     /// Failed downstream TLS handshakes.
     pub tls_handshake_failures: Counter,
+    /// Downstream connections accepted, by proxy worker.
+    pub worker_connections: Family<WorkerLabel, Counter>,
+    /// Access-log lines dropped because the log's output could not keep up.
+    pub access_log_dropped: Counter,
     /// Responses Warden made itself (errors and policy denials), by route, reason and
     /// fault: tells a 503 of Warden's from one the upstream sent.
     pub gateway_responses: Family<GatewayResponseLabels, Counter>,
@@ -268,6 +279,18 @@ impl ProxyMetrics {
                 reg,
                 "tls_handshake_failures",
                 "Failed downstream TLS handshakes",
+                Counter::default(),
+            ),
+            worker_connections: add(
+                reg,
+                "worker_connections",
+                "Downstream connections accepted, by proxy worker",
+                Family::default(),
+            ),
+            access_log_dropped: add(
+                reg,
+                "access_log_dropped",
+                "Access-log lines dropped because stderr could not take them (a full pipe or disk never blocks a worker)",
                 Counter::default(),
             ),
             gateway_responses: add(
@@ -631,28 +654,110 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where access-log lines go: the process log's writer thread, so they stay in order with
-/// every other line and never block a worker on a write.
+/// Where access-log lines go. Each proxy worker appends its lines to a buffer of its own
+/// and hands the whole buffer over when it reaches [`ACCESS_BATCH`] bytes or when the
+/// worker's flush timer fires, the way nginx's `access_log … buffer= flush=` works; one
+/// writer thread writes each batch to stderr with one call. The hand-over never waits: if
+/// stderr cannot keep up (a full pipe or disk) and [`ACCESS_QUEUE`] batches are waiting,
+/// the batch is dropped and counted in `warden_access_log_dropped_total`.
 struct AccessOut {
-    writer: tracing_appender::non_blocking::NonBlocking,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Vec<u8>>>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     format: LogFormat,
 }
 
+/// A worker hands its buffer over at this size.
+pub const ACCESS_BATCH: usize = 64 * 1024;
+/// Batches waiting for the writer before new ones are dropped (at most 16 MiB).
+const ACCESS_QUEUE: usize = 256;
+/// How often a worker hands over a partly filled buffer.
+pub const ACCESS_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 static ACCESS_OUT: OnceLock<AccessOut> = OnceLock::new();
 
-/// Write one rendered access-log line (with its newline).
-pub fn write_access_line(line: &[u8]) {
-    use std::io::Write;
-    match ACCESS_OUT.get() {
-        Some(out) => {
-            let mut w = tracing_subscriber::fmt::MakeWriter::make_writer(&out.writer);
-            let _ = w.write_all(line);
+thread_local! {
+    static ACCESS_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Append one access-log line: `render` writes it (with its newline) into the calling
+/// worker's buffer. Threads that are not proxy workers have no flush timer, so their lines
+/// go out at once.
+pub fn write_access_line(render: impl FnOnce(&mut String)) {
+    let full = ACCESS_BUF.with_borrow_mut(|buf| {
+        render(buf);
+        buf.len() >= ACCESS_BATCH || crate::worker::index() == 0
+    });
+    if full {
+        flush_access_log();
+    }
+}
+
+/// Hand the calling thread's buffered access-log lines to the writer (the worker's flush
+/// timer, a full buffer, and a worker's last act before it ends).
+pub fn flush_access_log() {
+    let batch = ACCESS_BUF.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            return None;
         }
+        Some(std::mem::replace(buf, String::with_capacity(ACCESS_BATCH + 1024)).into_bytes())
+    });
+    let Some(batch) = batch else { return };
+    let Some(out) = ACCESS_OUT.get() else {
         // No logging set up (library use, unit tests): straight to stderr.
-        None => {
-            let _ = std::io::stderr().write_all(line);
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(&batch);
+        return;
+    };
+    let queue = out.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let sent = match queue.as_ref() {
+        Some(q) => q.try_send(batch),
+        // The writer has been shut down: nothing is left to take it.
+        None => Err(std::sync::mpsc::TrySendError::Disconnected(batch)),
+    };
+    if let Err(
+        std::sync::mpsc::TrySendError::Full(b) | std::sync::mpsc::TrySendError::Disconnected(b),
+    ) = sent
+    {
+        let lines = b.iter().filter(|&&c| c == b'\n').count();
+        metrics().proxy.access_log_dropped.inc_by(lines as u64);
+    }
+}
+
+/// Ends the access-log writer when dropped: every batch handed over is written first.
+pub struct LogGuard {
+    _process: tracing_appender::non_blocking::WorkerGuard,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush_access_log();
+        if let Some(out) = ACCESS_OUT.get() {
+            out.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(w) = out.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = w.join();
+            }
         }
     }
+}
+
+fn start_access_writer(format: LogFormat) {
+    use std::io::Write;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(ACCESS_QUEUE);
+    let writer = std::thread::Builder::new()
+        .name("warden-access".into())
+        .spawn(move || {
+            for batch in rx {
+                // One locked write per batch of whole lines: never interleaved with a
+                // line of the process log, which writes through the same lock.
+                let _ = std::io::stderr().lock().write_all(&batch);
+            }
+        })
+        .ok();
+    let _ = ACCESS_OUT.set(AccessOut {
+        queue: std::sync::Mutex::new(writer.as_ref().map(|_| tx)),
+        writer: std::sync::Mutex::new(writer),
+        format,
+    });
 }
 
 /// The process log's format (`--log-format`), the access log's default.
@@ -669,7 +774,7 @@ pub fn process_log_format() -> LogFormat {
 /// worker that serves the request cost more than the rest of the proxying. Nothing is
 /// dropped: when the writer falls behind, logging waits. Keep the returned guard alive for
 /// the life of the process; dropping it flushes what is buffered.
-pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_logging(format: LogFormat) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     // The Vault client libraries log every failed call at ERROR on their own; the secrets
     // module already reports each failure once, with the provider name.
@@ -687,10 +792,7 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
             64 * 1024,
             std::io::stderr(),
         ));
-    let _ = ACCESS_OUT.set(AccessOut {
-        writer: writer.clone(),
-        format,
-    });
+    start_access_writer(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -699,5 +801,5 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    guard
+    LogGuard { _process: guard }
 }

@@ -254,7 +254,7 @@ impl Upstream {
             authority,
             addr,
             host,
-            self.connect.client(resolver),
+            crate::worker::PerWorker::new(|_| self.connect.client(resolver.clone())),
         )
     }
 

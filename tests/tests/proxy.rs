@@ -975,3 +975,73 @@ async fn an_invalid_http2_preface_gets_goaway_over_h2c_and_tls() {
         }
     }
 }
+
+#[tokio::test]
+async fn workers_share_the_port_each_with_its_own_thread_and_lose_no_log_line() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = one_route(Upstream::url(&up.url()))
+        .gateway("worker_threads", 2i64)
+        .toml();
+    let mut gw = Gateway::start(dir.path(), &cfg).await;
+
+    // One thread per worker, by name.
+    let workers: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    let named = |prefix: &str| workers.iter().filter(|c| c.starts_with(prefix)).count();
+    assert_eq!(named("warden-worker-"), 2, "{workers:?}");
+    // No plugin configured: no engine, so no epoch ticker thread.
+    assert_eq!(named("warden-epoch"), 0, "{workers:?}");
+
+    // Every request on a new connection: the kernel spreads them over both listeners.
+    let fresh = warden_tests::client_builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    const N: usize = 40;
+    for i in 0..N {
+        let resp = fresh
+            .get(gw.url(&format!("/spread/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let m = gw.metrics().await;
+    let w1 = metric_value(&m, "warden_worker_connections_total", &["worker=\"1\""]);
+    let w2 = metric_value(&m, "warden_worker_connections_total", &["worker=\"2\""]);
+    assert_eq!(w1 + w2, N as f64, "{m}");
+    // 40 connections hashed over two listeners all landing on one: a 1-in-10^11 chance.
+    assert!(w1 > 0.0 && w2 > 0.0, "worker 1: {w1}, worker 2: {w2}");
+
+    // Lines buffered by the workers go out within their flush interval...
+    eventually("access lines flushed", Duration::from_secs(5), || {
+        let logs = gw.logs();
+        async move { (0..N).all(|i| logs.contains(&format!("path=/spread/{i} "))) }
+    })
+    .await;
+    // ...and those of requests answered just before SIGTERM go out at shutdown.
+    for i in 0..N {
+        let resp = client()
+            .get(gw.url(&format!("/last/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(20)).await.expect("exited");
+    assert!(status.success(), "{status:?}");
+    let logs = gw.logs();
+    for i in 0..N {
+        assert!(
+            logs.contains(&format!("path=/last/{i} ")),
+            "line of /last/{i} lost:\n{logs}"
+        );
+    }
+    let m_lines = logs.matches("warden::access").count();
+    assert_eq!(m_lines, 2 * N, "{logs}");
+}

@@ -126,7 +126,9 @@ struct Entry {
     body_max: Option<u64>,
     /// Largest response this policy inspects, when it has the response phase.
     response_max: Option<u64>,
-    pool: Mutex<Vec<Warm>>,
+    /// Warm instances, one pool per proxy worker: an instance is taken and given back by
+    /// the thread that runs it, so the lock is never contended.
+    pool: crate::worker::PerWorker<Mutex<Vec<Warm>>>,
     metrics: EntryMetrics,
 }
 
@@ -330,7 +332,7 @@ impl Chain {
                 secrets,
                 body_max: p.body.as_ref().map(|b| b.max),
                 response_max: p.response_body.as_ref().map(|r| r.max),
-                pool: Mutex::new(Vec::new()),
+                pool: crate::worker::PerWorker::new(|_| Mutex::new(Vec::new())),
                 metrics: entry_metrics,
             };
             // Configure one instance now, so a bad config is refused here (check, start,
@@ -340,6 +342,7 @@ impl Chain {
                     if entry.plugin.config.isolation == Isolation::Pooled {
                         entry
                             .pool
+                            .get()
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push(warm);
@@ -694,7 +697,11 @@ impl Entry {
     async fn run(&self, call: Call<'_, '_>) -> Result<Outcome, Failure> {
         let pooled = self.plugin.config.isolation == Isolation::Pooled;
         let warm = if pooled {
-            self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop()
+            self.pool
+                .get()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
         } else {
             None
         };
@@ -855,7 +862,7 @@ impl Entry {
         let healthy = warm.uses < self.plugin.config.pool.max_uses
             && (s.limits.current as u64) <= self.plugin.config.recycle_memory();
         if pooled && healthy {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = self.pool.get().lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < self.plugin.config.pool.size {
                 pool.push(warm);
             }
@@ -1101,7 +1108,7 @@ impl Chain {
     pub(crate) fn entries_idle(&self) -> Vec<usize> {
         self.entries
             .iter()
-            .map(|e| e.pool.lock().unwrap().len())
+            .map(|e| e.pool.get().lock().unwrap().len())
             .collect()
     }
 

@@ -191,7 +191,7 @@ impl Default for Limits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSettings {
-    /// Idle warm instances kept per route policy.
+    /// Idle warm instances kept per route policy, on each proxy worker.
     pub size: usize,
     /// Recycle an instance after this many evaluations.
     pub max_uses: u64,

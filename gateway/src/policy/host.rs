@@ -83,23 +83,69 @@ const WASI_PREFIXES: &[&str] = &["wasi:io/", "wasi:clocks/", "wasi:random/", "wa
 
 /// Process-wide plugin host. Create once with [`PolicyHost::new`]; shared across reloads.
 pub struct PolicyHost {
-    pub(crate) engine: Engine,
-    pub(crate) linker: Linker<StoreState>,
+    /// The engine, linker and epoch ticker, made when the first plugin is compiled: a
+    /// gateway without plugins reserves no instance pool and wakes no ticker thread.
+    wasm: std::sync::OnceLock<Wasm>,
     pub(crate) settings: PolicySettings,
     trusted_keys: Vec<Vec<u8>>,
     /// Components compiled for the current config (content hash → component), so a reload
     /// that keeps a plugin does not even read the disk cache.
     compiled: Mutex<HashMap<String, Component>>,
-    ticker_stop: Arc<AtomicBool>,
     pub(crate) cache_dir: Option<PathBuf>,
     /// Buckets behind `host.rate-limit`, kept across reloads so a reload never resets a
     /// caller's quota.
     rate: arc_swap::ArcSwap<RateLimiter>,
 }
 
-impl Drop for PolicyHost {
+/// What running plugins takes: the engine with its instance pool, the linker, and the
+/// thread that advances the epoch for deadlines.
+struct Wasm {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Wasm {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Wasm {
+    fn new(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::Result<Wasm> {
+        let engine = build_engine(settings, cache_dir)?;
+        let mut linker = Linker::<StoreState>::new(&engine);
+        add_wasi_to_linker(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+        bindings::v1::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow!("linking host functions (0.1.0): {e:#}"))?;
+        bindings::v2::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow!("linking host functions (0.2.0): {e:#}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = settings.epoch_tick;
+            std::thread::Builder::new()
+                .name("warden-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+        Ok(Wasm {
+            engine,
+            linker,
+            ticker_stop,
+        })
     }
 }
 
@@ -477,7 +523,8 @@ fn deny_all_wasi() -> WasiCtx {
 // ---------------------------------------------------------------------------------------
 
 impl PolicyHost {
-    /// Create the engine, linker, cache and epoch ticker. Relative `cache_dir` is resolved
+    /// Check the settings and set up the host. The engine, its instance pool and the epoch
+    /// ticker are made when the first plugin is compiled. Relative `cache_dir` is resolved
     /// against `base_dir`.
     pub fn new(settings: &PolicySettings, base_dir: &Path) -> anyhow::Result<Arc<Self>> {
         if let Some(e) = settings.check().into_iter().next() {
@@ -497,43 +544,11 @@ impl PolicyHost {
         } else {
             None
         };
-        let engine = build_engine(settings, cache_dir.as_deref())?;
-
-        let mut linker = Linker::<StoreState>::new(&engine);
-        add_wasi_to_linker(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
-        bindings::v1::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| anyhow!("linking host functions (0.1.0): {e:#}"))?;
-        bindings::v2::PolicyPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| anyhow!("linking host functions (0.2.0): {e:#}"))?;
-
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        {
-            let engine = engine.clone();
-            let stop = ticker_stop.clone();
-            let tick = settings.epoch_tick;
-            std::thread::Builder::new()
-                .name("warden-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })?;
-        }
-
         Ok(Arc::new(PolicyHost {
-            engine,
-            linker,
+            wasm: std::sync::OnceLock::new(),
             settings: settings.clone(),
             trusted_keys,
             compiled: Mutex::new(HashMap::new()),
-            ticker_stop,
             cache_dir,
             rate: arc_swap::ArcSwap::new(RateLimiter::new(
                 settings.rate_limit_keys,
@@ -551,9 +566,38 @@ impl PolicyHost {
         ));
     }
 
-    /// The engine (for tools that precompile).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The engine, linker and ticker, made on first use.
+    fn wasm(&self) -> anyhow::Result<&Wasm> {
+        if let Some(w) = self.wasm.get() {
+            return Ok(w);
+        }
+        // Two loads racing to make it (a reload beside `warden plugin test`) make it once.
+        static MAKING: Mutex<()> = Mutex::new(());
+        let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = self.wasm.get() {
+            return Ok(w);
+        }
+        let w = Wasm::new(&self.settings, self.cache_dir.as_deref())?;
+        Ok(self.wasm.get_or_init(|| w))
+    }
+
+    /// Whether the engine has been made (a plugin was compiled).
+    pub fn engine_started(&self) -> bool {
+        self.wasm.get().is_some()
+    }
+
+    /// The engine (for tools that precompile), made on first use.
+    pub fn engine(&self) -> anyhow::Result<&Engine> {
+        Ok(&self.wasm()?.engine)
+    }
+
+    /// The engine of a host that has compiled a component: every caller holds one.
+    fn compiled_engine(&self) -> &Engine {
+        &self
+            .wasm
+            .get()
+            .expect("a component exists, so the engine that compiled it does")
+            .engine
     }
 
     /// Compile and check every plugin of one config snapshot. Errors are keyed by plugin
@@ -718,18 +762,19 @@ impl PolicyHost {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => bytes,
             _ => return Err("not a component: the file is not WebAssembly".into()),
         };
-        Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
+        let engine = &self.wasm().map_err(|e| format!("{e:#}"))?.engine;
+        Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
     }
 
     /// Check world, version and exports, and pre-instantiate against the linker.
     pub(crate) fn check_component(&self, component: &Component) -> Result<(Pre, Contract), String> {
         let ty = component.component_type();
         let exports: Vec<(String, ComponentItem)> = ty
-            .exports(&self.engine)
+            .exports(self.compiled_engine())
             .map(|(n, item)| (n.to_string(), item.ty))
             .collect();
         let imports: Vec<String> = ty
-            .imports(&self.engine)
+            .imports(self.compiled_engine())
             .map(|(n, _)| n.to_string())
             .collect();
         // The version a plugin was built against shows in its export (or, failing that, in
@@ -797,7 +842,7 @@ impl PolicyHost {
         };
         if let ComponentItem::ComponentInstance(inst) = item {
             let funcs: Vec<String> = inst
-                .exports(&self.engine)
+                .exports(self.compiled_engine())
                 .map(|(n, _)| n.to_string())
                 .collect();
             for f in required {
@@ -807,6 +852,9 @@ impl PolicyHost {
             }
         }
         let pre = self
+            .wasm
+            .get()
+            .ok_or("the plugin engine is not running")?
             .linker
             .instantiate_pre(component)
             .map_err(|e| format!("wrong world: cannot link the component's imports: {e:#}"))?;
@@ -849,7 +897,7 @@ impl PolicyHost {
             plugin.config.limits.configure_deadline,
             self.settings.epoch_tick,
         );
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(self.compiled_engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
@@ -997,15 +1045,15 @@ pub fn inspect_component(host: &PolicyHost, path: &Path) -> anyhow::Result<Compo
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let ty = component.component_type();
     let imports = ty
-        .imports(&host.engine)
+        .imports(host.compiled_engine())
         .map(|(n, _)| n.to_string())
         .collect();
     let exports = ty
-        .exports(&host.engine)
+        .exports(host.compiled_engine())
         .map(|(n, item)| match item.ty {
             ComponentItem::ComponentInstance(i) => {
                 let f: Vec<String> = i
-                    .exports(&host.engine)
+                    .exports(host.compiled_engine())
                     .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
                     .map(|(n, _)| n.to_string())
                     .collect();

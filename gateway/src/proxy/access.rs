@@ -15,13 +15,17 @@ use crate::telemetry::{LogFormat, process_log_format, write_access_line};
 /// One value of a line.
 enum Value<'a> {
     Str(&'a str),
+    /// Written with `Display`, which for these values (times, addresses, trace ids) never
+    /// yields a character that needs escaping.
+    Plain(&'a dyn std::fmt::Display),
     Num(u64),
     Ms(Option<Duration>),
     Bool(bool),
     Null,
 }
 
-/// Write the access-log line of `ex`, unless `RUST_LOG` turned `warden::access` off.
+/// Write the access-log line of `ex`, unless `RUST_LOG` turned `warden::access` off. The
+/// line is rendered straight into the worker's log buffer: no allocation per line.
 pub(super) fn write(ex: &Exchange, bytes_out: u64, complete: bool, total: Duration) {
     if !tracing::enabled!(target: "warden::access", tracing::Level::INFO) {
         return;
@@ -30,22 +34,20 @@ pub(super) fn write(ex: &Exchange, bytes_out: u64, complete: bool, total: Durati
         LogFormat::Json => AccessFormat::Json,
         LogFormat::Human => AccessFormat::Text,
     });
-    let line = render(ex, bytes_out, complete, total, format, SystemTime::now());
-    write_access_line(line.as_bytes());
+    let now = SystemTime::now();
+    write_access_line(|out| render(out, ex, bytes_out, complete, total, format, now));
 }
 
 fn render(
+    out: &mut String,
     ex: &Exchange,
     bytes_out: u64,
     complete: bool,
     total: Duration,
     format: AccessFormat,
     now: SystemTime,
-) -> String {
-    let mut out = String::with_capacity(512);
-    let stamp = humantime::format_rfc3339_micros(now).to_string();
-    let trace_id = ex.trace_id.map(|t| t.to_string());
-    let client = ex.client.addr.to_string();
+) {
+    let stamp = humantime::format_rfc3339_micros(now);
     fn dash(o: Option<&str>) -> Value<'_> {
         Value::Str(o.unwrap_or("-"))
     }
@@ -61,14 +63,14 @@ fn render(
                 if format == AccessFormat::Text {
                     continue;
                 }
-                Value::Str(&stamp)
+                Value::Plain(&stamp)
             }
             AccessField::RequestId => Value::Str(ex.request_id.to_str().unwrap_or("-")),
-            AccessField::TraceId => match &trace_id {
-                Some(t) => Value::Str(t),
+            AccessField::TraceId => match &ex.trace_id {
+                Some(t) => Value::Plain(t),
                 None => Value::Null,
             },
-            AccessField::Client => Value::Str(&client),
+            AccessField::Client => Value::Plain(&ex.client.addr),
             AccessField::ForwardedFor => match &ex.forwarded_for {
                 Some(v) => Value::Str(v.to_str().unwrap_or("-")),
                 None => Value::Null,
@@ -104,11 +106,11 @@ fn render(
         match format {
             AccessFormat::Json => {
                 let _ = write!(out, r#","{}":"#, f.key());
-                json_value(&mut out, &v);
+                json_value(out, &v);
             }
             AccessFormat::Text => {
                 let _ = write!(out, " {}=", f.key());
-                text_value(&mut out, &v);
+                text_value(out, &v);
             }
         }
     }
@@ -116,7 +118,6 @@ fn render(
         out.push('}');
     }
     out.push('\n');
-    out
 }
 
 fn version(v: http::Version) -> &'static str {
@@ -137,6 +138,9 @@ fn ms(d: Duration) -> f64 {
 fn json_value(out: &mut String, v: &Value<'_>) {
     match v {
         Value::Str(s) => json_str(out, s),
+        Value::Plain(d) => {
+            let _ = write!(out, "\"{d}\"");
+        }
         Value::Num(n) => {
             let _ = write!(out, "{n}");
         }
@@ -174,6 +178,9 @@ fn text_value(out: &mut String, v: &Value<'_>) {
             out.push_str(s)
         }
         Value::Str(s) => json_str(out, s),
+        Value::Plain(d) => {
+            let _ = write!(out, "{d}");
+        }
         Value::Null | Value::Ms(None) => out.push('-'),
         other => json_value(out, other),
     }
@@ -226,10 +233,23 @@ mod tests {
         }
     }
 
+    fn rendered(
+        ex: &Exchange,
+        bytes_out: u64,
+        complete: bool,
+        total: Duration,
+        format: AccessFormat,
+        now: SystemTime,
+    ) -> String {
+        let mut out = String::new();
+        render(&mut out, ex, bytes_out, complete, total, format, now);
+        out
+    }
+
     #[test]
     fn json_lines_parse_and_carry_the_chosen_fields_only() {
         let ex = exchange(AccessField::defaults());
-        let line = render(
+        let line = rendered(
             &ex,
             7,
             true,
@@ -253,7 +273,7 @@ mod tests {
         }
 
         let ex = exchange(vec![AccessField::Status, AccessField::Route]);
-        let line = render(
+        let line = rendered(
             &ex,
             0,
             true,
@@ -274,7 +294,7 @@ mod tests {
             AccessField::Path,
             AccessField::UpstreamMs,
         ]);
-        let line = render(
+        let line = rendered(
             &ex,
             0,
             true,

@@ -145,7 +145,12 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is a valid header value")
+    // A v4 UUID from the thread's userspace generator (`Uuid::new_v4` asks the kernel for
+    // every id), written into a stack buffer rather than a String.
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
+        .expect("a UUID is a valid header value")
 }
 
 /// Set `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::UpstreamClient;
 use crate::config::{Balance, OutlierConfig};
 use crate::telemetry::{EndpointLabels, metrics};
+use crate::worker::PerWorker;
 
 /// One address of an upstream, with its own connection pool.
 pub struct Endpoint {
@@ -26,8 +27,9 @@ pub struct Endpoint {
     pub label: Arc<str>,
     /// `Host` for this endpoint when the upstream sends its own.
     pub host: Option<HeaderValue>,
-    /// Pooled connections to this endpoint only.
-    pub client: UpstreamClient,
+    /// Pooled connections to this endpoint only, one pool per worker: a connection is
+    /// made, used and kept by one worker thread.
+    clients: PerWorker<UpstreamClient>,
     /// Active health: probes failed and passed in a row.
     pub(super) probe_fails: AtomicU32,
     pub(super) probe_passes: AtomicU32,
@@ -62,7 +64,7 @@ impl Endpoint {
         authority: Authority,
         addr: Option<SocketAddr>,
         host: Option<HeaderValue>,
-        client: UpstreamClient,
+        clients: PerWorker<UpstreamClient>,
     ) -> Self {
         let label: Arc<str> = match addr {
             Some(a) => a.to_string().into(),
@@ -83,7 +85,7 @@ impl Endpoint {
             addr,
             label,
             host,
-            client,
+            clients,
             probe_fails: AtomicU32::new(0),
             probe_passes: AtomicU32::new(0),
             active: AtomicUsize::new(0),
@@ -109,6 +111,11 @@ impl Endpoint {
         m.endpoint_failures.remove(&labels);
         m.ejections.remove(&labels);
         m.endpoint_healthy.remove(&labels);
+    }
+
+    /// The calling worker's pooled client of this endpoint.
+    pub fn client(&self) -> &UpstreamClient {
+        self.clients.get()
     }
 
     /// Start an attempt.

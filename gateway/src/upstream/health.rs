@@ -36,7 +36,7 @@ pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
                     if let Some(h) = &ep.host {
                         req.headers_mut().insert(http::header::HOST, h.clone());
                     }
-                    match tokio::time::timeout(cfg.timeout, ep.client.request(req)).await {
+                    match tokio::time::timeout(cfg.timeout, ep.client().request(req)).await {
                         Ok(Ok(resp)) => resp.status().is_success(),
                         _ => false,
                     }

@@ -44,7 +44,7 @@ WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
     (p for p in (ROOT / "target" / "dist" / "warden", ROOT / "target" / "release" / "warden") if p.exists()),
     ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
-RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
+RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret", "b-none", "b-pool")
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -193,7 +193,7 @@ master_process off;
 worker_processes 1;
 pid {tmp}/upstream.pid;
 error_log {tmp}/upstream-error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {tmp}/ngx-body; proxy_temp_path {tmp}/ngx-proxy;
@@ -221,7 +221,7 @@ master_process off;
 worker_processes 1;
 pid {tmp}/nginx-proxy.pid;
 error_log {tmp}/nginx-proxy-error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {tmp}/ngxp-body; proxy_temp_path {tmp}/ngxp-proxy;
@@ -253,7 +253,7 @@ def haproxy_conf(port: int, up: int) -> str:
     return f"""
 global
     nbthread 1
-    maxconn 4096
+    maxconn 8192
 defaults
     mode http
     timeout connect 5s
@@ -439,6 +439,45 @@ def wrk(port: int, conns: int, duration: str, cpus: str | None, path: str = "/")
     return r
 
 
+def ctx_switches(pid: int) -> int:
+    """Context switches of every thread of `pid` so far (voluntary + involuntary)."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
+def idle_conn_memory(proc: subprocess.Popen, port: int, n: int = 5000) -> float:
+    """RSS growth per idle keep-alive connection: `n` connections opened one after another,
+    each with one request answered, then all left open. One at a time, so the proxy's own
+    upstream connections stay few and what grows is the cost of the client connections."""
+    before = rss_kib(proc.pid)[0]
+    socks = []
+    try:
+        req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            c.sendall(req)
+            got = b""
+            while not got.endswith(b"ok"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    return float("nan")
+                got += chunk
+            socks.append(c)
+        time.sleep(0.5)
+        after = rss_kib(proc.pid)[0]
+        return (after - before) / n
+    finally:
+        for c in socks:
+            c.close()
+
+
 def rate_load(port: int, rate: int, cpu: str | None) -> dict:
     """Latency at a fixed request rate (10 keep-alive connections, 0.5 s warm-up, 3 s
     measured, latency counted from when each request was due): tests/src/bin/rate-load.rs."""
@@ -534,6 +573,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, raw wrk output)")
     ap.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 5000)),
                     help="fixed request rate for the latency-at-a-rate measure (0: skip it)")
+    ap.add_argument("--no-conn-memory", action="store_true", help="skip the 5000 idle connections measure")
     ap.add_argument("--baseline", default="", help="another warden binary to run as b-none/b-pool (A/B)")
     args = ap.parse_args()
 
@@ -650,8 +690,15 @@ def main() -> int:
                 foreign = max(0, (s1[0] - s0[0]) - ours) / window * 100
                 steal = (s1[1] - s0[1]) / window * 100
                 single = wrk(t.port, 1, args.lat_duration, load_cpu)
-                fixed = (rate_load(t.port, args.rate, load_cpu)
-                         if args.rate and t.key in RATE_TARGETS else {})
+                fixed = {}
+                if args.rate and t.key in RATE_TARGETS:
+                    x0 = ctx_switches(t.proc.pid) if t.proc else 0
+                    fixed = rate_load(t.port, args.rate, load_cpu)
+                    x1 = ctx_switches(t.proc.pid) if t.proc else 0
+                    # Scheduler cost of the proxy: context switches per request at the fixed
+                    # rate (warm-up included in both counts).
+                    if t.proc and fixed.get("requests"):
+                        fixed["ctx_per_req"] = (x1 - x0) / (fixed["requests"] * 3.5 / 3.0)
                 if t.proc and rnd == args.rounds - 1:
                     t.rss = rss_kib(t.proc.pid)
                 t.stop()
@@ -670,6 +717,7 @@ def main() -> int:
                     "rate_p50": fixed.get("p50_us", float("nan")),
                     "rate_p99": fixed.get("p99_us", float("nan")),
                     "rate_achieved": fixed.get("rate", float("nan")),
+                    "rate_ctx": fixed.get("ctx_per_req", float("nan")),
                 }
                 if res["errors"] or loaded["sockerr"] or single["sockerr"]:
                     log(f"!! {t.key}: non-2xx={res['errors']} socket errors: {loaded['sockerr']} {single['sockerr']}")
@@ -684,11 +732,27 @@ def main() -> int:
                 t.cont()
                 t.metrics = scrape(t.admin)
                 t.stop()
+
+        conn_mem = {}
+        if not args.no_conn_memory:
+            log("==> idle keep-alive connections: 5000 each")
+            for t in targets:
+                if t.proc and t.key in ("nginx", "haproxy", "w-none", "w-pool", "b-none"):
+                    t.cont()
+                    conn_mem[t.key] = idle_conn_memory(t.proc, t.port)
+                    t.stop()
         elapsed = time.monotonic() - t_start
         raw = {t.key: {"label": t.label, "results": t.results, "rss": t.rss, "metrics": t.metrics} for t in targets}
         (ROOT / "target" / "bench-last.json").write_text(json.dumps(
             {"targets": raw, "startup": startup, "args": vars(args), "elapsed": elapsed}, indent=1))
         report(targets, startup, args, elapsed, pinned=not args.no_pin)
+        if conn_mem:
+            print()
+            print("Idle keep-alive connections (5000, one request each, then left open): RSS growth per connection:")
+            print()
+            for t in targets:
+                if t.key in conn_mem:
+                    print(f"- {t.label}: {conn_mem[t.key]:.1f} KiB")
     finally:
         kill_all()
         if args.keep:
@@ -742,14 +806,15 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
         print(f"Latency at a fixed rate: {args.rate} req/s over 10 keep-alive connections (`rate-load`, latency "
               "from when each request was due), 3 s per round, median of rounds; added = target − direct:")
         print()
-        print("| target | achieved req/s | p50 | p99 | added p50 | added p99 |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| target | achieved req/s | p50 | p99 | added p50 | added p99 | proxy context switches / request |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             m = med.get(t.key) or {}
             if m.get("rate_p50", float("nan")) != m.get("rate_p50", float("nan")):
                 continue
             print(f"| {t.label} | {m['rate_achieved']:.0f} | {fmt_us(m['rate_p50'])} | {fmt_us(m['rate_p99'])} | "
-                  f"{m['rate_p50'] - dr['rate_p50']:+.0f} µs | {m['rate_p99'] - dr['rate_p99']:+.0f} µs |")
+                  f"{m['rate_p50'] - dr['rate_p50']:+.0f} µs | {m['rate_p99'] - dr['rate_p99']:+.0f} µs | "
+                  + ("–" if m["rate_ctx"] != m["rate_ctx"] else f"{m['rate_ctx']:.2f}") + " |")
         print()
     print("Per-request overhead (medians):")
     print()

@@ -40,7 +40,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Bounded: the harness itself takes ~4 minutes with the defaults.
-timeout --signal=TERM --kill-after=10s 420s python3 bench/bench.py "$@" &
+# Bounded: the harness itself takes ~6 minutes with the defaults.
+timeout --signal=TERM --kill-after=10s 720s python3 bench/bench.py "$@" &
 pid=$!
 wait "$pid"

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The wasm targets come from rust-toolchain.toml; make sure they are really there.
-for t in wasm32-unknown-unknown wasm32-wasip2; do
+# The wasm targets and the static musl target come from rust-toolchain.toml; make sure they
+# are really there.
+for t in wasm32-unknown-unknown wasm32-wasip2 x86_64-unknown-linux-musl; do
   rustup target add "$t" >/dev/null 2>&1 || rustup target add "$t"
 done
 
@@ -18,6 +19,9 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The registry-free image (scripts/image.sh): musl's gcc wrapper for ring's C, and buildah.
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
+command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""

@@ -816,3 +816,168 @@ fn alert_rules_pass_promtool_and_use_exported_metric_names() {
         assert!(block.contains(metric), "{alert} does not use {metric}");
     }
 }
+
+// ---- The registry-free OCI image (scripts/image.sh) --------------------------------------
+
+/// A JSON blob of an unpacked OCI archive.
+fn oci_blob(dir: &Path, digest: &str) -> serde_json::Value {
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The archive `scripts/image.sh` writes, unpacked layer by layer into a root filesystem
+/// with nothing of the host in it: the image's binary runs there as its non-root user,
+/// prints its version and checks a config that uses the image's plugins, their
+/// precompiled artifacts, the CA bundle and mounted secrets.
+#[test]
+fn the_oci_image_is_self_contained_and_runs_as_its_user_under_chroot() {
+    let archive = repo_root().join("target/warden-oci.tar");
+    assert!(
+        archive.exists(),
+        "{} missing: scripts/test.sh builds it with scripts/image.sh",
+        archive.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (oci, rootfs) = (tmp.path().join("oci"), tmp.path().join("rootfs"));
+    std::fs::create_dir_all(&oci).unwrap();
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let (code, _, err) = run(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&oci));
+    assert_eq!(code, 0, "unpacking the archive: {err}");
+
+    let index = oci_blob_index(&oci);
+    let manifest = oci_blob(&oci, index["manifests"][0]["digest"].as_str().unwrap());
+    let config = oci_blob(&oci, manifest["config"]["digest"].as_str().unwrap());
+    let c = &config["config"];
+    assert_eq!(
+        c["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/warden"]),
+        "{c}"
+    );
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["run", "--config", "/etc/warden/warden.toml"]),
+        "{c}"
+    );
+    // A numeric user (no passwd lookup needed by the runtime), and not root.
+    let user = c["User"].as_str().unwrap_or_default();
+    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0) && gid.parse::<u32>().is_ok_and(|g| g != 0),
+        "User {user:?}"
+    );
+    assert!(
+        c.get("Env").and_then(|e| e.as_array()).is_none_or(|e| e
+            .iter()
+            .all(|v| !v.as_str().unwrap_or("").contains("SECRET"))),
+        "no secret in the environment: {c}"
+    );
+    for layer in manifest["layers"].as_array().unwrap() {
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let (code, _, err) = run(Command::new("tar")
+            .args(["--numeric-owner", "-xf"])
+            .arg(oci.join("blobs/sha256").join(hex))
+            .arg("-C")
+            .arg(&rootfs));
+        assert_eq!(code, 0, "unpacking layer {hex}: {err}");
+    }
+    // No shell, no libc: the binary is all there is to run.
+    for absent in ["bin/sh", "usr/bin", "lib/ld-musl-x86_64.so.1", "lib64"] {
+        assert!(!rootfs.join(absent).exists(), "{absent} in the image");
+    }
+    assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file());
+
+    let chroot = |args: &[&str]| {
+        run(Command::new("chroot")
+            .arg(format!("--userspec={user}"))
+            .arg(&rootfs)
+            .arg("/usr/local/bin/warden")
+            .args(args)
+            // Nothing of the host's environment: only where to find `chroot` itself.
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    };
+    let (code, out, err) = chroot(&["--version"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), format!("warden {}", env!("CARGO_PKG_VERSION")));
+
+    // What an operator mounts: secrets under /run/secrets and a config of their own that
+    // uses the image's plugins and an https upstream verified against the image's CAs.
+    std::fs::write(rootfs.join("run/secrets/client_key"), "image-test-key-1\n").unwrap();
+    std::fs::write(
+        rootfs.join("run/secrets/service_token"),
+        "image-test-token\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rootfs.join("etc/warden/check.toml"),
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[policy]
+cache_dir = "/var/cache/warden"
+[secrets.file]
+type = "dir"
+path = "/run/secrets"
+[plugins.network-isolation]
+file = "/usr/share/warden/plugins/network_isolation.wasm"
+[plugins.api-key]
+file = "/usr/share/warden/plugins/api_key.wasm"
+[plugins.header-guard]
+file = "/usr/share/warden/plugins/header_guard.wasm"
+[upstreams.api]
+url = "https://api.internal:8443"
+inject = { x-service-token = "${file:service_token}" }
+[[routes]]
+name = "api"
+match = { path_prefix = "/" }
+upstream = "api"
+[[routes.policies]]
+plugin = "header-guard"
+config = { strip = ["x-debug"] }
+[[routes.policies]]
+plugin = "network-isolation"
+config = { rule_set = "api", allow = [ { cidr = "10.0.0.0/8" } ] }
+[[routes.policies]]
+plugin = "api-key"
+secrets = { client_key = "${file:client_key}" }
+config = { header = "x-api-key", secret = "client_key" }
+"#,
+    )
+    .unwrap();
+    let cache = rootfs.join("var/cache/warden");
+    let precompiled = artifacts(&cache);
+    assert!(
+        !precompiled.is_empty(),
+        "the image carries no precompiled plugin"
+    );
+    let (code, out, err) = chroot(&["check", "--config", "/etc/warden/check.toml"]);
+    assert_eq!(code, 0, "warden check in the image:\n{out}\n{err}");
+    assert!(out.contains("3 plugins"), "{out}");
+    assert_eq!(
+        artifacts(&cache),
+        precompiled,
+        "check compiled a plugin anew"
+    );
+}
+
+fn oci_blob_index(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap()
+}

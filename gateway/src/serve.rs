@@ -1,7 +1,8 @@
-//! The running process: bind the listeners (one per proxy worker, see [`crate::worker`]), announce them, install signal handlers, and
-//! shut down in order — the proxy listener closes at once and drains, while the admin
-//! listener stays up (readiness answers `draining`, metrics can still be scraped) until
-//! the drain has ended.
+//! The running process: bind the listeners (one proxy listener per worker, see
+//! [`crate::worker`]), announce them, start the workers, install signal handlers, and shut
+//! down in order — the proxy listeners close at once and drain, while the admin listener
+//! stays up (readiness answers `draining`, metrics can still be scraped) until the drain
+//! has ended.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -99,11 +99,6 @@ impl<T> PerWorker<T> {
         // A worker beyond the slots (set_count raised after this was built) shares slot 0.
         self.0.get(index()).unwrap_or(&self.0[0])
     }
-
-    /// Every slot's value (for sums at scrape time and for tear-down).
-    pub fn all(&self) -> &[T] {
-        &self.0
-    }
 }
 
 #[cfg(test)]

@@ -581,23 +581,17 @@ impl PolicyHost {
         Ok(self.wasm.get_or_init(|| w))
     }
 
-    /// Whether the engine has been made (a plugin was compiled).
-    pub fn engine_started(&self) -> bool {
-        self.wasm.get().is_some()
-    }
-
     /// The engine (for tools that precompile), made on first use.
     pub fn engine(&self) -> anyhow::Result<&Engine> {
         Ok(&self.wasm()?.engine)
     }
 
-    /// The engine of a host that has compiled a component: every caller holds one.
-    fn compiled_engine(&self) -> &Engine {
-        &self
-            .wasm
+    /// The engine and linker of a host that has compiled a component: every caller holds
+    /// one.
+    fn compiled(&self) -> &Wasm {
+        self.wasm
             .get()
             .expect("a component exists, so the engine that compiled it does")
-            .engine
     }
 
     /// Compile and check every plugin of one config snapshot. Errors are keyed by plugin
@@ -770,11 +764,11 @@ impl PolicyHost {
     pub(crate) fn check_component(&self, component: &Component) -> Result<(Pre, Contract), String> {
         let ty = component.component_type();
         let exports: Vec<(String, ComponentItem)> = ty
-            .exports(self.compiled_engine())
+            .exports(&self.compiled().engine)
             .map(|(n, item)| (n.to_string(), item.ty))
             .collect();
         let imports: Vec<String> = ty
-            .imports(self.compiled_engine())
+            .imports(&self.compiled().engine)
             .map(|(n, _)| n.to_string())
             .collect();
         // The version a plugin was built against shows in its export (or, failing that, in
@@ -842,7 +836,7 @@ impl PolicyHost {
         };
         if let ComponentItem::ComponentInstance(inst) = item {
             let funcs: Vec<String> = inst
-                .exports(self.compiled_engine())
+                .exports(&self.compiled().engine)
                 .map(|(n, _)| n.to_string())
                 .collect();
             for f in required {
@@ -852,9 +846,7 @@ impl PolicyHost {
             }
         }
         let pre = self
-            .wasm
-            .get()
-            .ok_or("the plugin engine is not running")?
+            .compiled()
             .linker
             .instantiate_pre(component)
             .map_err(|e| format!("wrong world: cannot link the component's imports: {e:#}"))?;
@@ -897,7 +889,7 @@ impl PolicyHost {
             plugin.config.limits.configure_deadline,
             self.settings.epoch_tick,
         );
-        let mut store = Store::new(self.compiled_engine(), state);
+        let mut store = Store::new(&self.compiled().engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
@@ -1045,15 +1037,15 @@ pub fn inspect_component(host: &PolicyHost, path: &Path) -> anyhow::Result<Compo
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let ty = component.component_type();
     let imports = ty
-        .imports(host.compiled_engine())
+        .imports(&host.compiled().engine)
         .map(|(n, _)| n.to_string())
         .collect();
     let exports = ty
-        .exports(host.compiled_engine())
+        .exports(&host.compiled().engine)
         .map(|(n, item)| match item.ty {
             ComponentItem::ComponentInstance(i) => {
                 let f: Vec<String> = i
-                    .exports(host.compiled_engine())
+                    .exports(&host.compiled().engine)
                     .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
                     .map(|(n, _)| n.to_string())
                     .collect();

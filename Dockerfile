@@ -32,8 +32,9 @@ ARG RUST_VERSION=1.95.0
 
 # ---------------------------------------------------------------------------------------
 FROM docker.io/library/rust:${RUST_VERSION}-alpine AS builder
-# bash: scripts/*.sh; gcc + musl-dev: C parts of ring and zstd; binutils: strip.
-RUN apk add --no-cache bash gcc musl-dev binutils
+# bash: scripts/*.sh; gcc + musl-dev: C parts of ring, zstd and jemalloc (make builds the
+# latter); binutils: strip.
+RUN apk add --no-cache bash gcc musl-dev binutils make
 WORKDIR /src
 COPY . .
 # The toolchain pinned by rust-toolchain.toml, with the plugin target.

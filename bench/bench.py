@@ -44,7 +44,16 @@ WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
     (p for p in (ROOT / "target" / "dist" / "warden", ROOT / "target" / "release" / "warden") if p.exists()),
     ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
-RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret", "b-none", "b-pool")
+RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
+
+
+def baseline_prefix(i: int) -> str:
+    """Target-key prefix of the i-th `--baseline` binary: b, b2, b3, ..."""
+    return "b" if i == 0 else f"b{i + 1}"
+
+
+def is_baseline(key: str) -> bool:
+    return key.split("-")[0] in {"b"} | {f"b{i}" for i in range(2, 10)}
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -574,7 +583,8 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 5000)),
                     help="fixed request rate for the latency-at-a-rate measure (0: skip it)")
     ap.add_argument("--no-conn-memory", action="store_true", help="skip the 5000 idle connections measure")
-    ap.add_argument("--baseline", default="", help="another warden binary to run as b-none/b-pool (A/B)")
+    ap.add_argument("--baseline", action="append", default=[],
+                    help="another warden binary to run as b-none/b-pool (A/B); repeat for b2-, b3-, ...")
     args = ap.parse_args()
 
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
@@ -637,13 +647,14 @@ def main() -> int:
             ("w-trace1", "Warden, pooled chain, tracing on, every request sampled and exported",
              dict(policy=True, otlp=(sink.port, 1.0))),
         ]
-        if args.baseline:
-            # A/B against another build (e.g. the previous commit), interleaved with the
-            # rest so both see the same machine.
-            base = Path(args.baseline).resolve()
+        for i, path in enumerate(args.baseline):
+            # A/B against other builds (the previous commit, another allocator), interleaved
+            # with the rest so all see the same machine.
+            base = Path(path).resolve()
+            b = baseline_prefix(i)
             variants += [
-                ("b-none", f"baseline {base.name}, no policy", dict(policy=False, binary=base)),
-                ("b-pool", f"baseline {base.name}, network-isolation ×20 rules, pooled",
+                (f"{b}-none", f"baseline {base.name}, no policy", dict(policy=False, binary=base)),
+                (f"{b}-pool", f"baseline {base.name}, network-isolation ×20 rules, pooled",
                  dict(policy=True, binary=base)),
             ]
         for key, label, kw in variants:
@@ -655,7 +666,7 @@ def main() -> int:
             st, body = http_get(t.port, "/")
             assert st == 200 and body == b"ok", (t.key, st, body)
         for t in targets:
-            if t.key.startswith(("w-", "b-")):
+            if t.key.startswith("w-") or is_baseline(t.key):
                 st, _ = http_get(t.port, "/__auth")
                 want = 200 if t.key == "w-secret" else 401
                 assert st == want, f"{t.key}: /__auth answered {st}, expected {want}"
@@ -691,7 +702,7 @@ def main() -> int:
                 steal = (s1[1] - s0[1]) / window * 100
                 single = wrk(t.port, 1, args.lat_duration, load_cpu)
                 fixed = {}
-                if args.rate and t.key in RATE_TARGETS:
+                if args.rate and (t.key in RATE_TARGETS or is_baseline(t.key)):
                     x0 = ctx_switches(t.proc.pid) if t.proc else 0
                     fixed = rate_load(t.port, args.rate, load_cpu)
                     x1 = ctx_switches(t.proc.pid) if t.proc else 0
@@ -737,7 +748,8 @@ def main() -> int:
         if not args.no_conn_memory:
             log("==> idle keep-alive connections: 5000 each")
             for t in targets:
-                if t.proc and t.key in ("nginx", "haproxy", "w-none", "w-pool", "b-none"):
+                if t.proc and (t.key in ("nginx", "haproxy", "w-none", "w-pool")
+                               or (is_baseline(t.key) and t.key.endswith("-none"))):
                     t.cont()
                     conn_mem[t.key] = idle_conn_memory(t.proc, t.port)
                     t.stop()
@@ -827,9 +839,10 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
     print(f"- tracing on, sampled and exported vs off (pooled chain): {over('w-trace1', 'w-pool')}")
     print(f"- Warden (no policy) vs nginx: {over('w-none', 'nginx')}")
     print(f"- Warden (no policy) vs HAProxy: {over('w-none', 'haproxy')}")
-    if "b-none" in med:
-        print(f"- this build vs baseline, no policy: {over('w-none', 'b-none')}")
-        print(f"- this build vs baseline, pooled chain: {over('w-pool', 'b-pool')}")
+    for i, path in enumerate(args.baseline):
+        b, name = baseline_prefix(i), Path(path).name
+        print(f"- this build vs {name}, no policy: {over('w-none', f'{b}-none')}")
+        print(f"- this build vs {name}, pooled chain: {over('w-pool', f'{b}-pool')}")
     print()
     print("Inside Warden (its own metrics, whole run): plugin evaluation time per request "
           "(`warden_plugin_eval_duration_seconds` sum/count; per-request includes instantiate + configure), "

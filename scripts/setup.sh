@@ -19,7 +19,10 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-# The registry-free image (scripts/image.sh): musl's gcc wrapper for ring's C, and buildah.
+# jemalloc, the gateway's allocator, is C built with make (tikv-jemalloc-sys).
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+# The registry-free image (scripts/image.sh): musl's gcc wrapper for ring's and jemalloc's
+# C, and buildah.
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 command -v buildah >/dev/null 2>&1 || need_apt+=(buildah)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -11,6 +11,12 @@ use warden::gateway::Gateway;
 use warden::snapshot::{SecretsMode, build_snapshot};
 use warden::telemetry::{LogFormat, init_logging};
 
+/// jemalloc, measured against musl's and glibc's allocators and mimalloc (BENCHMARKS.md):
+/// as fast as mimalloc per request, with the least memory kept after load.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "warden",

@@ -96,8 +96,13 @@ impl<T> PerWorker<T> {
 
     /// The calling thread's value.
     pub fn get(&self) -> &T {
+        self.for_worker(index())
+    }
+
+    /// The value of worker `i` (1-based; 0 is the slot of the other threads).
+    pub fn for_worker(&self, i: usize) -> &T {
         // A worker beyond the slots (set_count raised after this was built) shares slot 0.
-        self.0.get(index()).unwrap_or(&self.0[0])
+        self.0.get(i).unwrap_or(&self.0[0])
     }
 }
 

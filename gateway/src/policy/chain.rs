@@ -336,13 +336,15 @@ impl Chain {
                 metrics: entry_metrics,
             };
             // Configure one instance now, so a bad config is refused here (check, start,
-            // reload) rather than on the first request. Keep it warm for pooled plugins.
+            // reload) rather than on the first request. Keep it warm for pooled plugins, in
+            // the first worker's pool: this runs on the control thread, whose own slot no
+            // request ever reaches.
             match entry.instantiate().await {
                 Ok(Ok(warm)) => {
                     if entry.plugin.config.isolation == Isolation::Pooled {
                         entry
                             .pool
-                            .get()
+                            .for_worker(1)
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push(warm);

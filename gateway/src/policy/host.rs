@@ -604,8 +604,35 @@ impl PolicyHost {
         let mut errs = Vec::new();
         let mut loaded = BTreeMap::new();
         let mut used = HashMap::new();
-        for (name, cfg) in plugins {
-            match self.load_one(name, cfg, base_dir) {
+        // Plugins load side by side, one thread each: reading a precompiled plugin from the
+        // cache (or componentizing and compiling it) is CPU work that start-up otherwise
+        // waits for plugin after plugin.
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let loading: Vec<_> = plugins
+                .iter()
+                .map(|(name, cfg)| {
+                    let load = std::thread::Builder::new()
+                        .name("warden-load".into())
+                        .spawn_scoped(scope, move || self.load_one(name, cfg, base_dir));
+                    (name, cfg, load)
+                })
+                .collect();
+            loading
+                .into_iter()
+                .map(|(name, cfg, load)| {
+                    let result = match load {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(vec![FieldError::new("file", "loading the plugin panicked")])
+                        }),
+                        // No thread to be had: load it on this one.
+                        Err(_) => self.load_one(name, cfg, base_dir),
+                    };
+                    (name, result)
+                })
+                .collect()
+        });
+        for (name, result) in results {
+            match result {
                 Ok((p, component)) => {
                     used.insert(p.sha256.clone(), component);
                     loaded.insert(name.clone(), Arc::new(p));

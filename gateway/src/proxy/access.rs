@@ -6,7 +6,7 @@
 //! secret in the log.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::body::Exchange;
 use crate::config::{AccessField, AccessFormat};
@@ -15,6 +15,8 @@ use crate::telemetry::{LogFormat, process_log_format, write_access_line};
 /// One value of a line.
 enum Value<'a> {
     Str(&'a str),
+    /// Known to need no escaping or quoting (timestamps, protocol names).
+    Clean(&'a str),
     /// Written with `Display`, which for these values (times, addresses, trace ids) never
     /// yields a character that needs escaping.
     Plain(&'a dyn std::fmt::Display),
@@ -47,14 +49,15 @@ fn render(
     format: AccessFormat,
     now: SystemTime,
 ) {
-    let stamp = humantime::format_rfc3339_micros(now);
+    let stamp = Stamp::of(now);
     fn dash(o: Option<&str>) -> Value<'_> {
         Value::Str(o.unwrap_or("-"))
     }
     match format {
         AccessFormat::Json => out.push_str(r#"{"level":"INFO","target":"warden::access""#),
         AccessFormat::Text => {
-            let _ = write!(out, "{stamp}  INFO warden::access: request");
+            out.push_str(stamp.as_str());
+            out.push_str("  INFO warden::access: request");
         }
     }
     for &f in &ex.access.fields {
@@ -63,7 +66,7 @@ fn render(
                 if format == AccessFormat::Text {
                     continue;
                 }
-                Value::Plain(&stamp)
+                Value::Clean(stamp.as_str())
             }
             AccessField::RequestId => Value::Str(ex.request_id.to_str().unwrap_or("-")),
             AccessField::TraceId => match &ex.trace_id {
@@ -75,7 +78,7 @@ fn render(
                 Some(v) => Value::Str(v.to_str().unwrap_or("-")),
                 None => Value::Null,
             },
-            AccessField::Protocol => Value::Str(version(ex.version)),
+            AccessField::Protocol => Value::Clean(version(ex.version)),
             AccessField::TlsIdentity => match ex.client.identity() {
                 Some(id) => Value::Str(id),
                 None => Value::Null,
@@ -105,11 +108,15 @@ fn render(
         };
         match format {
             AccessFormat::Json => {
-                let _ = write!(out, r#","{}":"#, f.key());
+                out.push_str(",\"");
+                out.push_str(f.key());
+                out.push_str("\":");
                 json_value(out, &v);
             }
             AccessFormat::Text => {
-                let _ = write!(out, " {}=", f.key());
+                out.push(' ');
+                out.push_str(f.key());
+                out.push('=');
                 text_value(out, &v);
             }
         }
@@ -118,6 +125,47 @@ fn render(
         out.push('}');
     }
     out.push('\n');
+}
+
+/// An RFC 3339 UTC timestamp with microseconds, `2026-11-28T08:02:18.123456Z`, on the stack.
+/// The date and time of day change once a second, so each thread renders them once a
+/// second and copies them for every other line.
+struct Stamp([u8; 27]);
+
+impl Stamp {
+    fn of(now: SystemTime) -> Stamp {
+        thread_local! {
+            /// The second last rendered by this thread and its `YYYY-MM-DDTHH:MM:SS`.
+            static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+        }
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (cached, mut prefix) = SECOND.get();
+        if cached != secs {
+            // `…:SSZ`: the same calendar arithmetic humantime does, without the `Z`.
+            let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+            let mut text = [0u8; 20];
+            let mut w = &mut text[..];
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{full}"));
+            prefix.copy_from_slice(&text[..19]);
+            SECOND.set((secs, prefix));
+        }
+        let mut b = [b'0'; 27];
+        b[..19].copy_from_slice(&prefix);
+        b[19] = b'.';
+        let mut micros = since.subsec_micros();
+        for i in (20..26).rev() {
+            b[i] = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        b[26] = b'Z';
+        Stamp(b)
+    }
+
+    fn as_str(&self) -> &str {
+        // Built from ASCII digits and punctuation only.
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
 }
 
 fn version(v: http::Version) -> &'static str {
@@ -131,22 +179,32 @@ fn version(v: http::Version) -> &'static str {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// Milliseconds with three decimals (microsecond resolution, rounded), written with
+/// integer arithmetic.
+fn push_ms(out: &mut String, d: Duration) {
+    let micros = (d.as_nanos() + 500) / 1000;
+    let mut n = itoa::Buffer::new();
+    out.push_str(n.format(micros / 1000));
+    out.push('.');
+    let frac = (micros % 1000) as u32;
+    out.push(char::from(b'0' + (frac / 100) as u8));
+    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    out.push(char::from(b'0' + (frac % 10) as u8));
 }
 
 fn json_value(out: &mut String, v: &Value<'_>) {
     match v {
         Value::Str(s) => json_str(out, s),
+        Value::Clean(s) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
         Value::Plain(d) => {
             let _ = write!(out, "\"{d}\"");
         }
-        Value::Num(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::Ms(Some(d)) => {
-            let _ = write!(out, "{:.3}", ms(*d));
-        }
+        Value::Num(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        Value::Ms(Some(d)) => push_ms(out, *d),
         Value::Ms(None) | Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
     }
@@ -155,6 +213,12 @@ fn json_value(out: &mut String, v: &Value<'_>) {
 /// A JSON string literal (RFC 8259 §7).
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Most values (ids, routes, paths) need no escaping: copy them whole.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -178,6 +242,7 @@ fn text_value(out: &mut String, v: &Value<'_>) {
             out.push_str(s)
         }
         Value::Str(s) => json_str(out, s),
+        Value::Clean(s) => out.push_str(s),
         Value::Plain(d) => {
             let _ = write!(out, "{d}");
         }
@@ -307,5 +372,30 @@ mod tests {
             "{line}"
         );
         assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn timestamps_and_milliseconds_match_the_formatted_forms() {
+        // Across second, day and year boundaries, on the same thread (the cached second).
+        for (secs, nanos) in [
+            (0, 0),
+            (1_795_000_000, 999_999_999),
+            (1_795_000_001, 1_000),
+            (1_795_000_001, 123_456_789),
+            (1_798_761_599, 500_000),
+            (1_798_761_600, 7_000),
+        ] {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            assert_eq!(
+                Stamp::of(t).as_str(),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
+        for us in [0u64, 1, 999, 1_000, 1_500, 12_345, 999_999, 86_400_000_000] {
+            let d = Duration::from_micros(us);
+            let mut out = String::new();
+            push_ms(&mut out, d);
+            assert_eq!(out, format!("{:.3}", d.as_secs_f64() * 1000.0), "{us} µs");
+        }
     }
 }

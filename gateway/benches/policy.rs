@@ -156,6 +156,7 @@ fn request() -> Req {
         headers,
         client: ClientInfo {
             addr: "10.1.2.3:51234".parse().unwrap(),
+            ip: HeaderValue::from_static("10.1.2.3"),
             tls: true,
             sni: Some("ml-gateway.internal".into()),
             uri_sans: vec!["spiffe://sophia/sophia-api-canary".into()],

@@ -9,6 +9,7 @@ pub mod normalize;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body_util::{BodyExt, Empty, Full};
 
 /// Who is calling: the TCP peer and, over TLS, what the handshake proved.
@@ -16,6 +17,9 @@ use http_body_util::{BodyExt, Empty, Full};
 pub struct ClientInfo {
     /// Peer address.
     pub addr: SocketAddr,
+    /// The peer's IP as a header value (`X-Forwarded-For`), rendered once per connection
+    /// rather than once per request: [`ClientInfo::ip_value`].
+    pub ip: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// SNI the client sent.
@@ -27,6 +31,11 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// `addr`'s IP as a header value.
+    pub fn ip_value(addr: SocketAddr) -> HeaderValue {
+        HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header value")
+    }
+
     /// The verified client certificate's identity: its first URI SAN (a SPIFFE id),
     /// else its first DNS SAN.
     pub fn identity(&self) -> Option<&str> {

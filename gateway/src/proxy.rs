@@ -122,6 +122,7 @@ async fn serve_connection(
         None => {
             let client = Arc::new(ClientInfo {
                 addr: peer,
+                ip: ClientInfo::ip_value(peer),
                 tls: false,
                 sni: None,
                 uri_sans: vec![],
@@ -165,6 +166,7 @@ async fn serve_connection(
             let h2_only = conn.alpn_protocol() == Some(b"h2");
             let client = Arc::new(ClientInfo {
                 addr: peer,
+                ip: ClientInfo::ip_value(peer),
                 tls: true,
                 sni,
                 uri_sans: ids.uris,

@@ -103,12 +103,17 @@ pub fn server_config(cfg: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>,
 }
 
 /// Build an upstream client config (ALPN unset). Verification is always on: system roots plus the
-/// optional CA file.
-pub fn client_config(tls: Option<&UpstreamTlsConfig>) -> Result<rustls::ClientConfig, TlsError> {
+/// optional CA file. `https` says whether the upstream speaks TLS at all: the system roots
+/// (hundreds of files, parsed one by one) are read only for one that does, so a plain-HTTP
+/// upstream costs start-up and reload nothing here.
+pub fn client_config(
+    tls: Option<&UpstreamTlsConfig>,
+    https: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
     let default = UpstreamTlsConfig::default();
     let tls = tls.unwrap_or(&default);
     let mut roots = RootCertStore::empty();
-    if !tls.no_system_roots {
+    if https && !tls.no_system_roots {
         // A host without a system bundle still works with an explicit ca_file.
         let native = rustls_native_certs::load_native_certs();
         for c in native.certs {

@@ -145,7 +145,7 @@ impl Upstream {
             return Err(FieldError::new("url", "missing url"));
         };
         let https = scheme == Scheme::HTTPS;
-        let tls = crate::tls::client_config(cfg.tls.as_ref())
+        let tls = crate::tls::client_config(cfg.tls.as_ref(), https)
             .map_err(|e| FieldError::new("tls", e.to_string()))?;
         let server_name = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
             Some(sn) => Some(

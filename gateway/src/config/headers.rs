@@ -287,6 +287,7 @@ mod tests {
     fn client(identity: Option<&str>) -> ClientInfo {
         ClientInfo {
             addr: "10.1.2.3:5555".parse().unwrap(),
+            ip: HeaderValue::from_static("10.1.2.3"),
             tls: identity.is_some(),
             sni: None,
             uri_sans: identity.map(|s| vec![s.to_string()]).unwrap_or_default(),

@@ -667,11 +667,13 @@ async fn run_case(
         }
         (_, b) => b,
     };
+    let addr = SocketAddr::new(
+        case.client.address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        case.client.port.unwrap_or(40000),
+    );
     let client = ClientInfo {
-        addr: SocketAddr::new(
-            case.client.address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-            case.client.port.unwrap_or(40000),
-        ),
+        addr,
+        ip: ClientInfo::ip_value(addr),
         tls: case.client.tls
             || !case.client.uri_sans.is_empty()
             || !case.client.dns_sans.is_empty(),

@@ -128,6 +128,7 @@ fn req(method: &str, path: &str) -> Req {
         headers: HeaderMap::new(),
         client: ClientInfo {
             addr: "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
+            ip: http::HeaderValue::from_static("127.0.0.1"),
             tls: false,
             sni: None,
             uri_sans: vec![],

@@ -265,6 +265,7 @@ mod tests {
             request_id: http::HeaderValue::from_static("rid-1"),
             client: Arc::new(ClientInfo {
                 addr: "10.0.0.9:4242".parse().unwrap(),
+                ip: http::HeaderValue::from_static("10.0.0.9"),
                 tls: true,
                 sni: None,
                 uri_sans: vec!["spiffe://sophia/api".into()],

@@ -164,15 +164,16 @@ pub fn set_forwarded(
     trusted: &[ipnet::IpNet],
 ) -> bool {
     let peer_ip = client.addr.ip();
-    let trusted_peer = trusted.iter().any(|n| n.contains(&peer_ip));
-    let peer = peer_ip.to_string();
+    let trusted_peer = !trusted.is_empty() && trusted.iter().any(|n| n.contains(&peer_ip));
     let proto = if client.tls { "https" } else { "http" };
     if trusted_peer {
         let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
+            Some(prev) if !prev.is_empty() => {
+                HeaderValue::from_str(&format!("{prev}, {}", peer_ip)).ok()
+            }
+            _ => Some(client.ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             h.insert(X_FORWARDED_FOR, v);
         }
         if !h.contains_key(X_FORWARDED_PROTO) {
@@ -185,10 +186,7 @@ pub fn set_forwarded(
         }
     } else {
         h.remove(FORWARDED);
-        h.insert(
-            X_FORWARDED_FOR,
-            HeaderValue::from_str(&peer).expect("an IP is a valid header value"),
-        );
+        h.insert(X_FORWARDED_FOR, client.ip.clone());
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         match host {
             Some(host) => {

@@ -604,33 +604,59 @@ impl PolicyHost {
         let mut errs = Vec::new();
         let mut loaded = BTreeMap::new();
         let mut used = HashMap::new();
-        // Plugins load side by side, one thread each: reading a precompiled plugin from the
-        // cache (or componentizing and compiling it) is CPU work that start-up otherwise
-        // waits for plugin after plugin.
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let loading: Vec<_> = plugins
-                .iter()
-                .map(|(name, cfg)| {
-                    let load = std::thread::Builder::new()
+        // Plugins load side by side, one thread per CPU at most: reading a precompiled
+        // plugin from the cache (or componentizing and compiling it) is CPU work that
+        // start-up otherwise waits for plugin after plugin. Thread `t` takes plugins t,
+        // t + threads, …; results keep the config's order.
+        let list: Vec<(&String, &PluginConfig)> = plugins.iter().collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, list.len().max(1));
+        let load_share = |t: usize| {
+            list.iter()
+                .enumerate()
+                .skip(t)
+                .step_by(threads)
+                .map(|(i, (name, cfg))| (i, self.load_one(name, cfg, base_dir)))
+                .collect::<Vec<_>>()
+        };
+        let mut slots: Vec<Option<LoadResult>> = (0..list.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let load_share = &load_share;
+                    std::thread::Builder::new()
                         .name("warden-load".into())
-                        .spawn_scoped(scope, move || self.load_one(name, cfg, base_dir));
-                    (name, cfg, load)
+                        .spawn_scoped(scope, move || load_share(t))
                 })
                 .collect();
-            loading
-                .into_iter()
-                .map(|(name, cfg, load)| {
-                    let result = match load {
-                        Ok(handle) => handle.join().unwrap_or_else(|_| {
-                            Err(vec![FieldError::new("file", "loading the plugin panicked")])
-                        }),
-                        // No thread to be had: load it on this one.
-                        Err(_) => self.load_one(name, cfg, base_dir),
-                    };
-                    (name, result)
-                })
-                .collect()
+            for (t, handle) in handles.into_iter().enumerate() {
+                let done = match handle {
+                    Ok(h) => h.join().map_err(|payload| panic_text(&*payload)),
+                    // No thread to be had: load this share on the calling thread.
+                    Err(_) => Ok(load_share(t)),
+                };
+                match done {
+                    Ok(share) => {
+                        for (i, r) in share {
+                            slots[i] = Some(r);
+                        }
+                    }
+                    Err(why) => {
+                        for i in (t..list.len()).step_by(threads) {
+                            slots[i] = Some(Err(vec![FieldError::new(
+                                "file",
+                                format!("loading the plugin panicked: {why}"),
+                            )]));
+                        }
+                    }
+                }
+            }
         });
+        let results = list
+            .iter()
+            .zip(slots)
+            .map(|((name, _), r)| (*name, r.expect("every plugin has a result")));
         for (name, result) in results {
             match result {
                 Ok((p, component)) => {
@@ -650,12 +676,7 @@ impl PolicyHost {
         })
     }
 
-    fn load_one(
-        &self,
-        name: &str,
-        cfg: &PluginConfig,
-        base_dir: &Path,
-    ) -> Result<(LoadedPlugin, Component), Vec<FieldError>> {
+    fn load_one(&self, name: &str, cfg: &PluginConfig, base_dir: &Path) -> LoadResult {
         let errs = cfg.check();
         if !errs.is_empty() {
             return Err(errs);
@@ -967,6 +988,19 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
         }
     }
     Engine::new(&cfg).map_err(|e| anyhow!("cannot set up the WebAssembly engine: {e:#}"))
+}
+
+/// What loading one plugin gives: the plugin and its component, or its errors.
+type LoadResult = Result<(LoadedPlugin, Component), Vec<FieldError>>;
+
+/// A panic's message, when it has one.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+        .to_string()
 }
 
 /// Turn a core module built for `wasm32-unknown-unknown` (which carries its WIT world in

@@ -142,12 +142,21 @@ impl Stamp {
         let secs = since.as_secs();
         let (cached, mut prefix) = SECOND.get();
         if cached != secs {
-            // `…:SSZ`: the same calendar arithmetic humantime does, without the `Z`.
+            // `…:SSZ`: the same calendar arithmetic humantime does, without the `Z`. Past
+            // year 9999 RFC 3339 has no form (humantime refuses it): the line still gets a
+            // valid timestamp, the last one there is.
             let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
-            let mut text = [0u8; 20];
-            let mut w = &mut text[..];
-            let _ = std::io::Write::write_fmt(&mut w, format_args!("{full}"));
-            prefix.copy_from_slice(&text[..19]);
+            // Once a second, so a String is fine (an `io::Write` over a stack buffer would
+            // panic on the formatter's refusal).
+            let mut text = String::with_capacity(20);
+            prefix = match write!(text, "{full}") {
+                Ok(()) => text
+                    .as_bytes()
+                    .get(..19)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or(*b"9999-12-31T23:59:59"),
+                Err(_) => *b"9999-12-31T23:59:59",
+            };
             SECOND.set((secs, prefix));
         }
         let mut b = [b'0'; 27];
@@ -385,6 +394,7 @@ mod tests {
             (1_795_000_001, 123_456_789),
             (1_798_761_599, 500_000),
             (1_798_761_600, 7_000),
+            (253_402_300_799, 999_999_000),
         ] {
             let t = UNIX_EPOCH + Duration::new(secs, nanos);
             assert_eq!(
@@ -392,6 +402,10 @@ mod tests {
                 humantime::format_rfc3339_micros(t).to_string()
             );
         }
+        // Past year 9999 a line still carries a well-formed timestamp.
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400);
+        assert_eq!(Stamp::of(far).as_str().len(), 27);
+        assert!(Stamp::of(far).as_str().starts_with("9999-12-31T23:59:59."));
         for us in [0u64, 1, 999, 1_000, 1_500, 12_345, 999_999, 86_400_000_000] {
             let d = Duration::from_micros(us);
             let mut out = String::new();

@@ -45,6 +45,9 @@ WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
     ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
 RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
+PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
+SECRET = "bench-secret-4f1c9a"
+HZ = os.sysconf("SC_CLK_TCK")
 
 
 def baseline_prefix(i: int) -> str:
@@ -53,10 +56,7 @@ def baseline_prefix(i: int) -> str:
 
 
 def is_baseline(key: str) -> bool:
-    return key.split("-")[0] in {"b"} | {f"b{i}" for i in range(2, 10)}
-PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
-SECRET = "bench-secret-4f1c9a"
-HZ = os.sysconf("SC_CLK_TCK")
+    return re.fullmatch(r"b\d*", key.split("-")[0]) is not None
 
 CHILDREN: list[subprocess.Popen] = []
 

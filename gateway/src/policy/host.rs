@@ -612,12 +612,24 @@ impl PolicyHost {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, list.len().max(1));
+        // A panic while loading one plugin becomes that plugin's error, so no thread ends
+        // without its share's results.
+        let load = |i: usize| {
+            let (name, cfg) = list[i];
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.load_one(name, cfg, base_dir)
+            }))
+            .unwrap_or_else(|payload| {
+                Err(vec![FieldError::new(
+                    "file",
+                    format!("loading the plugin panicked: {}", panic_text(&*payload)),
+                )])
+            })
+        };
         let load_share = |t: usize| {
-            list.iter()
-                .enumerate()
-                .skip(t)
+            (t..list.len())
                 .step_by(threads)
-                .map(|(i, (name, cfg))| (i, self.load_one(name, cfg, base_dir)))
+                .map(|i| (i, load(i)))
                 .collect::<Vec<_>>()
         };
         let mut slots: Vec<Option<LoadResult>> = (0..list.len()).map(|_| None).collect();
@@ -631,25 +643,15 @@ impl PolicyHost {
                 })
                 .collect();
             for (t, handle) in handles.into_iter().enumerate() {
-                let done = match handle {
-                    Ok(h) => h.join().map_err(|payload| panic_text(&*payload)),
+                let share = match handle {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|payload| std::panic::resume_unwind(payload)),
                     // No thread to be had: load this share on the calling thread.
-                    Err(_) => Ok(load_share(t)),
+                    Err(_) => load_share(t),
                 };
-                match done {
-                    Ok(share) => {
-                        for (i, r) in share {
-                            slots[i] = Some(r);
-                        }
-                    }
-                    Err(why) => {
-                        for i in (t..list.len()).step_by(threads) {
-                            slots[i] = Some(Err(vec![FieldError::new(
-                                "file",
-                                format!("loading the plugin panicked: {why}"),
-                            )]));
-                        }
-                    }
+                for (i, r) in share {
+                    slots[i] = Some(r);
                 }
             }
         });

@@ -149,14 +149,10 @@ impl Stamp {
             // Once a second, so a String is fine (an `io::Write` over a stack buffer would
             // panic on the formatter's refusal).
             let mut text = String::with_capacity(20);
-            prefix = match write!(text, "{full}") {
-                Ok(()) => text
-                    .as_bytes()
-                    .get(..19)
-                    .and_then(|b| b.try_into().ok())
-                    .unwrap_or(*b"9999-12-31T23:59:59"),
-                Err(_) => *b"9999-12-31T23:59:59",
-            };
+            prefix = write!(text, "{full}")
+                .ok()
+                .and_then(|()| text.as_bytes().get(..19)?.try_into().ok())
+                .unwrap_or(*b"9999-12-31T23:59:59");
             SECOND.set((secs, prefix));
         }
         let mut b = [b'0'; 27];

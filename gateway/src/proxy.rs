@@ -766,7 +766,7 @@ async fn pipeline(
             Some(d) => route.timeout.min(d.saturating_sub(ex.started.elapsed())),
             None => route.timeout,
         };
-        let result = tokio::time::timeout(head_timeout, ep.client().request(req)).await;
+        let result = tokio::time::timeout(head_timeout, ep.send(req)).await;
         drop(in_flight);
         if let Some(span) = span {
             span.end(match &result {

@@ -1,12 +1,14 @@
-//! Upstreams: one pooled hyper client per upstream, TLS always verified, over one or more
-//! endpoints with balancing, passive and active health, and retries within a budget.
+//! Upstreams: one or more endpoints, each with a connection pool per worker, TLS always
+//! verified, with balancing, passive and active health, and retries within a budget.
 
 mod dns;
 mod endpoints;
 mod health;
+mod pool;
 mod retry;
 
 pub use endpoints::{Balancer, Endpoint, InFlight};
+pub use pool::SendError;
 pub use retry::{RetryBudget, RetryPolicy};
 
 use std::net::SocketAddr;
@@ -18,17 +20,9 @@ use http::uri::Authority;
 
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::field::FieldError;
 use crate::config::{HostHeader, OutlierConfig, RetryConfig, UpstreamConfig};
-use crate::http::ProxyBody;
-
-/// The pooled client of one endpoint.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector<dns::Resolver>>, ProxyBody>;
 
 /// A configured upstream and its endpoints.
 pub struct Upstream {
@@ -42,8 +36,8 @@ pub struct Upstream {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// The configured authorities, in order.
     authorities: Vec<Authority>,
-    /// Builds each endpoint's client.
-    connect: Connect,
+    /// How each endpoint's connections are made.
+    dialer: Arc<pool::Dialer>,
     /// Which endpoint takes the next attempt.
     pub balancer: Balancer,
     /// When an endpoint is ejected.
@@ -61,51 +55,6 @@ pub struct Upstream {
     pub duration: prometheus_client::metrics::histogram::Histogram,
     /// `upstream_retries_total{upstream}`, resolved once.
     pub retries: prometheus_client::metrics::counter::Counter,
-}
-
-/// Everything an endpoint's client is made of but its address.
-struct Connect {
-    tls: Arc<rustls::ClientConfig>,
-    https: bool,
-    http2: bool,
-    server_name: Option<rustls_pki_types::ServerName<'static>>,
-    connect_timeout: Duration,
-    pool: crate::config::PoolConfig,
-}
-
-impl Connect {
-    fn client(&self, resolver: dns::Resolver) -> UpstreamClient {
-        let mut http = HttpConnector::new_with_resolver(resolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*self.tls).clone());
-        let builder = if self.https {
-            builder.https_only()
-        } else {
-            builder.https_or_http()
-        };
-        let builder = match &self.server_name {
-            Some(sn) => builder
-                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn.clone())),
-            None => builder,
-        };
-        let connector = if self.http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
-        };
-        Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.pool.idle_timeout)
-            .pool_max_idle_per_host(self.pool.max_idle)
-            .http2_only(self.http2)
-            .set_host(false)
-            .build(connector)
-    }
 }
 
 /// Which `Host` goes upstream.
@@ -154,14 +103,14 @@ impl Upstream {
             ),
             None => None,
         };
-        let connect = Connect {
-            tls: Arc::new(tls),
+        let dialer = Arc::new(pool::Dialer::new(
+            tls,
             https,
-            http2: cfg.http2,
+            cfg.http2,
             server_name,
-            connect_timeout: cfg.connect_timeout,
-            pool: cfg.pool.clone(),
-        };
+            cfg.connect_timeout,
+            cfg.pool.clone(),
+        ));
 
         let host = match &cfg.host_header {
             HostHeader::Upstream => HostMode::Endpoint,
@@ -188,7 +137,7 @@ impl Upstream {
             timeout: cfg.timeout,
             endpoints: ArcSwap::from_pointee(Vec::new()),
             authorities,
-            connect,
+            dialer,
             balancer: Balancer::new(cfg.balance),
             outlier: cfg.outlier.clone(),
             retry: Arc::new(RetryPolicy::from_config(&retry_cfg)),
@@ -243,19 +192,32 @@ impl Upstream {
     /// when it was resolved.
     fn endpoint(&self, authority: Authority, addr: Option<SocketAddr>) -> Endpoint {
         let host = HeaderValue::from_str(authority.as_str()).ok();
-        let resolver = match addr {
-            Some(a) => dns::Resolver::Fixed(a),
-            None => {
-                dns::Resolver::System(hyper_util::client::legacy::connect::dns::GaiResolver::new())
-            }
+        let name = authority.host();
+        let port = authority.port_u16().unwrap_or(self.default_port());
+        let target = match addr {
+            Some(a) => pool::Target::Addr(a),
+            None => match name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                Ok(ip) => pool::Target::Addr(SocketAddr::new(ip, port)),
+                Err(_) => pool::Target::Name(name.to_string(), port),
+            },
         };
+        let dest = Arc::new(pool::Dest::new(self.dialer.clone(), target, name));
         Endpoint::new(
             &self.name,
             authority,
             addr,
             host,
-            crate::worker::PerWorker::new(|_| self.connect.client(resolver.clone())),
+            crate::worker::PerWorker::new(|_| pool::Pool::new(dest.clone())),
         )
+    }
+
+    /// The port of an authority that names none.
+    fn default_port(&self) -> u16 {
+        if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        }
     }
 
     /// The retry rules of a route: its own `retry`, else the upstream's.
@@ -267,18 +229,26 @@ impl Upstream {
     }
 
     /// The upstream URI for a downstream request URI on endpoint `ep`: the upstream's
-    /// scheme, the endpoint's authority, the upstream's base path, then the request path
-    /// and query unchanged.
+    /// base path, then the request path and query unchanged. HTTP/1.1 sends that alone
+    /// (origin-form); HTTP/2 also carries the upstream's scheme and the endpoint's
+    /// authority (`:scheme`, `:authority`).
     pub fn target_uri(&self, ep: &Endpoint, orig: &Uri) -> Result<Uri, http::Error> {
-        let pq = orig
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let pq = if self.base_path.is_empty() {
-            pq.to_string()
-        } else {
-            format!("{}{}", self.base_path, pq)
+        let pq = match orig.path_and_query() {
+            Some(pq) if self.base_path.is_empty() => pq.clone(),
+            pq => {
+                let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+                PathAndQuery::try_from(format!("{}{}", self.base_path, pq))?
+            }
         };
+        self.uri_on(ep, pq)
+    }
+
+    /// `pq` as a request to endpoint `ep`: alone for HTTP/1.1, with the scheme and the
+    /// endpoint's authority for HTTP/2.
+    fn uri_on(&self, ep: &Endpoint, pq: PathAndQuery) -> Result<Uri, http::Error> {
+        if !self.http2 {
+            return Ok(Uri::from(pq));
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(ep.authority.clone())

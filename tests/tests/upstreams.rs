@@ -423,3 +423,151 @@ async fn a_stalled_stream_is_cut_at_idle_timeout_and_a_long_one_at_max_duration(
     );
     assert!(gw.logs().contains("max_duration"), "{}", gw.logs());
 }
+
+/// A bare HTTP/1.1 upstream that counts its connections: `accepted` ever, `open` now. With
+/// `close_after`, it drops each connection right after its first response, without
+/// `Connection: close`, as an upstream whose keep-alive timer fires would.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingUpstream {
+    async fn start(close_after: bool) -> CountingUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (acc, op) = (accepted.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                acc.fetch_add(1, Ordering::SeqCst);
+                op.fetch_add(1, Ordering::SeqCst);
+                let op = op.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    'conn: loop {
+                        // Bodiless requests: one ends at its blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(reply).await.is_err() || close_after {
+                                break 'conn;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    op.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            accepted,
+            open,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_replaced_when_closed_and_closed_when_idle() {
+    let kept = CountingUpstream::start(false).await;
+    let closing = CountingUpstream::start(true).await;
+    let unpooled = CountingUpstream::start(false).await;
+    let pool = |idle: &str, max: i64| {
+        let mut t = toml::Table::new();
+        t.insert("idle_timeout".into(), idle.into());
+        t.insert("max_idle".into(), max.into());
+        t
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .gateway("worker_threads", 1)
+        .upstream(
+            "kept",
+            Upstream::url(&kept.url()).set("pool", pool("1s", 8)),
+        )
+        .upstream("closing", Upstream::url(&closing.url()))
+        .upstream(
+            "unpooled",
+            Upstream::url(&unpooled.url()).set("pool", pool("90s", 0)),
+        )
+        .route(Route::prefix("kept", "/kept", "kept"))
+        .route(Route::prefix("closing", "/closing", "closing"))
+        .route(Route::prefix("unpooled", "/unpooled", "unpooled"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    let get = |path: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            let status = r.status();
+            (status, r.text().await.unwrap())
+        }
+    };
+
+    // One connection carries every request in turn.
+    for _ in 0..5 {
+        assert_eq!(get("/kept").await, (reqwest::StatusCode::OK, "ok".into()));
+    }
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(kept.open.load(Ordering::SeqCst), 1);
+
+    // A kept connection the upstream closed is never handed a request: each request
+    // after a close gets a new connection and its answer, not a 502.
+    for i in 1..=4 {
+        assert_eq!(
+            get("/closing").await,
+            (reqwest::StatusCode::OK, "ok".into())
+        );
+        assert_eq!(closing.accepted.load(Ordering::SeqCst), i);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // max_idle = 0 keeps nothing: a connection per request, each closed after it.
+    for _ in 0..3 {
+        assert_eq!(get("/unpooled").await.0, 200);
+    }
+    assert_eq!(unpooled.accepted.load(Ordering::SeqCst), 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unpooled.open.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(unpooled.open.load(Ordering::SeqCst), 0);
+
+    // Idle past pool.idle_timeout (1 s; the sweep runs every second), the kept connection
+    // is closed by the gateway; the next request opens a new one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kept.open.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        kept.open.load(Ordering::SeqCst),
+        0,
+        "idle connection not closed"
+    );
+    assert_eq!(get("/kept").await.0, 200);
+    assert_eq!(kept.accepted.load(Ordering::SeqCst), 2);
+}

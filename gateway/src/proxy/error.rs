@@ -176,7 +176,7 @@ impl ProxyError {
 
     /// Classify a client error: timeouts, connection failures (including TLS
     /// verification) and body-limit breaches each get their own status.
-    pub fn from_client_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    pub fn from_client_error(e: crate::upstream::SendError) -> ProxyError {
         if let Some(known) = Self::from_chain(&e) {
             return known;
         }

@@ -8,55 +8,11 @@
 //! answer keeps the addresses already known: a DNS hiccup must not empty an upstream.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-
 use super::{Endpoint, Upstream};
-
-/// How an endpoint's connector finds its address: the system resolver for what is
-/// written (an IP literal, or a name not resolved yet), or one address already resolved.
-#[derive(Clone)]
-pub enum Resolver {
-    /// `getaddrinfo` at connect time.
-    System(GaiResolver),
-    /// Always this address.
-    Fixed(SocketAddr),
-}
-
-type Addrs = std::vec::IntoIter<SocketAddr>;
-type ResolveFuture = Pin<Box<dyn Future<Output = Result<Addrs, std::io::Error>> + Send>>;
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = Addrs;
-    type Error = std::io::Error;
-    type Future = ResolveFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
-        match self {
-            Resolver::System(r) => r.poll_ready(cx),
-            Resolver::Fixed(_) => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn call(&mut self, name: Name) -> ResolveFuture {
-        match self {
-            Resolver::System(r) => {
-                let f = r.call(name);
-                Box::pin(async move { Ok(f.await?.collect::<Vec<_>>().into_iter()) })
-            }
-            Resolver::Fixed(a) => {
-                let a = *a;
-                Box::pin(async move { Ok(vec![a].into_iter()) })
-            }
-        }
-    }
-}
 
 /// Whether `authority` names a host rather than an address.
 fn is_name(authority: &http::uri::Authority) -> bool {
@@ -101,13 +57,7 @@ pub(super) async fn refresh(up: &Upstream) {
             next.extend(mine.into_iter().cloned());
             continue;
         }
-        let port = authority
-            .port_u16()
-            .unwrap_or(if up.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
+        let port = authority.port_u16().unwrap_or(up.default_port());
         let host = authority.host().to_string();
         let resolved = tokio::time::timeout(
             Duration::from_secs(5),

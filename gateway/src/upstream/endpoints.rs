@@ -11,7 +11,7 @@ use http::uri::Authority;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::UpstreamClient;
+use super::pool::{Pool, SendError};
 use crate::config::{Balance, OutlierConfig};
 use crate::telemetry::{EndpointLabels, metrics};
 use crate::worker::PerWorker;
@@ -29,7 +29,7 @@ pub struct Endpoint {
     pub host: Option<HeaderValue>,
     /// Pooled connections to this endpoint only, one pool per worker: a connection is
     /// made, used and kept by one worker thread.
-    clients: PerWorker<UpstreamClient>,
+    pools: PerWorker<Pool>,
     /// Active health: probes failed and passed in a row.
     pub(super) probe_fails: AtomicU32,
     pub(super) probe_passes: AtomicU32,
@@ -64,7 +64,7 @@ impl Endpoint {
         authority: Authority,
         addr: Option<SocketAddr>,
         host: Option<HeaderValue>,
-        clients: PerWorker<UpstreamClient>,
+        pools: PerWorker<Pool>,
     ) -> Self {
         let label: Arc<str> = match addr {
             Some(a) => a.to_string().into(),
@@ -85,7 +85,7 @@ impl Endpoint {
             addr,
             label,
             host,
-            clients,
+            pools,
             probe_fails: AtomicU32::new(0),
             probe_passes: AtomicU32::new(0),
             active: AtomicUsize::new(0),
@@ -113,9 +113,13 @@ impl Endpoint {
         m.endpoint_healthy.remove(&labels);
     }
 
-    /// The calling worker's pooled client of this endpoint.
-    pub fn client(&self) -> &UpstreamClient {
-        self.clients.get()
+    /// Send a request on one of the calling worker's connections to this endpoint; its
+    /// URI as [`Upstream::target_uri`](super::Upstream::target_uri) makes it.
+    pub fn send(
+        &self,
+        req: http::Request<crate::http::ProxyBody>,
+    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + '_ {
+        self.pools.get().send(req)
     }
 
     /// Start an attempt.

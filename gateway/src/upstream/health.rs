@@ -26,17 +26,15 @@ pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
             let probes = endpoints.iter().map(|ep| {
                 let up = &up;
                 async move {
-                    let uri = http::Uri::builder()
-                        .scheme(up.scheme.clone())
-                        .authority(ep.authority.clone())
-                        .path_and_query(cfg.path.as_str())
-                        .build();
+                    let uri = http::uri::PathAndQuery::try_from(cfg.path.as_str())
+                        .map_err(http::Error::from)
+                        .and_then(|pq| up.uri_on(ep, pq));
                     let Ok(uri) = uri else { return false };
                     let mut req = Request::get(uri).body(empty()).expect("valid parts");
                     if let Some(h) = &ep.host {
                         req.headers_mut().insert(http::header::HOST, h.clone());
                     }
-                    match tokio::time::timeout(cfg.timeout, ep.client().request(req)).await {
+                    match tokio::time::timeout(cfg.timeout, ep.send(req)).await {
                         Ok(Ok(resp)) => resp.status().is_success(),
                         _ => false,
                     }

@@ -1,0 +1,378 @@
+//! One worker's connections to one endpoint, on hyper's connection API.
+//!
+//! Each proxy worker owns a [`Pool`] per endpoint, so a request takes a connection from a
+//! list only its own thread touches (the mutex is never contended) and the request goes
+//! straight to that connection's task: no shared pool, no pool key to hash, no boxed
+//! client future, no task spawned to return a connection.
+//!
+//! HTTP/1.1 connections are kept in a short list, most recently used last. A connection
+//! goes back on the list as soon as its response head arrives; it is taken again only
+//! once hyper reports it ready (that response read to the end), so a connection still
+//! streaming a response is skipped, not waited for. HTTP/2 keeps one connection per worker
+//! and endpoint, shared by every request. A connection idle past `pool.idle_timeout` is
+//! closed by a sweep that runs only while the pool holds connections.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use crate::config::PoolConfig;
+use crate::http::{BoxError, ProxyBody};
+
+type Io = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (address, TCP, TLS or HTTP/2 handshake): nothing was
+    /// sent, so the request may go to another endpoint whatever its method.
+    #[error("connecting to the upstream")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was being sent or answered.
+    #[error("upstream request")]
+    Request(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// Whether nothing was sent because no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// How connections to an upstream's endpoints are made: shared by all its endpoints.
+pub(super) struct Dialer {
+    /// Present for `https` upstreams.
+    tls: Option<TlsConnector>,
+    /// `tls.server_name`, which replaces each endpoint's host for SNI and verification.
+    server_name: Option<ServerName<'static>>,
+    http2: bool,
+    connect_timeout: Duration,
+    pool: PoolConfig,
+}
+
+impl Dialer {
+    /// `tls` is used only when `https`; its ALPN is set here to what the upstream speaks.
+    pub(super) fn new(
+        mut tls: rustls::ClientConfig,
+        https: bool,
+        http2: bool,
+        server_name: Option<ServerName<'static>>,
+        connect_timeout: Duration,
+        pool: PoolConfig,
+    ) -> Dialer {
+        // HTTP/1.1 upstreams get no ALPN, as before; an HTTP/2 one must agree to h2.
+        tls.alpn_protocols = if http2 {
+            vec![b"h2".to_vec()]
+        } else {
+            Vec::new()
+        };
+        Dialer {
+            tls: https.then(|| TlsConnector::from(Arc::new(tls))),
+            server_name,
+            http2,
+            connect_timeout,
+            pool,
+        }
+    }
+}
+
+/// Where one endpoint's connections go.
+pub(super) enum Target {
+    /// An address already known (an IP literal, or a name resolved by the upstream).
+    Addr(SocketAddr),
+    /// A name resolved by the system at connect time, tried address by address.
+    Name(String, u16),
+}
+
+/// One endpoint as the pools of every worker see it.
+pub(super) struct Dest {
+    dialer: Arc<Dialer>,
+    target: Target,
+    /// SNI and the name the certificate must carry.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Dest {
+    /// `host` is the endpoint's host as configured (brackets allowed around IPv6).
+    pub(super) fn new(dialer: Arc<Dialer>, target: Target, host: &str) -> Dest {
+        let server_name = dialer.server_name.clone().or_else(|| {
+            ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+                .ok()
+                .map(|n| n.to_owned())
+        });
+        Dest {
+            dialer,
+            target,
+            server_name,
+        }
+    }
+
+    async fn addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match &self.target {
+            Target::Addr(a) => Ok(vec![*a]),
+            Target::Name(host, port) => Ok(tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .collect()),
+        }
+    }
+
+    /// A TCP (and TLS) connection within `connect_timeout`.
+    async fn dial(&self) -> Result<Io, BoxError> {
+        let d = &self.dialer;
+        let connect = async {
+            let mut last = None;
+            let mut tcp = None;
+            for a in self.addrs().await? {
+                match TcpStream::connect(a).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let tcp = match (tcp, last) {
+                (Some(t), _) => t,
+                (None, Some(e)) => return Err(BoxError::from(e)),
+                (None, None) => return Err("the upstream host resolved to no address".into()),
+            };
+            tcp.set_nodelay(true)?;
+            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+            socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+            Ok(match &d.tls {
+                None => Either::Left(tcp),
+                Some(tls) => {
+                    let name = self
+                        .server_name
+                        .clone()
+                        .ok_or("the upstream host is not a valid TLS server name")?;
+                    Either::Right(tls.connect(name, tcp).await?)
+                }
+            })
+        };
+        match tokio::time::timeout(d.connect_timeout, connect).await {
+            Ok(io) => Ok(TokioIo::new(io?)),
+            Err(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into())
+            }
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        let io = self.dial().await.map_err(SendError::Connect)?;
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<ProxyBody>, SendError> {
+        let io = self.dial().await.map_err(SendError::Connect)?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// One worker's connections to one endpoint.
+pub struct Pool {
+    dest: Arc<Dest>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// HTTP/1.1 connections, most recently used last.
+    h1: Vec<Kept<http1::SendRequest<ProxyBody>>>,
+    /// The HTTP/2 connection.
+    h2: Option<Kept<http2::SendRequest<ProxyBody>>>,
+    /// Whether a sweep task is running.
+    sweeping: bool,
+}
+
+struct Kept<T> {
+    tx: T,
+    /// Last handed a request.
+    used: Instant,
+}
+
+impl Pool {
+    pub(super) fn new(dest: Arc<Dest>) -> Pool {
+        Pool {
+            dest,
+            state: Arc::default(),
+        }
+    }
+
+    /// Send `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) on a kept connection,
+    /// or on a new one. A request a kept connection could not take because the upstream
+    /// had closed it goes on a new connection.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
+        let now = Instant::now();
+        if self.dest.dialer.http2 {
+            return self.send_h2(req, now).await;
+        }
+        let req = match self.checkout_h1(now) {
+            Some(mut tx) => match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    self.keep_h1(tx, now);
+                    return Ok(resp);
+                }
+                // Closed before it took the request: nothing was sent.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            },
+            None => req,
+        };
+        let mut tx = self.dest.connect_h1().await?;
+        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+        self.keep_h1(tx, now);
+        Ok(resp)
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<ProxyBody>,
+        now: Instant,
+    ) -> Result<Response<Incoming>, SendError> {
+        let kept = {
+            let mut st = self.state.lock().expect("pool lock");
+            match &mut st.h2 {
+                Some(k) if !k.tx.is_closed() => {
+                    k.used = now;
+                    Some(k.tx.clone())
+                }
+                _ => None,
+            }
+        };
+        let req = match kept {
+            Some(mut tx) => match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => req,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            },
+            None => req,
+        };
+        let mut tx = self.dest.connect_h2().await?;
+        if self.dest.dialer.pool.max_idle > 0 {
+            let mut st = self.state.lock().expect("pool lock");
+            st.h2 = Some(Kept {
+                tx: tx.clone(),
+                used: now,
+            });
+            self.sweep_later(&mut st);
+        }
+        tx.send_request(req).await.map_err(SendError::Request)
+    }
+
+    /// The most recently used HTTP/1.1 connection that is ready for a request, dropping
+    /// closed and expired ones on the way.
+    fn checkout_h1(&self, now: Instant) -> Option<http1::SendRequest<ProxyBody>> {
+        let idle_timeout = self.dest.dialer.pool.idle_timeout;
+        let mut st = self.state.lock().expect("pool lock");
+        let mut i = st.h1.len();
+        while i > 0 {
+            i -= 1;
+            let k = &st.h1[i];
+            if k.tx.is_closed() || now.saturating_duration_since(k.used) > idle_timeout {
+                st.h1.remove(i);
+            } else if k.tx.is_ready() {
+                return Some(st.h1.remove(i).tx);
+            }
+        }
+        None
+    }
+
+    /// Keep a connection whose response has just begun, within `pool.max_idle` (the least
+    /// recently used goes first).
+    fn keep_h1(&self, tx: http1::SendRequest<ProxyBody>, now: Instant) {
+        let max = self.dest.dialer.pool.max_idle;
+        if max == 0 {
+            // Dropped: the connection closes once this request's response is read.
+            return;
+        }
+        let mut st = self.state.lock().expect("pool lock");
+        if st.h1.len() >= max {
+            st.h1.remove(0);
+        }
+        st.h1.push(Kept { tx, used: now });
+        self.sweep_later(&mut st);
+    }
+
+    /// Start the idle sweep if it is not running. It holds the pool weakly, so it ends with
+    /// the endpoint, and stops itself once the pool is empty.
+    fn sweep_later(&self, st: &mut State) {
+        if st.sweeping {
+            return;
+        }
+        st.sweeping = true;
+        let weak: Weak<Mutex<State>> = Arc::downgrade(&self.state);
+        let every = self
+            .dest
+            .dialer
+            .pool
+            .idle_timeout
+            .max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(state) = weak.upgrade() else { return };
+                let mut st = state.lock().expect("pool lock");
+                if st.sweep(Instant::now(), every) {
+                    st.sweeping = false;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl State {
+    /// Close connections idle longer than `idle_timeout`; true when none is left. A
+    /// connection still busy with a response counts as used now.
+    fn sweep(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        self.h1.retain_mut(|k| {
+            if k.tx.is_closed() {
+                return false;
+            }
+            if !k.tx.is_ready() {
+                k.used = now;
+            }
+            now.saturating_duration_since(k.used) <= idle_timeout
+        });
+        if self.h2.as_ref().is_some_and(|k| {
+            k.tx.is_closed() || now.saturating_duration_since(k.used) > idle_timeout
+        }) {
+            self.h2 = None;
+        }
+        self.h1.is_empty() && self.h2.is_none()
+    }
+}

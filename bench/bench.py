@@ -16,6 +16,8 @@ Method (see /work/notes/bench-gateway.md):
   * per run: `wrk -t1 -cC -dD --latency` (throughput + loaded latency), then `wrk -t1 -c1`
     (unloaded per-request latency), and the proxy's CPU time per request from
     /proc/PID/stat (less sensitive to a noisy neighbour than req/s).
+  * scaling: nginx and Warden with 1 and with 2 workers, nothing pinned, `wrk -t2 -c64`
+    (the load generator shares the cores: what a second worker buys on this box).
 """
 
 from __future__ import annotations
@@ -223,12 +225,13 @@ http {{
 """
 
 
-def nginx_proxy_conf(tmp: Path, port: int, up: int) -> str:
+def nginx_proxy_conf(tmp: Path, port: int, up: int, workers: int = 1) -> str:
+    # More than one worker needs the master process (it forks them).
     return f"""
 daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-proxy.pid;
+master_process {"on" if workers > 1 else "off"};
+worker_processes {workers};
+pid {tmp}/nginx-proxy-{port}.pid;
 error_log {tmp}/nginx-proxy-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
@@ -583,6 +586,7 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 5000)),
                     help="fixed request rate for the latency-at-a-rate measure (0: skip it)")
     ap.add_argument("--no-conn-memory", action="store_true", help="skip the 5000 idle connections measure")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 workers measure")
     ap.add_argument("--baseline", action="append", default=[],
                     help="another warden binary to run as b-none/b-pool (A/B); repeat for b2-, b3-, ...")
     args = ap.parse_args()
@@ -753,6 +757,11 @@ def main() -> int:
                     t.cont()
                     conn_mem[t.key] = idle_conn_memory(t.proc, t.port)
                     t.stop()
+        scale = {}
+        if not args.no_scaling:
+            for t in targets:
+                t.stop()
+            scale = scaling(tmp, up, args.rounds, args.duration)
         elapsed = time.monotonic() - t_start
         raw = {t.key: {"label": t.label, "results": t.results, "rss": t.rss, "metrics": t.metrics} for t in targets}
         (ROOT / "target" / "bench-last.json").write_text(json.dumps(
@@ -765,6 +774,8 @@ def main() -> int:
             for t in targets:
                 if t.key in conn_mem:
                     print(f"- {t.label}: {conn_mem[t.key]:.1f} KiB")
+        if scale:
+            report_scaling(scale, args)
     finally:
         kill_all()
         if args.keep:
@@ -772,6 +783,90 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def tree_ticks(pid: int) -> int:
+    """CPU ticks of `pid` and its children that are still running (nginx's workers)."""
+    total = cpu_ticks(pid)
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    for k in kids:
+        try:
+            total += cpu_ticks(int(k))
+        except OSError:
+            pass
+    return total
+
+
+def scaling(tmp: Path, up: int, rounds: int, duration: str) -> dict:
+    """1 vs 2 workers, nothing pinned: the proxy, wrk (2 threads, 64 connections) and the
+    upstream share the machine's 2 cores, so this shows what a second worker buys when the
+    load generator competes for the same cores, not linear scaling."""
+    log("==> scaling: 1 vs 2 workers, unpinned, wrk -t2 -c64")
+    scale: dict[str, dict] = {}
+    procs = []
+    for workers in (1, 2):
+        (np,) = free_ports(1)
+        conf = tmp / f"nginx-proxy-{workers}w.conf"
+        conf.write_text(nginx_proxy_conf(tmp, np, up, workers))
+        p = spawn(["nginx", "-p", str(tmp), "-e", str(tmp / f"nginx-proxy-{workers}w-error.log"), "-c", str(conf)],
+                  cpus=None)
+        wait_http(np, "/", p)
+        procs.append((f"nginx-{workers}w", f"nginx, {workers} worker(s)", p, np))
+        p, port, _, _ = start_warden(tmp, f"scale-{workers}w", up, cpus=None, policy=False, workers=workers)
+        procs.append((f"warden-{workers}w", f"Warden, no policy, {workers} worker(s)", p, port))
+    for _, _, p, _ in procs:
+        p.send_signal(signal.SIGSTOP)
+    # nginx's workers are its children: stop and continue the whole group.
+    def sig(p, s):
+        if p.poll() is not None:
+            return
+        for k in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split():
+            os.kill(int(k), s)
+        p.send_signal(s)
+    try:
+        for rnd in range(rounds):
+            for key, label, p, port in procs:
+                sig(p, signal.SIGCONT)
+                time.sleep(0.05)
+                c0 = tree_ticks(p.pid)
+                argv = ["wrk", "-t2", "-c64", f"-d{duration}", "--latency", f"http://127.0.0.1:{port}/"]
+                out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                                     preexec_fn=_pdeathsig).stdout
+                c1 = tree_ticks(p.pid)
+                sig(p, signal.SIGSTOP)
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                n = int(re.search(r"(\d+) requests in", out).group(1))
+                e = scale.setdefault(key, {"label": label, "rps": [], "cpu_us": []})
+                e["rps"].append(rps)
+                e["cpu_us"].append((c1 - c0) / HZ * 1e6 / max(n, 1))
+                log(f"  round {rnd + 1} {key:10} {rps:9.0f} req/s  cpu {e['cpu_us'][-1]:.1f} µs/req")
+    finally:
+        # nginx's forked workers do not die with a SIGKILLed master: stop it gracefully.
+        for key, _, p, _ in procs:
+            sig(p, signal.SIGCONT)
+            if key.startswith("nginx"):
+                p.terminate()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+    return scale
+
+
+def report_scaling(scale: dict, args) -> None:
+    print()
+    print(f"Scaling, 1 vs 2 workers: nothing pinned, `wrk -t2 -c64 -d{args.duration}` and the upstream on the "
+          f"same 2 cores as the proxy, {args.rounds} interleaved rounds, median:")
+    print()
+    print("| target | req/s | 2 workers / 1 | proxy CPU µs/req |")
+    print("|---|---:|---:|---:|")
+    for key, e in scale.items():
+        one = scale.get(key.replace("-2w", "-1w"))
+        ratio = f"{median(e['rps']) / median(one['rps']):.2f}" if key.endswith("-2w") and one else "–"
+        print(f"| {e['label']} | {median(e['rps']):.0f} | {ratio} | {median(e['cpu_us']):.1f} |")
 
 
 def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: bool) -> None:

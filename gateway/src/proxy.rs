@@ -488,7 +488,9 @@ async fn pipeline(
             }
             Ok(())
         };
-        match tokio::time::timeout(route.timeout, read).await {
+        // Boxed, like the other paths only some routes take, so that the future of every
+        // request does not carry their state.
+        match tokio::time::timeout(route.timeout, Box::pin(read)).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(ProxyError::ClientBody(
@@ -888,7 +890,7 @@ async fn pipeline(
             // The route's timeout bounds reading the response for its policies too.
             match tokio::time::timeout(
                 route.timeout,
-                response_phase(&route.chain, &preq, &secrets, &mut parts, b),
+                Box::pin(response_phase(&route.chain, &preq, &secrets, &mut parts, b)),
             )
             .await
             {

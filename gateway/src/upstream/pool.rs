@@ -250,7 +250,9 @@ impl Pool {
             },
             None => req,
         };
-        let mut tx = self.dest.connect_h1().await?;
+        // Boxed: connecting (resolution, TCP, TLS) is a large future that most requests,
+        // on a kept connection, never run; inline it would enlarge every request's.
+        let mut tx = Box::pin(self.dest.connect_h1()).await?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
         self.keep_h1(tx, now);
         Ok(resp)
@@ -281,7 +283,7 @@ impl Pool {
             },
             None => req,
         };
-        let mut tx = self.dest.connect_h2().await?;
+        let mut tx = Box::pin(self.dest.connect_h2()).await?;
         if self.dest.dialer.pool.max_idle > 0 {
             let mut st = self.state.lock().expect("pool lock");
             st.h2 = Some(Kept {

@@ -552,7 +552,7 @@ pub struct PoolConfig {
     /// Idle connections are closed after this.
     #[serde(deserialize_with = "de::duration")]
     pub idle_timeout: Duration,
-    /// Most connections kept per endpoint and worker (0: a connection per request).
+    /// Most idle connections kept per endpoint and worker (0: a connection per request).
     pub max_idle: usize,
 }
 

@@ -17,10 +17,9 @@ use crate::config::{Config, ConfigError, ConfigErrors, HeaderRules, typed_inject
 use crate::policy::{Chain, PolicyHost};
 use crate::routing::Router;
 use crate::secrets::{SecretStore, Template};
+use crate::telemetry::{Counter, Histogram};
 use crate::telemetry::{MethodClass, RequestLabels, RouteLabel, metrics};
 use crate::upstream::Upstream;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 
 /// A route ready to serve.
 pub struct RouteRuntime {

@@ -4,14 +4,17 @@
 //! `/metrics` shows the whole gateway. Labels carry names chosen by operators (route,
 //! plugin, provider) and small enums, never a header or secret value.
 
+mod sharded;
+
+pub use sharded::{Counter, Histogram};
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Metric, Registry};
 

@@ -52,9 +52,9 @@ pub struct Upstream {
     /// Everything the client depends on; equal fingerprints can share a pool across reloads.
     pub fingerprint: String,
     /// `upstream_duration_seconds{upstream}`, resolved once.
-    pub duration: prometheus_client::metrics::histogram::Histogram,
+    pub duration: crate::telemetry::Histogram,
     /// `upstream_retries_total{upstream}`, resolved once.
-    pub retries: prometheus_client::metrics::counter::Counter,
+    pub retries: crate::telemetry::Counter,
 }
 
 /// Which `Host` goes upstream.

@@ -99,6 +99,11 @@ impl<T> PerWorker<T> {
         self.for_worker(index())
     }
 
+    /// Every slot's value, slot 0 first (to add up per-worker shards).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
     /// The value of worker `i` (1-based; 0 is the slot of the other threads).
     pub fn for_worker(&self, i: usize) -> &T {
         // A worker beyond the slots (set_count raised after this was built) shares slot 0.

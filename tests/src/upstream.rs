@@ -52,6 +52,8 @@ pub struct Seen {
 struct State {
     name: String,
     count: AtomicUsize,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
     /// What `/healthz` answers (0: 200). Health probes are not counted as requests.
     health: std::sync::atomic::AtomicU16,
     /// What every other request answers, when set (0: echo).
@@ -123,6 +125,7 @@ impl Echo {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -176,6 +179,11 @@ impl Echo {
     /// Requests received so far (health probes not counted).
     pub fn requests(&self) -> usize {
         self.state.count.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Request heads received so far.

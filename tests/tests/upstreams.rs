@@ -571,3 +571,26 @@ async fn upstream_connections_are_reused_replaced_when_closed_and_closed_when_id
     assert_eq!(get("/kept").await.0, 200);
     assert_eq!(kept.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_an_http2_upstream_share_one_connection() {
+    let up = Echo::start_named("h2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .gateway("worker_threads", 1)
+        .upstream("api", Upstream::url(&up.url()).set("http2", true))
+        .route(Route::prefix("api", "/", "api"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    // 32 requests at once on 32 client connections, before any upstream connection
+    // exists: they wait for the one being made instead of each making their own.
+    let c = client();
+    let answers = futures_util::future::join_all((0..32).map(|i| {
+        let (c, url) = (c.clone(), gw.url(&format!("/burst/{i}")));
+        async move { c.get(url).send().await.unwrap().status() }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(up.requests(), 32);
+    assert_eq!(up.connections(), 1, "one HTTP/2 connection for the worker");
+}

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
 
+use crate::telemetry::{Counter, Histogram};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::Store;
 
 use super::config::{Isolation, Mode, OnError, PolicyConfig, SENSITIVE_HEADERS};

@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::config::field::{FieldError, de};
+use crate::telemetry::Counter;
 
 /// How often a store that failed is tried again. Between attempts every decision uses the
 /// fallback at once, so an outage costs no latency beyond the one call that found it.

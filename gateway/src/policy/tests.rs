@@ -182,10 +182,7 @@ fn body(d: &Decision) -> serde_json::Value {
 }
 
 fn counter(
-    f: &prometheus_client::metrics::family::Family<
-        PluginLabel,
-        prometheus_client::metrics::counter::Counter,
-    >,
+    f: &prometheus_client::metrics::family::Family<PluginLabel, crate::telemetry::Counter>,
     p: &str,
 ) -> u64 {
     f.get_or_create(&PluginLabel { plugin: p.into() }).get()

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::telemetry::Histogram;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::AccessLogConfig;
 use crate::http::{BoxError, ClientInfo, ProxyBody};

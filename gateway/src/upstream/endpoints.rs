@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use http::uri::Authority;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::pool::{Pool, SendError};
 use crate::config::{Balance, OutlierConfig};
-use crate::telemetry::{EndpointLabels, metrics};
+use crate::telemetry::{Counter, EndpointLabels, metrics};
 use crate::worker::PerWorker;
 
 /// One address of an upstream, with its own connection pool.

@@ -130,16 +130,28 @@ impl Dest {
     /// A TCP (and TLS) connection within `connect_timeout`.
     async fn dial(&self) -> Result<Io, BoxError> {
         let d = &self.dialer;
+        let deadline = tokio::time::Instant::now() + d.connect_timeout;
         let connect = async {
             let mut last = None;
             let mut tcp = None;
-            for a in self.addrs().await? {
-                match TcpStream::connect(a).await {
-                    Ok(s) => {
+            let addrs = self.addrs().await?;
+            for (i, a) in addrs.iter().enumerate() {
+                // Each address gets an equal share of the time left, so one that drops
+                // packets (an unreachable IPv6 address, say) does not use it all.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let share = left / (addrs.len() - i) as u32;
+                match tokio::time::timeout(share, TcpStream::connect(a)).await {
+                    Ok(Ok(s)) => {
                         tcp = Some(s);
                         break;
                     }
-                    Err(e) => last = Some(e),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("connecting to {a} timed out"),
+                        ))
+                    }
                 }
             }
             let tcp = match (tcp, last) {
@@ -202,6 +214,9 @@ impl Dest {
 pub struct Pool {
     dest: Arc<Dest>,
     state: Arc<Mutex<State>>,
+    /// Held while an HTTP/2 connection is being made, so that the requests arriving
+    /// meanwhile wait for it instead of each making their own.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -216,7 +231,7 @@ struct State {
 
 struct Kept<T> {
     tx: T,
-    /// Last handed a request.
+    /// When its last response began (HTTP/1.1) or it was last handed a request (HTTP/2).
     used: Instant,
 }
 
@@ -225,6 +240,7 @@ impl Pool {
         Pool {
             dest,
             state: Arc::default(),
+            h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -239,7 +255,7 @@ impl Pool {
         let req = match self.checkout_h1(now) {
             Some(mut tx) => match tx.try_send_request(req).await {
                 Ok(resp) => {
-                    self.keep_h1(tx, now);
+                    self.keep_h1(tx);
                     return Ok(resp);
                 }
                 // Closed before it took the request: nothing was sent.
@@ -254,7 +270,7 @@ impl Pool {
         // on a kept connection, never run; inline it would enlarge every request's.
         let mut tx = Box::pin(self.dest.connect_h1()).await?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
-        self.keep_h1(tx, now);
+        self.keep_h1(tx);
         Ok(resp)
     }
 
@@ -263,16 +279,22 @@ impl Pool {
         req: Request<ProxyBody>,
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        let kept = {
-            let mut st = self.state.lock().expect("pool lock");
-            match &mut st.h2 {
-                Some(k) if !k.tx.is_closed() => {
-                    k.used = now;
-                    Some(k.tx.clone())
-                }
-                _ => None,
+        let mut kept = self.kept_h2(now);
+        if kept.is_none() && self.dest.dialer.pool.max_idle > 0 {
+            // One connection is made at a time; whoever waited finds it made.
+            let _connecting = self.h2_connecting.lock().await;
+            kept = self.kept_h2(now);
+            if kept.is_none() {
+                let tx = Box::pin(self.dest.connect_h2()).await?;
+                let mut st = self.state.lock().expect("pool lock");
+                st.h2 = Some(Kept {
+                    tx: tx.clone(),
+                    used: now,
+                });
+                self.sweep_later(&mut st);
+                kept = Some(tx);
             }
-        };
+        }
         let req = match kept {
             Some(mut tx) => match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
@@ -283,16 +305,21 @@ impl Pool {
             },
             None => req,
         };
+        // Not kept (max_idle = 0), or the kept one closed before it took the request.
         let mut tx = Box::pin(self.dest.connect_h2()).await?;
-        if self.dest.dialer.pool.max_idle > 0 {
-            let mut st = self.state.lock().expect("pool lock");
-            st.h2 = Some(Kept {
-                tx: tx.clone(),
-                used: now,
-            });
-            self.sweep_later(&mut st);
-        }
         tx.send_request(req).await.map_err(SendError::Request)
+    }
+
+    /// The kept HTTP/2 connection, if it is open.
+    fn kept_h2(&self, now: Instant) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut st = self.state.lock().expect("pool lock");
+        match &mut st.h2 {
+            Some(k) if !k.tx.is_closed() => {
+                k.used = now;
+                Some(k.tx.clone())
+            }
+            _ => None,
+        }
     }
 
     /// The most recently used HTTP/1.1 connection that is ready for a request, dropping
@@ -313,19 +340,32 @@ impl Pool {
         None
     }
 
-    /// Keep a connection whose response has just begun, within `pool.max_idle` (the least
-    /// recently used goes first).
-    fn keep_h1(&self, tx: http1::SendRequest<ProxyBody>, now: Instant) {
+    /// Keep a connection whose response has just begun. At most `pool.max_idle` of the
+    /// kept connections may be idle: past that, the least recently used idle one is
+    /// closed. Busy ones are never closed here (their number is the worker's concurrency).
+    fn keep_h1(&self, tx: http1::SendRequest<ProxyBody>) {
         let max = self.dest.dialer.pool.max_idle;
         if max == 0 {
             // Dropped: the connection closes once this request's response is read.
             return;
         }
         let mut st = self.state.lock().expect("pool lock");
-        if st.h1.len() >= max {
-            st.h1.remove(0);
+        st.h1.push(Kept {
+            tx,
+            used: Instant::now(),
+        });
+        if st.h1.len() > max {
+            let mut idle = st.h1.iter().filter(|k| k.tx.is_ready()).count();
+            let mut i = 0;
+            while idle > max && i < st.h1.len() {
+                if st.h1[i].tx.is_ready() {
+                    st.h1.remove(i);
+                    idle -= 1;
+                } else {
+                    i += 1;
+                }
+            }
         }
-        st.h1.push(Kept { tx, used: now });
         self.sweep_later(&mut st);
     }
 
@@ -344,16 +384,31 @@ impl Pool {
             .idle_timeout
             .max(Duration::from_millis(100));
         tokio::spawn(async move {
+            // However the task ends (the pool emptied, or its runtime shut down and
+            // dropped it), the next kept connection starts a new sweep.
+            let _done = SweepDone(weak.clone());
             loop {
                 tokio::time::sleep(every).await;
                 let Some(state) = weak.upgrade() else { return };
                 let mut st = state.lock().expect("pool lock");
                 if st.sweep(Instant::now(), every) {
-                    st.sweeping = false;
                     return;
                 }
             }
         });
+    }
+}
+
+/// Clears the pool's `sweeping` flag when its sweep task ends.
+struct SweepDone(Weak<Mutex<State>>);
+
+impl Drop for SweepDone {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.upgrade()
+            && let Ok(mut st) = state.lock()
+        {
+            st.sweeping = false;
+        }
     }
 }
 

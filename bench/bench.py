@@ -785,16 +785,20 @@ def main() -> int:
     return 0
 
 
-def tree_ticks(pid: int) -> int:
-    """CPU ticks of `pid` and its children that are still running (nginx's workers)."""
-    total = cpu_ticks(pid)
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (nginx's workers under its master)."""
     try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        kids = []
-    for k in kids:
+        return []
+
+
+def tree_ticks(pid: int) -> int:
+    """CPU ticks of `pid` and its children that are still running."""
+    total = cpu_ticks(pid)
+    for k in children(pid):
         try:
-            total += cpu_ticks(int(k))
+            total += cpu_ticks(k)
         except OSError:
             pass
     return total
@@ -823,8 +827,8 @@ def scaling(tmp: Path, up: int, rounds: int, duration: str) -> dict:
     def sig(p, s):
         if p.poll() is not None:
             return
-        for k in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split():
-            os.kill(int(k), s)
+        for k in children(p.pid):
+            os.kill(k, s)
         p.send_signal(s)
     try:
         for rnd in range(rounds):

@@ -192,11 +192,11 @@ impl Upstream {
     /// when it was resolved.
     fn endpoint(&self, authority: Authority, addr: Option<SocketAddr>) -> Endpoint {
         let host = HeaderValue::from_str(authority.as_str()).ok();
-        let name = authority.host();
+        let name = dns::bare_host(&authority);
         let port = authority.port_u16().unwrap_or(self.default_port());
         let target = match addr {
             Some(a) => pool::Target::Addr(a),
-            None => match name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            None => match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => pool::Target::Addr(SocketAddr::new(ip, port)),
                 Err(_) => pool::Target::Name(name.to_string(), port),
             },

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use super::{Endpoint, Upstream};
 
+/// The host of `authority` without the brackets of an IPv6 literal.
+pub(super) fn bare_host(authority: &http::uri::Authority) -> &str {
+    authority.host().trim_matches(['[', ']'])
+}
+
 /// Whether `authority` names a host rather than an address.
 fn is_name(authority: &http::uri::Authority) -> bool {
-    authority
-        .host()
-        .trim_matches(['[', ']'])
-        .parse::<std::net::IpAddr>()
-        .is_err()
+    bare_host(authority).parse::<std::net::IpAddr>().is_err()
 }
 
 /// Whether any of `authorities` names a host rather than an address.

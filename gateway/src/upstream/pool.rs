@@ -104,13 +104,12 @@ pub(super) struct Dest {
 }
 
 impl Dest {
-    /// `host` is the endpoint's host as configured (brackets allowed around IPv6).
+    /// `host` is the endpoint's host, an IPv6 literal without its brackets.
     pub(super) fn new(dialer: Arc<Dialer>, target: Target, host: &str) -> Dest {
-        let server_name = dialer.server_name.clone().or_else(|| {
-            ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
-                .ok()
-                .map(|n| n.to_owned())
-        });
+        let server_name = dialer
+            .server_name
+            .clone()
+            .or_else(|| ServerName::try_from(host).ok().map(|n| n.to_owned()));
         Dest {
             dialer,
             target,

@@ -22,9 +22,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::headers::RequestVars;
@@ -44,7 +44,7 @@ use opentelemetry::KeyValue;
 /// Serve the proxy listener until `shutdown` fires, then drain in-flight requests for up
 /// to the configured grace period.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let worker = crate::worker::index();
     let accepted = metrics()
         .proxy
@@ -80,19 +80,20 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let _ = stream.set_nodelay(true);
         accepted.inc();
         let gw = gw.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let drain = shutdown.clone();
+        connections.spawn(async move {
             metrics().proxy.active_connections.inc();
-            serve_connection(stream, peer, gw, watcher).await;
+            serve_connection(stream, peer, gw, drain).await;
             metrics().proxy.active_connections.dec();
         });
     }
     // Stop accepting now: new connections are refused instead of queueing in the
     // backlog of a socket nobody reads until the drain ends.
     drop(listener);
+    connections.close();
     let grace = gw.current().config.gateway.shutdown_grace;
     info!(grace = ?grace, "proxy listener closed; draining in-flight requests");
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    match tokio::time::timeout(grace, connections.wait()).await {
         Ok(()) => info!("all connections drained"),
         Err(_) => warn!("shutdown grace period over; closing remaining connections"),
     }
@@ -102,122 +103,185 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
 /// accept time, but the connection does not keep that snapshot: each request reads the
 /// current one, so an idle keep-alive connection never holds a replaced generation (its
 /// plugin pools, upstream pools) alive.
+///
+/// The protocol is known before hyper starts (the first bytes on a plaintext port, ALPN
+/// with TLS), so each connection holds only the server for its own protocol.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     gw: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: CancellationToken,
 ) {
-    let (builder, tls, header_read_timeout) = {
+    let (limits, tls) = {
         let snap = gw.current();
-        let g = &snap.config.gateway;
-        (
-            connection_builder(g),
-            snap.tls.clone(),
-            g.header_read_timeout,
-        )
+        (ConnLimits::of(&snap.config.gateway), snap.tls.clone())
     };
-
-    match tls {
-        None => {
-            let client = Arc::new(ClientInfo {
-                addr: peer,
-                ip: ClientInfo::ip_value(peer),
-                tls: false,
-                sni: None,
-                uri_sans: vec![],
-                dns_sans: vec![],
-            });
-            match preface::classify(&stream, header_read_timeout).await {
-                preface::Start::Serve => {}
-                preface::Start::Refused => return preface::refuse(stream).await,
-                preface::Start::Gone => return,
-            }
-            let svc = service(gw, client);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                debug!(peer = %peer, error = %e, "connection ended with error");
-            }
-        }
-        Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let handshake =
-                tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
-            let tls_stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    metrics().proxy.tls_handshake_failures.inc();
-                    debug!(peer = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics().proxy.tls_handshake_failures.inc();
-                    debug!(peer = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let (_, conn) = tls_stream.get_ref();
-            let sni = conn.server_name().map(str::to_string);
-            let ids = conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(crate::tls::peer_identities)
-                .unwrap_or_default();
-            let h2_only = conn.alpn_protocol() == Some(b"h2");
-            let client = Arc::new(ClientInfo {
-                addr: peer,
-                ip: ClientInfo::ip_value(peer),
-                tls: true,
-                sni,
-                uri_sans: ids.uris,
-                dns_sans: ids.dns,
-            });
-            let svc = service(gw, client);
-            let result = if h2_only {
-                // hyper would close on a wrong preface without the GOAWAY that RFC 9113
-                // asks for; check it first and replay it.
-                let Ok(stream) = preface::read_h2_preface(tls_stream, header_read_timeout).await
-                else {
-                    return;
-                };
-                let builder = builder.http2_only();
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                watcher.watch(conn.into_owned()).await
-            } else {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-                watcher.watch(conn.into_owned()).await
-            };
-            if let Err(e) = result {
-                debug!(peer = %peer, error = %e, "connection ended with error");
-            }
-        }
+    // The task of every connection is as large as its largest path, for its whole life:
+    // TLS (the handshake, the TLS stream) and HTTP/2 are boxed so that a plaintext
+    // HTTP/1.1 connection carries neither.
+    let result = match tls {
+        None => serve_plaintext(stream, peer, gw, &limits, &drain).await,
+        Some(tls) => Box::pin(serve_tls(stream, peer, gw, tls, &limits, &drain)).await,
+    };
+    if let Err(e) = result {
+        debug!(peer = %peer, error = %e, "connection ended with error");
     }
 }
 
-/// The connection builder for the current `[gateway]` limits.
-fn connection_builder(
-    g: &crate::config::GatewayConfig,
-) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(g.header_read_timeout)
-        // hyper refuses buffers under 8 KiB.
-        .max_buf_size((g.max_header_bytes as usize).max(8192))
-        .max_headers(g.max_headers)
-        .keep_alive(true);
-    let h2 = &g.http2;
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_header_list_size(g.max_header_bytes.min(u32::MAX as u64) as u32)
-        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
-        .keep_alive_interval(h2.keep_alive_interval)
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+async fn serve_plaintext(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    limits: &ConnLimits,
+    drain: &CancellationToken,
+) -> hyper::Result<()> {
+    let client = Arc::new(ClientInfo {
+        addr: peer,
+        ip: ClientInfo::ip_value(peer),
+        tls: false,
+        sni: None,
+        uri_sans: vec![],
+        dns_sans: vec![],
+    });
+    let start = Box::pin(preface::classify(&stream, limits.header_read_timeout)).await;
+    let svc = service(gw, client);
+    let io = TokioIo::new(stream);
+    match start {
+        preface::Start::Http1 => {
+            let conn = limits.http1().serve_connection(io, svc).with_upgrades();
+            until_drained(conn, drain, |c| c.graceful_shutdown()).await
+        }
+        preface::Start::Http2 => {
+            let conn = limits.http2().serve_connection(io, svc);
+            Box::pin(until_drained(conn, drain, |c| c.graceful_shutdown())).await
+        }
+        preface::Start::Refused => {
+            preface::refuse(io.into_inner()).await;
+            Ok(())
+        }
+        preface::Start::Gone => Ok(()),
+    }
+}
+
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &ConnLimits,
+    drain: &CancellationToken,
+) -> hyper::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+    let tls_stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics().proxy.tls_handshake_failures.inc();
+            debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => {
+            metrics().proxy.tls_handshake_failures.inc();
+            debug!(peer = %peer, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let (_, conn) = tls_stream.get_ref();
+    let sni = conn.server_name().map(str::to_string);
+    let ids = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(crate::tls::peer_identities)
+        .unwrap_or_default();
+    // HTTP/2 over TLS is chosen by ALPN only (RFC 9113 §3.3): without `h2`, the
+    // connection speaks HTTP/1.
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    let client = Arc::new(ClientInfo {
+        addr: peer,
+        ip: ClientInfo::ip_value(peer),
+        tls: true,
+        sni,
+        uri_sans: ids.uris,
+        dns_sans: ids.dns,
+    });
+    let svc = service(gw, client);
+    if h2 {
+        // hyper would close on a wrong preface without the GOAWAY that RFC 9113 asks for;
+        // check it first and replay it.
+        let Ok(stream) = preface::read_h2_preface(tls_stream, limits.header_read_timeout).await
+        else {
+            return Ok(());
+        };
+        let conn = limits.http2().serve_connection(TokioIo::new(stream), svc);
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+    } else {
+        let conn = limits
+            .http1()
+            .serve_connection(TokioIo::new(tls_stream), svc)
+            .with_upgrades();
+        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+    }
+}
+
+/// Drive a connection to its end; once `drain` fires, ask it to finish the request in
+/// flight and close (an idle one closes at once).
+async fn until_drained<C>(
+    conn: C,
+    drain: &CancellationToken,
+    graceful_shutdown: fn(std::pin::Pin<&mut C>),
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = drain.cancelled() => graceful_shutdown(conn.as_mut()),
+    }
+    conn.await
+}
+
+/// The `[gateway]` limits a connection is served with.
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: u64,
+    max_headers: usize,
+    http2: crate::config::Http2Limits,
+}
+
+impl ConnLimits {
+    fn of(g: &crate::config::GatewayConfig) -> Self {
+        ConnLimits {
+            header_read_timeout: g.header_read_timeout,
+            max_header_bytes: g.max_header_bytes,
+            max_headers: g.max_headers,
+            http2: g.http2.clone(),
+        }
+    }
+
+    fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            // hyper refuses buffers under 8 KiB.
+            .max_buf_size((self.max_header_bytes as usize).max(8192))
+            .max_headers(self.max_headers)
+            .keep_alive(true);
+        b
+    }
+
+    fn http2(&self) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+        let h2 = &self.http2;
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_header_list_size(self.max_header_bytes.min(u32::MAX as u64) as u32)
+            .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+            .keep_alive_interval(h2.keep_alive_interval)
+            .keep_alive_timeout(Duration::from_secs(20));
+        b
+    }
 }
 
 fn service(
@@ -225,23 +289,27 @@ fn service(
     client: Arc<ClientInfo>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ProxyBody>,
+    Response = Response<body::Observed>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<body::Observed>, std::convert::Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |req| {
         let snap = gw.current();
         let client = client.clone();
-        async move { Ok(handle(req, snap, client).await) }
+        // Boxed per request: hyper keeps the slot that holds a request's future for the
+        // connection's whole life, so an unboxed future (kilobytes) would stay resident in
+        // every idle keep-alive connection. The box is freed when the request ends.
+        let request = Box::pin(handle(req, snap, client));
+        async move { Ok(request.await) }
     })
 }
 
 /// Handle one request end to end. Never fails: every problem becomes a response.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     snap: Arc<Snapshot>,
     client: Arc<ClientInfo>,
-) -> Response<ProxyBody> {
+) -> Response<body::Observed> {
     let request_id = headers::request_id(req.headers());
     let trace = snap
         .tracing
@@ -310,6 +378,7 @@ pub async fn handle(
             }
             e.log(&ex.request_id, ex.route.as_deref());
             e.into_response(&ex.request_id, ex.route.as_deref())
+                .map(body::Outgoing::from)
         }
     };
     // The route the request matched, if any: response rules, metrics and stream limits.
@@ -384,7 +453,7 @@ async fn pipeline(
     snap: &Snapshot,
     client: &ClientInfo,
     ex: &mut body::Exchange,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<body::Outgoing>, ProxyError> {
     let gw = &snap.config.gateway;
     check_method(req.method(), gw.allow_trace)?;
     let host = normalize_request(&mut req, gw)?;
@@ -594,7 +663,7 @@ async fn pipeline(
                 for (n, v) in headers {
                     resp.headers_mut().append(n, v);
                 }
-                return Ok(resp);
+                return Ok(resp.map(body::Outgoing::from));
             }
         }
     }
@@ -635,20 +704,17 @@ async fn pipeline(
     // neither spoof nor read them. Rendering is an in-memory lookup; the request path never
     // waits on a provider.
     let inject_started = ex.trace.as_ref().map(|_| Instant::now());
-    for (name, template) in route.inject.iter() {
-        parts.headers.remove(name);
-        match template.render_header(&secrets) {
-            Ok(v) => {
-                parts.headers.insert(name.clone(), v);
-            }
-            Err(e) => return Err(ProxyError::SecretUnavailable(e.to_string())),
-        }
+    if !route.inject.is_empty() {
+        route
+            .inject
+            .apply(&secrets, &mut parts.headers)
+            .map_err(|e| ProxyError::SecretUnavailable(e.to_string()))?;
     }
     if let (Some(t), Some(t0)) = (&ex.trace, inject_started)
         && !route.inject.is_empty()
     {
         // Header names only: the span never sees a value.
-        let names: Vec<&str> = route.inject.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = route.inject.names().map(|n| n.as_str()).collect();
         t.record(
             "warden.secrets",
             t0,
@@ -682,15 +748,15 @@ async fn pipeline(
             // upstream. Whether the request has a body at all, asked of the body itself:
             // the framing headers are gone by now (hop-by-hop).
             let no_body = http_body::Body::is_end_stream(&body);
-            let stats = (!no_body).then(|| {
-                let s = Arc::new(body::BodyIn::default());
-                ex.body_in = Some(s.clone());
-                s
+            // Without a body there is nothing to count or limit: an empty body (no box).
+            let mut stream: Option<ProxyBody> = (!no_body).then(|| {
+                let stats = Arc::new(body::BodyIn::default());
+                ex.body_in = Some(stats.clone());
+                let body = body::counted_in(body, Some(stats), ex.started)
+                    .map_err(|e| BoxError::from(error::ClientBodyError(e)));
+                let limited = http_body_util::Limited::new(body, route.max_body as usize);
+                limited.map_err(BoxError::from).boxed()
             });
-            let body = body::counted_in(body, stats, ex.started)
-                .map_err(|e| BoxError::from(error::ClientBodyError(e)));
-            let limited = http_body_util::Limited::new(body, route.max_body as usize);
-            let mut stream: Option<ProxyBody> = Some(limited.map_err(BoxError::from).boxed());
 
             // A request can be sent again only if its body can: none, or small enough to
             // buffer. A larger body streams upstream once, and is never replayed.
@@ -762,13 +828,15 @@ async fn pipeline(
             .map(|t| t.upstream_attempt(req.headers_mut(), &upstream.name, &ep.label, attempt));
 
         let in_flight = ep.begin();
-        // The head must come within the route's timeout, and within what is left of
-        // its max_duration.
-        let head_timeout = match route.max_duration {
-            Some(d) => route.timeout.min(d.saturating_sub(ex.started.elapsed())),
-            None => route.timeout,
-        };
-        let result = tokio::time::timeout(head_timeout, ep.send(req)).await;
+        // One clock reading per attempt (the first is `sent`): the pool's expiry and the
+        // deadline are reckoned from it. The head must come within the route's timeout,
+        // and before the exchange's max_duration is up.
+        let at = if attempt == 0 { sent } else { Instant::now() };
+        let mut deadline = at + route.timeout;
+        if let Some(d) = route.max_duration {
+            deadline = deadline.min(ex.started + d);
+        }
+        let result = tokio::time::timeout_at(deadline.into(), ep.send(req, at)).await;
         drop(in_flight);
         if let Some(span) = span {
             span.end(match &result {
@@ -858,7 +926,7 @@ async fn pipeline(
             let (mut parts, _) = resp.into_parts();
             let switched_to = parts.headers.get(UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers, switched_to);
-            return Ok(Response::from_parts(parts, empty()));
+            return Ok(Response::from_parts(parts, empty().into()));
         }
         // The upstream refused the upgrade. Anything the client sent after its request
         // head belongs to the protocol it asked for, so it must never be read as another
@@ -868,10 +936,7 @@ async fn pipeline(
         parts
             .headers
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(Response::from_parts(
-            parts,
-            b.map_err(BoxError::from).boxed(),
-        ));
+        return Ok(Response::from_parts(parts, body::Outgoing::upstream(b)));
     }
 
     let (mut parts, b) = resp.into_parts();
@@ -894,11 +959,11 @@ async fn pipeline(
             )
             .await
             {
-                Ok(r) => r?,
+                Ok(r) => r?.into(),
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
             }
         }
-        _ => b.map_err(BoxError::from).boxed(),
+        _ => body::Outgoing::upstream(b),
     };
     for (n, v) in response_headers {
         parts.headers.append(n, v);

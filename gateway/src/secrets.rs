@@ -40,7 +40,7 @@ use crate::config::field::FieldError;
 use crate::config::field::de;
 
 pub use store::{RefStatus, SecretSnapshot, SecretStore};
-pub use template::Template;
+pub use template::{InjectedHeaders, Template};
 
 // ---------------------------------------------------------------------------------------
 // Configuration

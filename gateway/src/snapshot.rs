@@ -10,13 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
 use tracing::warn;
 
 use crate::config::{Config, ConfigError, ConfigErrors, HeaderRules, typed_inject};
 use crate::policy::{Chain, PolicyHost};
 use crate::routing::Router;
-use crate::secrets::{SecretStore, Template};
+use crate::secrets::{InjectedHeaders, SecretStore, Template};
 use crate::telemetry::{Counter, Histogram};
 use crate::telemetry::{MethodClass, RequestLabels, RouteLabel, metrics};
 use crate::upstream::Upstream;
@@ -31,8 +30,9 @@ pub struct RouteRuntime {
     pub timeout: Duration,
     /// Request body limit in bytes.
     pub max_body: u64,
-    /// Headers to inject (route entries override the upstream's).
-    pub inject: Vec<(HeaderName, Template)>,
+    /// Headers to inject (route entries override the upstream's), rendered once per
+    /// secret snapshot.
+    pub inject: InjectedHeaders,
     /// Upgrade protocols forwarded, lower case (`h2c` is refused by validation).
     pub upgrades: Vec<String>,
     /// What an upgrade to any other protocol gets.
@@ -264,7 +264,7 @@ pub async fn build_snapshot(
             upstream: upstream.clone(),
             timeout: r.timeout.unwrap_or(upstream.timeout),
             max_body: r.max_body.unwrap_or(cfg.gateway.max_body),
-            inject,
+            inject: InjectedHeaders::new(inject),
             upgrades: r.upgrades.clone(),
             retry: upstream.retry_for(r.retry.as_ref()),
             request_headers,

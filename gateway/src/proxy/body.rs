@@ -11,7 +11,7 @@ use crate::telemetry::Histogram;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::config::AccessLogConfig;
 use crate::http::{BoxError, ClientInfo, ProxyBody};
@@ -148,12 +148,65 @@ impl<B: Body<Data = Bytes>> Body for CountedIn<B> {
 }
 
 pin_project_lite::pin_project! {
+    /// A response body on its way to the client: the upstream's own, polled directly (no
+    /// box, no dynamic call per frame), or one the gateway made.
+    #[project = OutgoingProj]
+    pub(crate) enum Outgoing {
+        Upstream { #[pin] body: Incoming },
+        Made { #[pin] body: ProxyBody },
+    }
+}
+
+impl Outgoing {
+    pub fn upstream(body: Incoming) -> Self {
+        Outgoing::Upstream { body }
+    }
+}
+
+impl From<ProxyBody> for Outgoing {
+    fn from(body: ProxyBody) -> Self {
+        Outgoing::Made { body }
+    }
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            OutgoingProj::Upstream { body } => body
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            OutgoingProj::Made { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Outgoing::Upstream { body } => body.is_end_stream(),
+            Outgoing::Made { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Outgoing::Upstream { body } => body.size_hint(),
+            Outgoing::Made { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
     /// Passes frames through, counts bytes, and writes the access-log line when the body
     /// ends or is dropped (client went away), so the line carries the real size and total
     /// time of a streamed response.
     pub(crate) struct Observed {
         #[pin]
-        inner: ProxyBody,
+        inner: Outgoing,
         bytes: u64,
         log: Option<Exchange>,
         complete: bool,
@@ -186,7 +239,7 @@ pub(crate) struct StreamLimits {
 #[error("response stream cut: {0}")]
 struct StreamCut(&'static str);
 
-pub(crate) fn observed(inner: ProxyBody, log: Exchange, limits: StreamLimits) -> ProxyBody {
+pub(crate) fn observed(inner: Outgoing, log: Exchange, limits: StreamLimits) -> Observed {
     Observed {
         inner,
         bytes: 0,
@@ -196,7 +249,6 @@ pub(crate) fn observed(inner: ProxyBody, log: Exchange, limits: StreamLimits) ->
         idle: None,
         deadline: limits.end.map(|at| Box::pin(tokio::time::sleep_until(at))),
     }
-    .boxed()
 }
 
 impl Body for Observed {

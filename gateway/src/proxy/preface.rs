@@ -41,9 +41,11 @@ const MAX_PEEK: usize = 8 * 1024;
 /// What a plaintext connection starts with.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Start {
-    /// HTTP/1 (or a request line too long to judge here), or the exact HTTP/2 preface:
-    /// hyper takes it from the first byte.
-    Serve,
+    /// HTTP/1 (or a request line too long to judge here): hyper's HTTP/1 server takes it
+    /// from the first byte.
+    Http1,
+    /// The exact HTTP/2 preface: hyper's HTTP/2 server takes it from the first byte.
+    Http2,
     /// Neither: answered with GOAWAY and closed.
     Refused,
     /// The client closed, or sent no first line within the header timeout.
@@ -65,7 +67,7 @@ pub(super) async fn classify(stream: &TcpStream, within: Duration) -> Start {
                 // wait a moment for more before looking again. Only a client that sends
                 // its first line in pieces ever comes here.
                 None if n < MAX_PEEK => tokio::time::sleep(Duration::from_millis(1)).await,
-                None => return Start::Serve,
+                None => return Start::Http1,
             }
         }
     })
@@ -78,12 +80,12 @@ pub(super) async fn classify(stream: &TcpStream, within: Duration) -> Start {
 fn judge(seen: &[u8]) -> Option<Start> {
     let n = seen.len().min(PREFACE.len());
     if seen[..n] == PREFACE[..n] {
-        return (seen.len() >= PREFACE.len()).then_some(Start::Serve);
+        return (seen.len() >= PREFACE.len()).then_some(Start::Http2);
     }
     let line_end = seen.windows(2).position(|w| w == b"\r\n")?;
     let line = &seen[..line_end];
     let http1 = line.len() >= 9 && line[line.len() - 9..].starts_with(b" HTTP/1.");
-    Some(if http1 { Start::Serve } else { Start::Refused })
+    Some(if http1 { Start::Http1 } else { Start::Refused })
 }
 
 /// Answer a connection that is not speaking HTTP/2 where HTTP/2 is due: SETTINGS, then
@@ -172,9 +174,9 @@ mod tests {
 
     #[test]
     fn first_bytes_are_judged_once_they_can_be() {
-        assert_eq!(judge(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Start::Serve));
-        assert_eq!(judge(b"POST /a?b HTTP/1.0\r\n"), Some(Start::Serve));
-        assert_eq!(judge(PREFACE), Some(Start::Serve));
+        assert_eq!(judge(b"GET / HTTP/1.1\r\nHost: x\r\n"), Some(Start::Http1));
+        assert_eq!(judge(b"POST /a?b HTTP/1.0\r\n"), Some(Start::Http1));
+        assert_eq!(judge(PREFACE), Some(Start::Http2));
         assert_eq!(
             judge(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
             Some(Start::Refused)

@@ -22,7 +22,7 @@ use crate::watch::DirWatcher;
 // ---------------------------------------------------------------------------------------
 
 /// Milliseconds on a monotonic clock (staleness must not jump with wall-clock changes).
-fn mono_ms() -> u64 {
+pub(super) fn mono_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -34,7 +34,7 @@ fn unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
-const NEVER: u64 = u64::MAX;
+pub(super) const NEVER: u64 = u64::MAX;
 
 // ---------------------------------------------------------------------------------------
 // Snapshot
@@ -99,15 +99,51 @@ struct Entry {
 
 /// An immutable view of every secret value. A request loads one `Arc<SecretSnapshot>` and
 /// uses it from start to end, so all its headers come from the same generation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SecretSnapshot {
     entries: HashMap<SecretRef, Arc<Entry>>,
+    /// Unique to this snapshot (never reused, unlike its address), so that what was
+    /// rendered from it can be recognised and reused while it is current.
+    generation: u64,
 }
 
 impl SecretSnapshot {
+    fn new(entries: HashMap<SecretRef, Arc<Entry>>) -> Self {
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+        SecretSnapshot {
+            entries,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// A snapshot with no values.
     pub fn empty() -> Self {
-        SecretSnapshot::default()
+        SecretSnapshot::new(HashMap::new())
+    }
+
+    /// This snapshot's generation: different for every snapshot ever made.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Until when (milliseconds on [`mono_ms`]) the values of `refs` may still be used
+    /// without asking [`SecretSnapshot::get`] again: the earliest moment one of them with a
+    /// `max_stale` limit turns stale; [`NEVER`] when none has a limit. A successful refresh
+    /// only moves that moment later, so the answer is safe to keep.
+    pub(super) fn fresh_until<'a>(&self, refs: impl IntoIterator<Item = &'a SecretRef>) -> u64 {
+        refs.into_iter()
+            .filter_map(|r| self.entries.get(r))
+            .filter_map(|e| {
+                let max = e.health.max_stale_ms?;
+                let last = e.health.last_ok_ms.load(Ordering::Acquire);
+                Some(if last == NEVER {
+                    0
+                } else {
+                    last.saturating_add(max)
+                })
+            })
+            .min()
+            .unwrap_or(NEVER)
     }
 
     /// A snapshot from fixed values that never go stale — for tests and benchmarks of code
@@ -121,7 +157,7 @@ impl SecretSnapshot {
                 (r, Arc::new(Entry { value, health }))
             })
             .collect();
-        SecretSnapshot { entries }
+        SecretSnapshot::new(entries)
     }
 
     /// The value of a reference. Fails with [`SecretsError::Stale`] once its provider has
@@ -332,7 +368,7 @@ impl Inner {
                     }),
                 );
             }
-            self.current.store(Arc::new(SecretSnapshot { entries }));
+            self.current.store(Arc::new(SecretSnapshot::new(entries)));
         }
         for (r, version) in &ok {
             if let Some(h) = self.health_of(r) {
@@ -603,7 +639,7 @@ impl SecretStore {
             for p in &inner.providers {
                 lock(&p.names).retain(|n| refs.contains(&SecretRef::new(&p.name, n)));
             }
-            inner.current.store(Arc::new(SecretSnapshot { entries }));
+            inner.current.store(Arc::new(SecretSnapshot::new(entries)));
         }
         Some(Ok(()))
     }

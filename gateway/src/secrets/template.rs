@@ -1,7 +1,9 @@
 //! `"Bearer ${vault:ml/inference#api_key}"`: literal text and references.
 
-use http::HeaderValue;
+use arc_swap::ArcSwapOption;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::store::{NEVER, mono_ms};
 use super::{SecretBytes, SecretRef, SecretSnapshot, SecretsError, header_unsafe};
 
 /// A string made of literal text and `${provider:name}` references; `$$` is a literal `$`.
@@ -116,13 +118,15 @@ impl Template {
 
     /// The references in this template, in order (duplicates kept).
     pub fn refs(&self) -> Vec<SecretRef> {
-        self.parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Ref(r) => Some(r.clone()),
-                Part::Lit(_) => None,
-            })
-            .collect()
+        self.ref_iter().cloned().collect()
+    }
+
+    /// The references in the template, borrowed.
+    fn ref_iter(&self) -> impl Iterator<Item = &SecretRef> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Ref(r) => Some(r),
+            Part::Lit(_) => None,
+        })
     }
 
     /// Whether the template has no references.
@@ -175,6 +179,83 @@ impl Template {
         };
         hv.set_sensitive(!self.is_literal());
         Ok(hv)
+    }
+}
+
+/// A route's injected headers: templates, and their values as last rendered.
+///
+/// Rendering (a lookup per reference, a copy, a validation) happens once per secret
+/// snapshot: requests that see the same snapshot reuse the values, which are shared
+/// buffers, not copies. A value whose reference has a `max_stale` limit is reused only
+/// until the moment it could turn stale; after that it is rendered again, which is where
+/// staleness is judged.
+#[derive(Debug, Default)]
+pub struct InjectedHeaders {
+    templates: Vec<(HeaderName, Template)>,
+    last: ArcSwapOption<Rendered>,
+}
+
+#[derive(Debug)]
+struct Rendered {
+    generation: u64,
+    /// `mono_ms()` after which the values must be rendered again (`NEVER`: not before
+    /// the next snapshot).
+    fresh_until: u64,
+    values: Vec<HeaderValue>,
+}
+
+impl InjectedHeaders {
+    /// Headers to inject, each rendered from its template.
+    pub fn new(templates: Vec<(HeaderName, Template)>) -> Self {
+        InjectedHeaders {
+            templates,
+            last: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Whether there is nothing to inject.
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    /// The header names (never the values).
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.templates.iter().map(|(n, _)| n)
+    }
+
+    /// Set every injected header in `headers` (replacing what was there) from `snap`'s
+    /// values. Fails, changing nothing, when a reference is stale or not loaded.
+    pub fn apply(
+        &self,
+        snap: &SecretSnapshot,
+        headers: &mut HeaderMap,
+    ) -> Result<(), SecretsError> {
+        let last = self.last.load();
+        if let Some(r) = last.as_deref()
+            && r.generation == snap.generation()
+            && (r.fresh_until == NEVER || mono_ms() <= r.fresh_until)
+        {
+            for ((name, _), v) in self.templates.iter().zip(&r.values) {
+                headers.insert(name.clone(), v.clone());
+            }
+            return Ok(());
+        }
+        drop(last);
+        let values = self
+            .templates
+            .iter()
+            .map(|(_, t)| t.render_header(snap))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fresh_until = snap.fresh_until(self.templates.iter().flat_map(|(_, t)| t.ref_iter()));
+        for ((name, _), v) in self.templates.iter().zip(&values) {
+            headers.insert(name.clone(), v.clone());
+        }
+        self.last.store(Some(std::sync::Arc::new(Rendered {
+            generation: snap.generation(),
+            fresh_until,
+            values,
+        })));
+        Ok(())
     }
 }
 

@@ -148,6 +148,54 @@ fn template_renders_and_marks_sensitive() {
 }
 
 #[test]
+fn injected_headers_are_rendered_once_per_snapshot_and_replace_the_clients() {
+    let injected = InjectedHeaders::new(vec![
+        (
+            http::HeaderName::from_static("authorization"),
+            Template::parse("Bearer ${file:tok}").unwrap(),
+        ),
+        (
+            http::HeaderName::from_static("x-key"),
+            Template::parse("${file:key}").unwrap(),
+        ),
+    ]);
+    let first = snap(&[("file", "tok", "t1"), ("file", "key", "k1")]);
+    let mut a = http::HeaderMap::new();
+    // A client's own values (and duplicates) under an injected name never survive.
+    a.append("authorization", "Bearer forged".parse().unwrap());
+    a.append("authorization", "Basic Zm9v".parse().unwrap());
+    injected.apply(&first, &mut a).unwrap();
+    assert_eq!(a.get_all("authorization").iter().count(), 1);
+    assert_eq!(a["authorization"], "Bearer t1");
+    assert_eq!(a["x-key"], "k1");
+    assert!(a["authorization"].is_sensitive());
+
+    // The same snapshot again: the very same buffers, not a new rendering.
+    let mut b = http::HeaderMap::new();
+    injected.apply(&first, &mut b).unwrap();
+    assert_eq!(
+        a["authorization"].as_bytes().as_ptr(),
+        b["authorization"].as_bytes().as_ptr()
+    );
+
+    // A rotation is a new snapshot: its values, at once.
+    let rotated = snap(&[("file", "tok", "t2"), ("file", "key", "k2")]);
+    assert_ne!(first.generation(), rotated.generation());
+    let mut c = http::HeaderMap::new();
+    injected.apply(&rotated, &mut c).unwrap();
+    assert_eq!(c["authorization"], "Bearer t2");
+    assert_eq!(c["x-key"], "k2");
+
+    // A snapshot without one of the values: an error naming it, and nothing set.
+    let partial = snap(&[("file", "tok", "t3")]);
+    let mut d = http::HeaderMap::new();
+    let e = injected.apply(&partial, &mut d).unwrap_err();
+    assert!(e.to_string().contains("${file:key}"), "{e}");
+    assert!(!e.to_string().contains("t3"));
+    assert!(d.is_empty());
+}
+
+#[test]
 fn redaction_in_debug_and_errors() {
     let v = SecretBytes::new(CANARY.as_bytes().to_vec());
     assert_eq!(format!("{v:?}"), "[redacted]");
@@ -516,6 +564,11 @@ async fn stale_after_max_stale_then_recovers() {
     let t = Template::parse("Bearer ${file:tok}").unwrap();
     assert_eq!(t.render_header(&store.snapshot()).unwrap(), "Bearer v1");
     assert!(store.is_ready());
+    // The proxy's path: values rendered once and reused while the snapshot is current.
+    let injected = InjectedHeaders::new(vec![(http::header::AUTHORIZATION, t.clone())]);
+    let mut h = http::HeaderMap::new();
+    injected.apply(&store.snapshot(), &mut h).unwrap();
+    assert_eq!(h["authorization"], "Bearer v1");
 
     // The mount disappears: the last-known-good value serves until max_stale…
     std::fs::rename(&d, tmp.path().join("gone")).unwrap();
@@ -545,6 +598,16 @@ async fn stale_after_max_stale_then_recovers() {
     );
     assert!(store.status()[0].stale);
     assert!(!store.is_ready());
+    // No new snapshot was made (the value did not change), so the reused rendering is of
+    // the current generation: it must still not outlive max_stale.
+    let mut h = http::HeaderMap::new();
+    assert_eq!(
+        injected.apply(&store.snapshot(), &mut h).unwrap_err(),
+        SecretsError::Stale {
+            reference: "${file:tok}".into()
+        }
+    );
+    assert!(h.is_empty(), "a failed injection sets nothing");
 
     // The mount comes back: fresh again.
     std::fs::rename(tmp.path().join("gone"), &d).unwrap();

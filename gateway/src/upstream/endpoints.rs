@@ -113,12 +113,14 @@ impl Endpoint {
     }
 
     /// Send a request on one of the calling worker's connections to this endpoint; its
-    /// URI as [`Upstream::target_uri`](super::Upstream::target_uri) makes it.
+    /// URI as [`Upstream::target_uri`](super::Upstream::target_uri) makes it. `now` is
+    /// the caller's clock reading for this attempt (kept connections expire against it).
     pub fn send(
         &self,
         req: http::Request<crate::http::ProxyBody>,
+        now: std::time::Instant,
     ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + '_ {
-        self.pools.get().send(req)
+        self.pools.get().send(req, now)
     }
 
     /// Start an attempt.

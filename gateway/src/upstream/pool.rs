@@ -246,8 +246,11 @@ impl Pool {
     /// Send `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) on a kept connection,
     /// or on a new one. A request a kept connection could not take because the upstream
     /// had closed it goes on a new connection.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
-        let now = Instant::now();
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        now: Instant,
+    ) -> Result<Response<Incoming>, SendError> {
         if self.dest.dialer.http2 {
             return self.send_h2(req, now).await;
         }

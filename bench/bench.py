@@ -182,6 +182,54 @@ def children_ticks() -> int:
     return round((ru.ru_utime + ru.ru_stime) * HZ)
 
 
+def idle_rss_three_plugins(tmp: Path, up: int) -> dict:
+    """RSS of an idle Warden (default workers, unpinned) with the demo's three plugins
+    (header-guard, network-isolation, api-key) precompiled in its cache: its resident
+    memory in all, anonymous, and file-backed (the binary's pages start-up touched, and
+    the mapped precompiled plugins). Each route is called once first, so every worker's
+    warm instances exist as they would in service."""
+    rel = PLUGIN.parent
+    port, admin = free_ports(2)
+    cfg = tmp / "idle-rss.toml"
+    cfg.write_text("\n".join([
+        "[gateway]", f'listen = "127.0.0.1:{port}"', "",
+        "[admin]", f'listen = "127.0.0.1:{admin}"', "",
+        "[policy]", f'cache_dir = "{tmp / "idle-rss-cache"}"', "",
+        "[secrets.file]", 'type = "dir"', f'path = "{tmp / "secrets"}"', "",
+        "[upstreams.up]", f'url = "http://127.0.0.1:{up}"', "",
+        "[plugins.header-guard]", f'file = "{rel / "header_guard.wasm"}"', "",
+        "[plugins.network-isolation]", f'file = "{rel / "network_isolation.wasm"}"', "",
+        "[plugins.api-key]", f'file = "{rel / "api_key.wasm"}"', "",
+        "[[routes]]", 'name = "api"', 'match = { path_prefix = "/api" }', 'upstream = "up"', "",
+        "[[routes.policies]]", 'plugin = "header-guard"',
+        'config = { strip = ["x-debug"], max_value_bytes = 8192 }', "",
+        "[[routes.policies]]", 'plugin = "network-isolation"',
+        'config = { rule_set = "api", allow = [ { cidr = "127.0.0.0/8" } ] }', "",
+        "[[routes]]", 'name = "keyed"', 'match = { path_prefix = "/" }', 'upstream = "up"', "",
+        "[[routes.policies]]", 'plugin = "api-key"', 'secrets = { client_key = "${file:key}" }',
+        'config = { header = "x-api-key", secret = "client_key" }', "",
+    ]))
+    env = dict(os.environ, RUST_LOG="warn")
+    out: dict = {}
+    for run in ("compile", "measure"):
+        p = spawn([str(WARDEN), "run", "--config", str(cfg)], cpus=None, env=env)
+        try:
+            wait_http(port, "/api/", p)
+            for path in ("/api/", "/"):
+                for _ in range(8):  # reach every worker
+                    http_get(port, path)
+            time.sleep(1.0)
+            if run == "measure":
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        k, _, v = line.partition(":")
+                        if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+                            out[k] = int(v.split()[0])
+        finally:
+            kill(p)
+    return out
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     rss = hwm = 0
     with open(f"/proc/{pid}/status") as f:
@@ -620,6 +668,8 @@ def main() -> int:
         # start-up time (before the load, nothing else running but the upstream)
         log("==> start-up time")
         startup = measure_startup(tmp, up, reps_warm=5, reps_cold=3)
+        log("==> idle RSS, three plugins")
+        startup["idle_rss"] = idle_rss_three_plugins(tmp, up)
 
         targets: list[Target] = [Target("direct", "upstream direct (nginx `return 200`)", up)]
 
@@ -960,6 +1010,12 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
         xs = startup[k]
         print(f"- {label}: {statistics.median(xs) * 1000:.0f} ms "
               f"(runs: {', '.join(f'{x * 1000:.0f}' for x in xs)} ms)")
+    r = startup.get("idle_rss")
+    if r:
+        print()
+        print(f"Idle RSS, three plugins precompiled (header-guard, network-isolation, api-key; "
+              f"default workers, {r.get('Threads', 0)} threads): {r['VmRSS'] / 1024:.1f} MiB, of which "
+              f"{r['RssAnon'] / 1024:.1f} MiB anonymous and {r['RssFile'] / 1024:.1f} MiB file-backed.")
     size = WARDEN.stat().st_size
     with tempfile.TemporaryDirectory() as td:
         s = Path(td) / "warden"

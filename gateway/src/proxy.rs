@@ -235,6 +235,8 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
+        // The connection first: it is what wakes this task almost every time.
+        biased;
         r = conn.as_mut() => return r,
         _ = drain.cancelled() => graceful_shutdown(conn.as_mut()),
     }

@@ -786,6 +786,10 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // The queue's slots are all written when it is made: the default 128,000 lines
+        // would keep 4 MiB resident for a diagnostic log that queues a handful. A burst
+        // past this many lines waits for the writer; none is dropped.
+        .buffered_lines_limit(8192)
         .thread_name("warden-log")
         // Buffered: the writer thread drains every line queued since its last write into
         // one `write`, and flushes whenever the queue is empty, so a busy proxy makes one

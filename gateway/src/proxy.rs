@@ -402,7 +402,8 @@ pub(crate) async fn handle(
     }
     let status = resp.status();
     let class = MethodClass::of(&ex.method);
-    let head_out = ex.started.elapsed();
+    // Read once when the upstream's head came, unless a response policy ran after it.
+    let head_out = ex.response_time.unwrap_or_else(|| ex.started.elapsed());
     ex.response_time = Some(head_out);
     let elapsed = head_out.as_secs_f64();
     let source = if ex.flag.is_some() {
@@ -889,8 +890,12 @@ async fn pipeline(
             tokio::time::sleep(policy.backoff).await;
         }
     };
-    let took = sent.elapsed();
+    // One clock reading for the response head: the upstream's time and (unless a response
+    // policy reads the body first) the time to the head the client gets.
+    let head_at = Instant::now();
+    let took = head_at.duration_since(sent);
     ex.upstream_time = Some(took);
+    ex.response_time = Some(head_at.duration_since(ex.started));
     upstream.duration.observe(took.as_secs_f64());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -954,6 +959,8 @@ async fn pipeline(
                 client,
                 body: seen.body.as_ref(),
             };
+            // The head goes out after the policies have read the body.
+            ex.response_time = None;
             // The route's timeout bounds reading the response for its policies too.
             match tokio::time::timeout(
                 route.timeout,

@@ -621,10 +621,9 @@ async fn pipeline(
             decided_by: None,
             steps: ex.trace.as_ref().map(|_| Vec::new()),
         };
-        let decision = route
-            .chain
-            .evaluate_with(&preq, &secrets, &mut report)
-            .await;
+        // Boxed: the chain's state (kilobytes) would otherwise be part of every request's
+        // future, copied whole when the request starts, on routes without policies too.
+        let decision = Box::pin(route.chain.evaluate_with(&preq, &secrets, &mut report)).await;
         ex.policy = report.decided_by;
         if let (Some(t), Some(steps)) = (&ex.trace, report.steps) {
             for st in steps {

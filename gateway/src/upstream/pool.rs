@@ -252,7 +252,8 @@ impl Pool {
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         if self.dest.dialer.http2 {
-            return self.send_h2(req, now).await;
+            // Boxed, like connecting: HTTP/1.1 requests do not carry its state.
+            return Box::pin(self.send_h2(req, now)).await;
         }
         let req = match self.checkout_h1(now) {
             Some(mut tx) => match tx.try_send_request(req).await {

@@ -166,6 +166,28 @@ impl Gateway {
             .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
     }
 
+    /// Once a second, drop the injected header values that routes rendered from a secret
+    /// snapshot that is no longer current (a rotated value must not stay in memory because
+    /// its route is idle), until shutdown.
+    pub fn spawn_injected_sweep(self: &Arc<Self>) {
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = gw.shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let snap = gw.current();
+                let generation = snap.secrets.snapshot().generation();
+                for route in &snap.routes {
+                    route.inject.forget_unless(generation);
+                }
+            }
+        });
+    }
+
     /// Reload on SIGHUP and when a watched file changes (debounced), until shutdown.
     pub fn spawn_reload_triggers(self: &Arc<Self>) {
         let gw = self.clone();

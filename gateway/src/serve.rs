@@ -55,6 +55,7 @@ pub async fn serve(gw: Arc<Gateway>, opts: ServeOptions) -> anyhow::Result<()> {
     }
 
     gw.spawn_reload_triggers();
+    gw.spawn_injected_sweep();
     let shutdown: CancellationToken = gw.shutdown.clone();
     tokio::spawn({
         let shutdown = shutdown.clone();

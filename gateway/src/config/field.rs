@@ -81,10 +81,16 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// A duration written as `"5s"`, `"250ms"`, `"1h"`.
+/// A duration written as `"5s"`, `"250ms"`, `"1h"`. At most 100 years: deadlines are
+/// clock readings plus a duration, and a longer one would overflow the clock.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"5s\", \"250ms\")"))
+    const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"5s\", \"250ms\")"))?;
+    if d > MAX {
+        return Err(format!("duration {s:?} is longer than 100 years"));
+    }
+    Ok(d)
 }
 
 /// A size written as `"16MiB"`, `"64KiB"`, `"1024"`.
@@ -133,5 +139,23 @@ pub mod de {
         #[derive(Deserialize)]
         struct W(#[serde(deserialize_with = "size")] u64);
         Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_absurd_ones_are_refused() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        // A deadline is a clock reading plus the duration: one that would overflow the
+        // clock is refused when the config is read, not a panic on a request.
+        let e = parse_duration("500000000years").unwrap_err();
+        assert!(e.contains("longer than 100 years"), "{e}");
+        assert!(parse_duration("99years").is_ok());
+        assert!(parse_duration("soon").is_err());
     }
 }

@@ -188,7 +188,9 @@ impl Template {
 /// snapshot: requests that see the same snapshot reuse the values, which are shared
 /// buffers, not copies. A value whose reference has a `max_stale` limit is reused only
 /// until the moment it could turn stale; after that it is rendered again, which is where
-/// staleness is judged.
+/// staleness is judged. `HeaderValue`s are not zeroized, so values of a replaced snapshot
+/// are dropped by [`InjectedHeaders::forget_unless`] rather than kept until the route's
+/// next request.
 #[derive(Debug, Default)]
 pub struct InjectedHeaders {
     templates: Vec<(HeaderName, Template)>,
@@ -221,6 +223,17 @@ impl InjectedHeaders {
     /// The header names (never the values).
     pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
         self.templates.iter().map(|(n, _)| n)
+    }
+
+    /// Drop the values last rendered unless they came from snapshot `generation` (the
+    /// current one): after a rotation, a route that sees no request does not keep the
+    /// previous values.
+    pub fn forget_unless(&self, generation: u64) {
+        let last = self.last.load();
+        if last.as_deref().is_some_and(|r| r.generation != generation) {
+            // Only what was looked at: a rendering stored meanwhile is of a newer snapshot.
+            self.last.compare_and_swap(&*last, None);
+        }
     }
 
     /// Set every injected header in `headers` (replacing what was there) from `snap`'s

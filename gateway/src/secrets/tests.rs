@@ -186,6 +186,26 @@ fn injected_headers_are_rendered_once_per_snapshot_and_replace_the_clients() {
     assert_eq!(c["authorization"], "Bearer t2");
     assert_eq!(c["x-key"], "k2");
 
+    // The sweep after a rotation drops values of any other snapshot (an idle route keeps
+    // no rotated-out secret), and leaves the current snapshot's.
+    injected.forget_unless(rotated.generation());
+    let mut again = http::HeaderMap::new();
+    injected.apply(&rotated, &mut again).unwrap();
+    assert_eq!(
+        again["authorization"].as_bytes().as_ptr(),
+        c["authorization"].as_bytes().as_ptr(),
+        "the current snapshot's values are kept"
+    );
+    injected.forget_unless(first.generation() + 1_000_000);
+    let mut fresh = http::HeaderMap::new();
+    injected.apply(&rotated, &mut fresh).unwrap();
+    assert_eq!(fresh["authorization"], "Bearer t2");
+    assert_ne!(
+        fresh["authorization"].as_bytes().as_ptr(),
+        c["authorization"].as_bytes().as_ptr(),
+        "values of another generation are dropped and rendered again"
+    );
+
     // A snapshot without one of the values: an error naming it, and nothing set.
     let partial = snap(&[("file", "tok", "t3")]);
     let mut d = http::HeaderMap::new();

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -800,7 +800,7 @@ impl PolicyHost {
         let componentized;
         let bytes = match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                componentized = componentize(bytes)?;
+                componentized = componentize_cached(bytes, sha256, self.cache_dir.as_deref())?;
                 &componentized[..]
             }
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => bytes,
@@ -975,10 +975,13 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = cache_dir {
-        match std::fs::create_dir_all(dir) {
+        // wasmtime's cache gets a directory of its own: its clean-up removes whatever in
+        // its directory it did not write, such as the componentized plugins beside it.
+        let compiled = dir.join("compiled");
+        match std::fs::create_dir_all(&compiled) {
             Ok(()) => {
                 let mut cc = wasmtime::CacheConfig::new();
-                cc.with_directory(dir);
+                cc.with_directory(compiled);
                 cfg.cache(Some(
                     wasmtime::Cache::new(cc)
                         .map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?,
@@ -1033,6 +1036,79 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
                  warden:policy world ({e:#}); build the plugin with warden-sdk for \
                  --target wasm32-unknown-unknown or wasm32-wasip2"
             )
+        })
+}
+
+/// [`componentize`], kept in the plugin cache beside wasmtime's compiled artifacts (in
+/// `components/`, apart from wasmtime's `compiled/`, which it cleans up itself), keyed
+/// by the core module's SHA-256 (which the config may pin) and this build's version. A
+/// start with a warm cache then skips wit-component's validation and encoding, and the
+/// pages of code that do them, which would otherwise stay resident.
+///
+/// The directory is trusted as wasmtime's cache in it is (that one holds native code).
+/// Each entry still begins with the SHA-256 of the component after it, so a torn or
+/// corrupted entry is noticed and made again, never loaded. A cache that cannot be
+/// written costs only the time to componentize.
+fn componentize_cached(
+    module: &[u8],
+    module_sha256: &str,
+    cache_dir: Option<&Path>,
+) -> Result<Vec<u8>, String> {
+    let Some(dir) = cache_dir else {
+        return componentize(module);
+    };
+    let path = component_cache_path(dir, module_sha256);
+    if let Some(component) = std::fs::read(&path).ok().and_then(cache_entry_component) {
+        return Ok(component);
+    }
+    let component = componentize(module)?;
+    if let Err(e) = write_cache_entry(&path, &component) {
+        tracing::debug!(path = %path.display(), error = %e, "componentized plugin not cached");
+    }
+    Ok(component)
+}
+
+/// Where the component made from the core module with this SHA-256 is cached.
+pub(crate) fn component_cache_path(cache_dir: &Path, module_sha256: &str) -> PathBuf {
+    cache_dir.join("components").join(format!(
+        "{module_sha256}-{}.component",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// The component in a cache entry, if the entry is whole.
+fn cache_entry_component(mut entry: Vec<u8>) -> Option<Vec<u8>> {
+    const DIGEST: usize = 32;
+    if entry.len() <= DIGEST {
+        return None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &entry[DIGEST..]);
+    if digest.as_ref() != &entry[..DIGEST] {
+        return None;
+    }
+    entry.drain(..DIGEST);
+    Some(entry)
+}
+
+/// Write an entry under a unique name and rename it into place, so a reader never sees a
+/// part of one and two loads of the same module never interleave their writes.
+fn write_cache_entry(path: &Path, component: &[u8]) -> std::io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let digest = ring::digest::digest(&ring::digest::SHA256, component);
+    let mut entry = Vec::with_capacity(digest.as_ref().len() + component.len());
+    entry.extend_from_slice(digest.as_ref());
+    entry.extend_from_slice(component);
+    std::fs::write(&tmp, &entry)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
         })
 }
 

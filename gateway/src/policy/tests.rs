@@ -866,6 +866,85 @@ fn precompiled_artifacts_are_cached_on_disk() {
     );
 }
 
+#[test]
+fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PolicySettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 4,
+        ..PolicySettings::default()
+    };
+    let sha256 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+    let module = std::fs::read(wasm("header_guard")).unwrap();
+    assert_eq!(
+        &module[4..8],
+        [1, 0, 0, 0],
+        "the demo plugins are core modules"
+    );
+    let entry = super::host::component_cache_path(dir.path(), &hex::encode(sha256(&module)));
+    let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
+    // Each load is a new host, as after a restart: nothing is kept in memory between them.
+    let load = || -> Result<(), Vec<String>> {
+        PolicyHost::new(&settings, Path::new("/"))
+            .unwrap()
+            .load(&plugins, Path::new("/"))
+            .map(|_| ())
+            .map_err(|e| {
+                e.into_iter()
+                    .map(|(n, e)| format!("{n}.{}: {}", e.key, e.reason))
+                    .collect()
+            })
+    };
+
+    load().unwrap();
+    let made = std::fs::read(&entry).expect("the componentized plugin is cached");
+    assert_eq!(
+        &made[..32],
+        sha256(&made[32..]).as_ref(),
+        "entry = digest ++ component"
+    );
+    assert_eq!(&made[32..36], b"\0asm");
+    assert_eq!(&made[38..40], [1, 0], "a component, not the core module");
+
+    // A restart loads what the entry holds, without componentizing the module again: an
+    // entry holding another (whole, correctly digested) component is what gets checked.
+    let other = std::fs::read(wasm("wrong_world")).unwrap();
+    std::fs::write(&entry, [sha256(&other).as_ref(), &other[..]].concat()).unwrap();
+    let e = load().unwrap_err();
+    assert!(e[0].starts_with("hg.file: wrong world"), "{e:?}");
+
+    // A damaged entry (one flipped byte, or torn short) is never loaded: it is made again.
+    let mut flipped = made.clone();
+    let mid = 32 + (flipped.len() - 32) / 2;
+    flipped[mid] ^= 0x40;
+    for damaged in [
+        flipped,
+        made[..20].to_vec(),
+        made[..made.len() - 1].to_vec(),
+        Vec::new(),
+    ] {
+        std::fs::write(&entry, &damaged).unwrap();
+        load().unwrap();
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            made,
+            "the entry is written whole again"
+        );
+    }
+
+    // No cache directory: nothing is written, and the plugin still loads.
+    let off = PolicySettings {
+        cache: false,
+        ..settings.clone()
+    };
+    std::fs::remove_file(&entry).unwrap();
+    PolicyHost::new(&off, Path::new("/"))
+        .unwrap()
+        .load(&plugins, Path::new("/"))
+        .unwrap();
+    assert!(!entry.exists());
+}
+
 fn walk(p: &Path) -> usize {
     std::fs::read_dir(p)
         .map(|rd| {

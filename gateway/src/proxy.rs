@@ -135,28 +135,34 @@ async fn serve_plaintext(
     limits: &ConnLimits,
     drain: &CancellationToken,
 ) -> hyper::Result<()> {
-    let client = Arc::new(ClientInfo {
-        addr: peer,
-        ip: ClientInfo::ip_value(peer),
-        tls: false,
-        sni: None,
-        uri_sans: vec![],
-        dns_sans: vec![],
-    });
+    // The connection's protocol is settled before anything is made for it, so a refused
+    // or abandoned connection costs no client record and no service.
     let start = Box::pin(preface::classify(&stream, limits.header_read_timeout)).await;
-    let svc = service(gw, client);
-    let io = TokioIo::new(stream);
+    let svc = move || {
+        let client = Arc::new(ClientInfo {
+            addr: peer,
+            ip: ClientInfo::ip_value(peer),
+            tls: false,
+            sni: None,
+            uri_sans: vec![],
+            dns_sans: vec![],
+        });
+        service(gw, client)
+    };
     match start {
         preface::Start::Http1 => {
-            let conn = limits.http1().serve_connection(io, svc).with_upgrades();
+            let conn = limits
+                .http1()
+                .serve_connection(TokioIo::new(stream), svc())
+                .with_upgrades();
             until_drained(conn, drain, |c| c.graceful_shutdown()).await
         }
         preface::Start::Http2 => {
-            let conn = limits.http2().serve_connection(io, svc);
+            let conn = limits.http2().serve_connection(TokioIo::new(stream), svc());
             Box::pin(until_drained(conn, drain, |c| c.graceful_shutdown())).await
         }
         preface::Start::Refused => {
-            preface::refuse(io.into_inner()).await;
+            preface::refuse(stream).await;
             Ok(())
         }
         preface::Start::Gone => Ok(()),

@@ -195,6 +195,34 @@ pub enum AccessField {
     Complete,
 }
 
+/// The key of each access-log field, and the pieces the line is written with: the key with
+/// its separator and colon (JSON) or space and `=` (text) in one string, so a field costs
+/// one copy before its value rather than three.
+macro_rules! access_field_keys {
+    ($($field:ident => $key:literal,)*) => {
+        /// The key in the line.
+        pub fn key(self) -> &'static str {
+            match self {
+                $(AccessField::$field => $key,)*
+            }
+        }
+
+        /// `,"key":`, what precedes the field's value in a JSON line.
+        pub fn json_prefix(self) -> &'static str {
+            match self {
+                $(AccessField::$field => concat!(",\"", $key, "\":"),)*
+            }
+        }
+
+        /// ` key=`, what precedes the field's value in a text line.
+        pub fn text_prefix(self) -> &'static str {
+            match self {
+                $(AccessField::$field => concat!(" ", $key, "="),)*
+            }
+        }
+    };
+}
+
 impl AccessField {
     /// Every field, in the default order.
     pub const ALL: [AccessField; 25] = [
@@ -230,35 +258,32 @@ impl AccessField {
         Self::ALL.to_vec()
     }
 
-    /// The key in the line.
-    pub fn key(self) -> &'static str {
-        match self {
-            AccessField::Timestamp => "timestamp",
-            AccessField::RequestId => "request_id",
-            AccessField::TraceId => "trace_id",
-            AccessField::Client => "client",
-            AccessField::ForwardedFor => "forwarded_for",
-            AccessField::Protocol => "protocol",
-            AccessField::TlsIdentity => "tls_identity",
-            AccessField::Route => "route",
-            AccessField::Method => "method",
-            AccessField::Path => "path",
-            AccessField::Status => "status",
-            AccessField::Verdict => "verdict",
-            AccessField::Policy => "policy",
-            AccessField::Flag => "flag",
-            AccessField::Reason => "reason",
-            AccessField::Upstream => "upstream",
-            AccessField::Endpoint => "endpoint",
-            AccessField::Attempts => "attempts",
-            AccessField::BytesIn => "bytes_in",
-            AccessField::BytesOut => "bytes_out",
-            AccessField::RequestMs => "request_ms",
-            AccessField::ResponseMs => "response_ms",
-            AccessField::UpstreamMs => "upstream_ms",
-            AccessField::DurationMs => "duration_ms",
-            AccessField::Complete => "complete",
-        }
+    access_field_keys! {
+        Timestamp => "timestamp",
+        RequestId => "request_id",
+        TraceId => "trace_id",
+        Client => "client",
+        ForwardedFor => "forwarded_for",
+        Protocol => "protocol",
+        TlsIdentity => "tls_identity",
+        Route => "route",
+        Method => "method",
+        Path => "path",
+        Status => "status",
+        Verdict => "verdict",
+        Policy => "policy",
+        Flag => "flag",
+        Reason => "reason",
+        Upstream => "upstream",
+        Endpoint => "endpoint",
+        Attempts => "attempts",
+        BytesIn => "bytes_in",
+        BytesOut => "bytes_out",
+        RequestMs => "request_ms",
+        ResponseMs => "response_ms",
+        UpstreamMs => "upstream_ms",
+        DurationMs => "duration_ms",
+        Complete => "complete",
     }
 }
 
@@ -272,6 +297,8 @@ mod tests {
             let parsed: AccessField =
                 serde_json::from_value(serde_json::Value::String(f.key().into())).unwrap();
             assert_eq!(parsed, f);
+            assert_eq!(f.json_prefix(), format!(",\"{}\":", f.key()));
+            assert_eq!(f.text_prefix(), format!(" {}=", f.key()));
         }
     }
 

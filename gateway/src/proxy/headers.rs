@@ -4,7 +4,9 @@
 use http::header::{CONNECTION, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 
-use crate::http::{ClientInfo, is_hop_by_hop};
+use crate::http::ClientInfo;
+#[cfg(test)]
+use crate::http::is_hop_by_hop;
 
 /// Request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -25,6 +27,34 @@ pub const METHOD_OVERRIDE: [HeaderName; 3] = [
 /// that `Upgrade` value and `Connection: upgrade` so the upgrade reaches the other side.
 /// `TE: trailers` is kept: gRPC needs it end to end and it asks nothing of the proxy.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // `Connection` and `TE` are hop-by-hop themselves, so a map without any hop-by-hop
+    // name (most requests, once a client stops sending `Connection: keep-alive`) has
+    // nothing to strip: one pass over the names, no list made.
+    if h.keys().any(|k| is_hop_by_hop_lowercase(k.as_str())) {
+        strip_named_and_hop_by_hop(h);
+    }
+    if let Some(u) = upgrade {
+        h.insert(UPGRADE, u);
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// [`is_hop_by_hop`] for a name known to be lowercase, as every name in a `HeaderMap` is:
+/// compared as it is, which the compiler turns into a length switch and one comparison.
+fn is_hop_by_hop_lowercase(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    ) || name.starts_with("proxy-")
+}
+
+fn strip_named_and_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
@@ -45,15 +75,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     }
     let to_remove: Vec<HeaderName> = h
         .keys()
-        .filter(|k| is_hop_by_hop(k.as_str()))
+        .filter(|k| is_hop_by_hop_lowercase(k.as_str()))
         .cloned()
         .collect();
     for n in to_remove {
         h.remove(n);
-    }
-    if let Some(u) = upgrade {
-        h.insert(UPGRADE, u);
-        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if te_trailers {
         h.insert(TE, HeaderValue::from_static("trailers"));
@@ -230,6 +256,48 @@ mod tests {
         strip_hop_by_hop(&mut h, Some(HeaderValue::from_static("websocket")));
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+
+        // Nothing hop-by-hop: nothing goes, and an upgrade is still sent on.
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.append("x-keep", HeaderValue::from_static("2"));
+        h.insert("proxy", HeaderValue::from_static("not a proxy- header"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 3, "{h:?}");
+        strip_hop_by_hop(&mut h, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(h.len(), 5, "{h:?}");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn lowercase_hop_by_hop_check_agrees_with_the_case_insensitive_one() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-",
+            "proxy-x",
+            "te",
+            "trailer",
+            "trailers",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+            "proxy",
+            "x-te",
+            "t",
+            "host",
+            "content-length",
+            "keep-alive2",
+            "",
+            "upgrade-insecure-requests",
+        ] {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).map(|n| n.to_string());
+            let name = parsed.as_deref().unwrap_or(name);
+            assert_eq!(is_hop_by_hop_lowercase(name), is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]

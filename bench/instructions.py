@@ -3,14 +3,16 @@
 not move with the machine's load, for A/B comparisons of builds on a noisy shared VM
 (where CPU time per request moves by ±15 % between rounds of the same binary).
 
-    python3 bench/instructions.py [--requests N] [--mode none|chain] BIN [BIN ...]
+    python3 bench/instructions.py [--requests N] [--mode none|info|chain] BIN [BIN ...]
 
 Each binary runs under `valgrind --tool=callgrind` in front of an nginx upstream on
 127.0.0.1; h2load sends 500 warm-up requests over 8 keep-alive connections, the counters
 are zeroed, N more requests are sent, and the counters dumped: instructions / N, every
 thread of the process included. `chain` is the network-isolation ×20 rules chain plus one
-injected secret, as in bench.py's `w-secret`; under valgrind the plugin pool is capped at 8
-instances (valgrind cannot reserve the default pool's address space).
+injected secret, as in bench.py's `w-secret`; `info` is `none` with RUST_LOG=info (the
+access log on, as in `w-none-info`), so `info` − `none` is the access log's cost. Under
+valgrind the plugin pool is capped at 8 instances (valgrind cannot reserve the default
+pool's address space).
 
 What it counts is instructions, not time: it sees copies, allocation and parsing work, not
 cache misses, system calls or scheduling (those need bench.py). Needs valgrind
@@ -42,7 +44,7 @@ def count(binary: Path, mode: str, n: int, tmp: Path, up: int) -> tuple[float, i
     with open(tmp / f"{binary.name}-{mode}.valgrind.log", "wb") as log:
         p = bench.spawn(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(binary), "run", "--config", str(cfg)],
-            cpus=None, env=dict(os.environ, RUST_LOG="warn"), stderr=log,
+            cpus=None, env=dict(os.environ, RUST_LOG="info" if mode == "info" else "warn"), stderr=log,
         )
     try:
         bench.wait_http(port, "/", p, timeout=180)
@@ -73,7 +75,8 @@ def count(binary: Path, mode: str, n: int, tmp: Path, up: int) -> tuple[float, i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--mode", action="append", choices=["none", "chain"], help="default: both")
+    ap.add_argument("--mode", action="append", choices=["none", "info", "chain"],
+                    help="default: none and chain")
     ap.add_argument("binaries", nargs="+", type=Path)
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "nginx", "h2load"):

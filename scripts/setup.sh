@@ -19,6 +19,9 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# bench/instructions.py: callgrind counts instructions per request, h2load sends them.
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 # jemalloc, the gateway's allocator, is C built with make (tikv-jemalloc-sys).
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 # The registry-free image (scripts/image.sh): musl's gcc wrapper for ring's and jemalloc's

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1046,9 +1046,10 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
 /// pages of code that do them, which would otherwise stay resident.
 ///
 /// The directory is trusted as wasmtime's cache in it is (that one holds native code).
-/// Each entry still begins with the SHA-256 of the component after it, so a torn or
-/// corrupted entry is noticed and made again, never loaded. A cache that cannot be
-/// written costs only the time to componentize.
+/// Each entry still begins with a SHA-256 over the module's hash and the component after
+/// it, so a torn or corrupted entry, or one made from another module, is noticed and made
+/// again, never loaded. A cache that cannot be written costs only the time to
+/// componentize.
 fn componentize_cached(
     module: &[u8],
     module_sha256: &str,
@@ -1058,11 +1059,14 @@ fn componentize_cached(
         return componentize(module);
     };
     let path = component_cache_path(dir, module_sha256);
-    if let Some(component) = std::fs::read(&path).ok().and_then(cache_entry_component) {
+    if let Some(component) = std::fs::read(&path)
+        .ok()
+        .and_then(|entry| cache_entry_component(entry, module_sha256))
+    {
         return Ok(component);
     }
     let component = componentize(module)?;
-    if let Err(e) = write_cache_entry(&path, &component) {
+    if let Err(e) = write_cache_entry(&path, module_sha256, &component) {
         tracing::debug!(path = %path.display(), error = %e, "componentized plugin not cached");
     }
     Ok(component)
@@ -1076,13 +1080,22 @@ pub(crate) fn component_cache_path(cache_dir: &Path, module_sha256: &str) -> Pat
     ))
 }
 
-/// The component in a cache entry, if the entry is whole.
-fn cache_entry_component(mut entry: Vec<u8>) -> Option<Vec<u8>> {
+/// The digest an entry begins with: SHA-256 over the module's hash (hex) and the
+/// component, binding the component to the module it was made from.
+pub(crate) fn cache_entry_digest(module_sha256: &str, component: &[u8]) -> ring::digest::Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(module_sha256.as_bytes());
+    ctx.update(component);
+    ctx.finish()
+}
+
+/// The component in a cache entry, if the entry is whole and was made from this module.
+fn cache_entry_component(mut entry: Vec<u8>, module_sha256: &str) -> Option<Vec<u8>> {
     const DIGEST: usize = 32;
     if entry.len() <= DIGEST {
         return None;
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, &entry[DIGEST..]);
+    let digest = cache_entry_digest(module_sha256, &entry[DIGEST..]);
     if digest.as_ref() != &entry[..DIGEST] {
         return None;
     }
@@ -1090,22 +1103,27 @@ fn cache_entry_component(mut entry: Vec<u8>) -> Option<Vec<u8>> {
     Some(entry)
 }
 
-/// Write an entry under a unique name and rename it into place, so a reader never sees a
-/// part of one and two loads of the same module never interleave their writes.
-fn write_cache_entry(path: &Path, component: &[u8]) -> std::io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Write an entry into a new file of a random name (created exclusively, so no other
+/// writer, in this process or another sharing the directory, can write into it) and
+/// rename it into place, so a reader never sees part of one.
+fn write_cache_entry(path: &Path, module_sha256: &str, component: &[u8]) -> std::io::Result<()> {
+    use ring::rand::SecureRandom as _;
+    use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let digest = ring::digest::digest(&ring::digest::SHA256, component);
-    let mut entry = Vec::with_capacity(digest.as_ref().len() + component.len());
-    entry.extend_from_slice(digest.as_ref());
-    entry.extend_from_slice(component);
-    std::fs::write(&tmp, &entry)
+    let mut name = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut name)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary name"))?;
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(name)));
+    let digest = cache_entry_digest(module_sha256, component);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    // From here the file is ours: removed again if it does not become the entry.
+    file.write_all(digest.as_ref())
+        .and_then(|()| file.write_all(component))
         .and_then(|()| std::fs::rename(&tmp, path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);

@@ -898,26 +898,39 @@ fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
 
     load().unwrap();
     let made = std::fs::read(&entry).expect("the componentized plugin is cached");
+    let module_sha = hex::encode(sha256(&module));
+    let digest = |component: &[u8]| super::host::cache_entry_digest(&module_sha, component);
     assert_eq!(
         &made[..32],
-        sha256(&made[32..]).as_ref(),
+        digest(&made[32..]).as_ref(),
         "entry = digest ++ component"
     );
     assert_eq!(&made[32..36], b"\0asm");
     assert_eq!(&made[38..40], [1, 0], "a component, not the core module");
+    let files = || std::fs::read_dir(entry.parent().unwrap()).unwrap().count();
+    assert_eq!(files(), 1, "no temporary file is left");
 
     // A restart loads what the entry holds, without componentizing the module again: an
-    // entry holding another (whole, correctly digested) component is what gets checked.
+    // entry holding another component, digested for this module, is what gets checked.
     let other = std::fs::read(wasm("wrong_world")).unwrap();
-    std::fs::write(&entry, [sha256(&other).as_ref(), &other[..]].concat()).unwrap();
+    std::fs::write(&entry, [digest(&other).as_ref(), &other[..]].concat()).unwrap();
     let e = load().unwrap_err();
     assert!(e[0].starts_with("hg.file: wrong world"), "{e:?}");
 
-    // A damaged entry (one flipped byte, or torn short) is never loaded: it is made again.
+    // An entry made from another module (whole, but moved or written under this module's
+    // name), one digested without the module's hash, and a damaged one (a flipped byte,
+    // torn short) are never loaded: each is made again.
+    let moved = {
+        let d = super::host::cache_entry_digest(&hex::encode(sha256(b"another")), &other);
+        [d.as_ref(), &other[..]].concat()
+    };
+    let unbound = [sha256(&made[32..]).as_ref(), &made[32..]].concat();
     let mut flipped = made.clone();
     let mid = 32 + (flipped.len() - 32) / 2;
     flipped[mid] ^= 0x40;
     for damaged in [
+        moved,
+        unbound,
         flipped,
         made[..20].to_vec(),
         made[..made.len() - 1].to_vec(),

@@ -537,10 +537,10 @@ impl PolicyHost {
             .collect();
 
         let cache_dir = if settings.cache {
-            Some(match &settings.cache_dir {
-                Some(d) => base_dir.join(d),
+            match &settings.cache_dir {
+                Some(d) => Some(base_dir.join(d)),
                 None => default_cache_dir(),
-            })
+            }
         } else {
             None
         };
@@ -1130,15 +1130,39 @@ fn write_cache_entry(path: &Path, module_sha256: &str, component: &[u8]) -> std:
         })
 }
 
-/// `$XDG_CACHE_HOME/warden`, `$HOME/.cache/warden`, or a temp-dir fallback.
-pub(crate) fn default_cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/warden`, `$HOME/.cache/warden`, or, with neither set, a directory of
+/// this user's own in the temp dir ([`private_cache_dir_in`]).
+pub(crate) fn default_cache_dir() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("warden");
+        return Some(PathBuf::from(x).join("warden"));
     }
     if let Some(h) = std::env::var_os("HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(h).join(".cache").join("warden");
+        return Some(PathBuf::from(h).join(".cache").join("warden"));
     }
-    std::env::temp_dir().join("warden-cache")
+    private_cache_dir_in(&std::env::temp_dir())
+}
+
+/// `DIR/warden-cache-UID`, made private to this user. The cache holds native code, and a
+/// shared temp dir lets any local user make that path first, so it is used only when it
+/// is a directory (not a link) that this user owns and no one else can write to; else
+/// there is no cache and plugins are compiled at every start.
+pub(crate) fn private_cache_dir_in(tmp: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    // The process's effective user owns `/proc/self`.
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let dir = tmp.join(format!("warden-cache-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let private = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0);
+    if !private {
+        tracing::warn!(
+            dir = %dir.display(),
+            "no private plugin cache directory (another user can write to this one): plugins \
+             will be compiled at every start; set [policy] cache_dir"
+        );
+        return None;
+    }
+    Some(dir)
 }
 
 /// Link the WASI interfaces a `wasm32-wasip2` std may import, backed by [`deny_all_wasi`].

@@ -958,6 +958,28 @@ fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
     assert!(!entry.exists());
 }
 
+#[test]
+fn the_temp_dir_cache_is_used_only_when_it_is_this_users_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = super::host::private_cache_dir_in(tmp.path()).expect("made private");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert_eq!(
+        super::host::private_cache_dir_in(tmp.path()),
+        Some(dir.clone())
+    );
+
+    // Another user could have made it first: writable by others, or a link elsewhere.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(super::host::private_cache_dir_in(tmp.path()), None);
+    std::fs::remove_dir(&dir).unwrap();
+    let elsewhere = tmp.path().join("planted");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    assert_eq!(super::host::private_cache_dir_in(tmp.path()), None);
+}
+
 fn walk(p: &Path) -> usize {
     std::fs::read_dir(p)
         .map(|rd| {

@@ -88,6 +88,13 @@ pub fn is_hop_by_hop(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// [`is_hop_by_hop`] for a name known to be lowercase, as every name in a `HeaderMap` is:
+/// the same list, compared exactly (length, then bytes) instead of folding case, since it
+/// runs over every header of every request and response.
+pub fn is_hop_by_hop_lowercase(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || name.starts_with("proxy-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_hop_by_hop;

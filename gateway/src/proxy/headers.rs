@@ -4,9 +4,7 @@
 use http::header::{CONNECTION, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 
-use crate::http::ClientInfo;
-#[cfg(test)]
-use crate::http::is_hop_by_hop;
+use crate::http::{ClientInfo, is_hop_by_hop_lowercase};
 
 /// Request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,21 +35,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         h.insert(UPGRADE, u);
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// [`is_hop_by_hop`] for a name known to be lowercase, as every name in a `HeaderMap` is:
-/// compared as it is, which the compiler turns into a length switch and one comparison.
-fn is_hop_by_hop_lowercase(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
-    ) || name.starts_with("proxy-")
 }
 
 fn strip_named_and_hop_by_hop(h: &mut HeaderMap) {
@@ -296,7 +279,11 @@ mod tests {
         ] {
             let parsed = HeaderName::from_bytes(name.as_bytes()).map(|n| n.to_string());
             let name = parsed.as_deref().unwrap_or(name);
-            assert_eq!(is_hop_by_hop_lowercase(name), is_hop_by_hop(name), "{name}");
+            assert_eq!(
+                is_hop_by_hop_lowercase(name),
+                crate::http::is_hop_by_hop(name),
+                "{name}"
+            );
         }
     }
 

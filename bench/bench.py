@@ -545,7 +545,9 @@ def idle_conn_memory(proc: subprocess.Popen, port: int, n: int = 5000) -> float:
 
 def rate_load(port: int, rate: int, cpu: str | None) -> dict:
     """Latency at a fixed request rate (10 keep-alive connections, 0.5 s warm-up, 3 s
-    measured, latency counted from when each request was due): tests/src/bin/rate-load.rs."""
+    measured, latency counted from when each request was due): tests/src/bin/rate-load.rs.
+    Each connection is a thread that sleeps to the microsecond its next request is due, so
+    requests arrive evenly spaced, not in bursts of one timer tick."""
     cmd = [str(RATE_LOAD), f"http://127.0.0.1:{port}/", "--rate", str(rate), "--conns", "10",
            "--duration", "3", "--warmup", "0.5"]
     if cpu is not None:

@@ -671,6 +671,9 @@ impl PolicyHost {
         if !errs.is_empty() {
             return Err(errs);
         }
+        if let Some(dir) = self.cache_dir.as_deref() {
+            prune_component_cache(dir, used.keys(), std::time::SystemTime::now());
+        }
         *self.compiled.lock().unwrap_or_else(|e| e.into_inner()) = used;
         Ok(PluginSet {
             host: self.clone(),
@@ -988,7 +991,7 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
                 ));
             }
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable; plugins will be compiled at every start");
+                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable for compiled code; plugins will be compiled at every start");
             }
         }
     }
@@ -1072,12 +1075,76 @@ fn componentize_cached(
     Ok(component)
 }
 
-/// Where the component made from the core module with this SHA-256 is cached.
+/// Where the component made from the core module with this SHA-256 is cached. The name
+/// carries this build's version and its encoder's (wit-component's), so a build with
+/// another encoder makes its own entry rather than loading one it did not make.
 pub(crate) fn component_cache_path(cache_dir: &Path, module_sha256: &str) -> PathBuf {
     cache_dir.join("components").join(format!(
-        "{module_sha256}-{}.component",
-        env!("CARGO_PKG_VERSION")
+        "{module_sha256}-{}-wit-component-{}.component",
+        env!("CARGO_PKG_VERSION"),
+        env!("WARDEN_WIT_COMPONENT_VERSION")
     ))
+}
+
+/// How long a component entry that no load uses stays in the cache: a plugin replaced by
+/// a new build, or an entry of another Warden version, goes once this has passed.
+pub(crate) const UNUSED_COMPONENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How old a temporary file of [`write_cache_entry`] is before it counts as left by a
+/// writer that died (a live one renames it within milliseconds).
+pub(crate) const STALE_TEMP_FILE: Duration = Duration::from_secs(3600);
+
+/// Keep `components/` to what is used. The entries of the modules in `used` (the plugins
+/// a load has just loaded) are marked as used `now`, through their modification time,
+/// when the mark is more than a day old; an entry unused for [`UNUSED_COMPONENT_TTL`],
+/// whatever its version, and a temporary file older than [`STALE_TEMP_FILE`] are
+/// removed. Only names this cache writes are touched. Several gateways can share the
+/// directory: each keeps its own entries marked, and an entry removed under one that
+/// still runs is made again at its next load.
+pub(crate) fn prune_component_cache<'a>(
+    cache_dir: &Path,
+    used: impl Iterator<Item = &'a String>,
+    now: std::time::SystemTime,
+) {
+    let dir = cache_dir.join("components");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let used: std::collections::HashSet<PathBuf> = used
+        .map(|sha| component_cache_path(cache_dir, sha))
+        .collect();
+    let age = |m: &std::fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default()
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let result = if used.contains(&path) {
+            if age(&meta) <= Duration::from_secs(24 * 3600) {
+                continue;
+            }
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(now))
+        } else if (name.ends_with(".component") && age(&meta) > UNUSED_COMPONENT_TTL)
+            || (name.starts_with(".tmp-") && age(&meta) > STALE_TEMP_FILE)
+        {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        if let Err(e) = result {
+            tracing::debug!(path = %path.display(), error = %e, "plugin cache entry not pruned");
+        }
+    }
 }
 
 /// The digest an entry begins with: SHA-256 over the module's hash (hex) and the

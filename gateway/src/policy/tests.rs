@@ -959,6 +959,96 @@ fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
 }
 
 #[test]
+fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PolicySettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 4,
+        ..PolicySettings::default()
+    };
+    let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
+    let load = || {
+        PolicyHost::new(&settings, Path::new("/"))
+            .unwrap()
+            .load(&plugins, Path::new("/"))
+            .unwrap()
+    };
+    load();
+    let module = std::fs::read(wasm("header_guard")).unwrap();
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &module));
+    let entry = super::host::component_cache_path(dir.path(), &sha);
+    let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&sha) && name.contains("-wit-component-") && !name.contains("unknown"),
+        "the entry names this build's encoder: {name}"
+    );
+    let components = entry.parent().unwrap().to_path_buf();
+
+    let now = SystemTime::now();
+    let days = |n: u64| now - Duration::from_secs(n * 24 * 3600);
+    let file = |name: &str, modified: SystemTime| {
+        let p = components.join(name);
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        p
+    };
+    let set_modified = |p: &Path, t: SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap()
+    };
+    // An entry of an older Warden (or encoder), and of a plugin since replaced, unused for
+    // more than a week: removed. One unused for a day (another gateway sharing the
+    // directory may use it): kept. A writer's temporary file older than an hour (its
+    // writer died): removed; a fresh one (a writer at work): kept. Names the cache does
+    // not write, and directories, are never touched, whatever their age.
+    let old_version = file(
+        &format!("{sha}-0.0.1-wit-component-0.1.0.component"),
+        days(8),
+    );
+    let replaced = file(&format!("{}-{name}", "0".repeat(64)), days(30));
+    let recent = file(&format!("{}-x.component", "1".repeat(64)), days(1));
+    let dead_writer = file(".tmp-00aa", now - Duration::from_secs(7200));
+    let live_writer = file(".tmp-00bb", now - Duration::from_secs(10));
+    let foreign = file("notes.txt", days(400));
+    std::fs::create_dir(components.join("sub.component")).unwrap();
+    // The entry in use, last marked long ago, is kept and marked as used now.
+    set_modified(&entry, days(60));
+
+    load();
+    for gone in [&old_version, &replaced, &dead_writer] {
+        assert!(!gone.exists(), "{} is removed", gone.display());
+    }
+    for kept in [&recent, &live_writer, &foreign, &entry] {
+        assert!(kept.exists(), "{} is kept", kept.display());
+    }
+    assert!(components.join("sub.component").is_dir());
+    let marked = std::fs::metadata(&entry).unwrap().modified().unwrap();
+    assert!(
+        marked > days(1),
+        "the entry in use is marked as used at this load"
+    );
+
+    // Marked again only once its mark is a day old: a reload does not write to the cache.
+    let an_hour_ago = now - Duration::from_secs(3600);
+    set_modified(&entry, an_hour_ago);
+    load();
+    assert_eq!(
+        std::fs::metadata(&entry).unwrap().modified().unwrap(),
+        an_hour_ago
+    );
+}
+
+#[test]
 fn the_temp_dir_cache_is_used_only_when_it_is_this_users_alone() {
     use std::os::unix::fs::PermissionsExt as _;
     let tmp = tempfile::tempdir().unwrap();

@@ -46,6 +46,8 @@ WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
     (p for p in (ROOT / "target" / "dist" / "warden", ROOT / "target" / "release" / "warden") if p.exists()),
     ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
+# The image's binary (scripts/image.sh), when built: idle RSS is reported for it too.
+IMAGE_BIN = ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden"
 RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
@@ -182,7 +184,7 @@ def children_ticks() -> int:
     return round((ru.ru_utime + ru.ru_stime) * HZ)
 
 
-def idle_rss_three_plugins(tmp: Path, up: int) -> dict:
+def idle_rss_three_plugins(tmp: Path, up: int, binary: Path | None = None) -> dict:
     """RSS of an idle Warden (default workers, unpinned) with the demo's three plugins
     (header-guard, network-isolation, api-key) precompiled in its cache: its resident
     memory in all, anonymous, and file-backed (the binary's pages start-up touched, and
@@ -214,7 +216,7 @@ def idle_rss_three_plugins(tmp: Path, up: int) -> dict:
     # The first start fills the cache; the median of three more is reported (the pages a
     # start faults in vary by a few hundred KiB from one start to the next).
     for run in range(4):
-        p = spawn([str(WARDEN), "run", "--config", str(cfg)], cpus=None, env=env)
+        p = spawn([str(binary or WARDEN), "run", "--config", str(cfg)], cpus=None, env=env)
         try:
             wait_http(port, "/api/", p)
             for path in ("/api/", "/"):
@@ -677,6 +679,9 @@ def main() -> int:
         startup = measure_startup(tmp, up, reps_warm=5, reps_cold=3)
         log("==> idle RSS, three plugins")
         startup["idle_rss"] = idle_rss_three_plugins(tmp, up)
+        if IMAGE_BIN.exists():
+            # What the image ships: the same profile, static musl (scripts/image.sh).
+            startup["idle_rss_image"] = idle_rss_three_plugins(tmp, up, IMAGE_BIN)
 
         targets: list[Target] = [Target("direct", "upstream direct (nginx `return 200`)", up)]
 
@@ -1023,6 +1028,11 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
         print(f"Idle RSS, three plugins precompiled (header-guard, network-isolation, api-key; "
               f"default workers, {r.get('Threads', 0)} threads): {r['VmRSS'] / 1024:.1f} MiB, of which "
               f"{r['RssAnon'] / 1024:.1f} MiB anonymous and {r['RssFile'] / 1024:.1f} MiB file-backed.")
+    r = startup.get("idle_rss_image")
+    if r:
+        print(f"The same with the image's binary ({IMAGE_BIN.relative_to(ROOT)}, static musl): "
+              f"{r['VmRSS'] / 1024:.1f} MiB, of which {r['RssAnon'] / 1024:.1f} MiB anonymous and "
+              f"{r['RssFile'] / 1024:.1f} MiB file-backed.")
     size = WARDEN.stat().st_size
     with tempfile.TemporaryDirectory() as td:
         s = Path(td) / "warden"

@@ -1075,15 +1075,37 @@ fn componentize_cached(
     Ok(component)
 }
 
-/// Where the component made from the core module with this SHA-256 is cached. The name
-/// carries this build's version and its encoder's (wit-component's), so a build with
-/// another encoder makes its own entry rather than loading one it did not make.
+/// Where the component made from the core module with this SHA-256 is cached.
 pub(crate) fn component_cache_path(cache_dir: &Path, module_sha256: &str) -> PathBuf {
-    cache_dir.join("components").join(format!(
+    cache_dir
+        .join("components")
+        .join(component_entry_name(module_sha256))
+}
+
+/// The file name of a component entry. It carries this build's version and its encoder's
+/// (wit-component's), so a build with another encoder makes its own entry rather than
+/// loading one it did not make.
+fn component_entry_name(module_sha256: &str) -> String {
+    format!(
         "{module_sha256}-{}-wit-component-{}.component",
         env!("CARGO_PKG_VERSION"),
         env!("WARDEN_WIT_COMPONENT_VERSION")
-    ))
+    )
+}
+
+/// Whether `name` is a component entry of some build: `<64 hex>-…-wit-component-….component`.
+fn is_component_entry_name(name: &str) -> bool {
+    name.len() > 65
+        && name.as_bytes()[..64].iter().all(u8::is_ascii_hexdigit)
+        && name.as_bytes()[64] == b'-'
+        && name[65..].contains("-wit-component-")
+        && name.ends_with(".component")
+}
+
+/// Whether `name` is a temporary file of [`write_cache_entry`]: `.tmp-<32 hex>`.
+fn is_temp_entry_name(name: &str) -> bool {
+    name.strip_prefix(".tmp-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// How long a component entry that no load uses stays in the cache: a plugin replaced by
@@ -1092,57 +1114,82 @@ pub(crate) const UNUSED_COMPONENT_TTL: Duration = Duration::from_secs(7 * 24 * 3
 /// How old a temporary file of [`write_cache_entry`] is before it counts as left by a
 /// writer that died (a live one renames it within milliseconds).
 pub(crate) const STALE_TEMP_FILE: Duration = Duration::from_secs(3600);
+/// How old a used entry's mark is before a load marks it again.
+const MARK_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Keep `components/` to what is used. The entries of the modules in `used` (the plugins
-/// a load has just loaded) are marked as used `now`, through their modification time,
-/// when the mark is more than a day old; an entry unused for [`UNUSED_COMPONENT_TTL`],
+/// a load has just loaded) are marked as used, through their modification time, when
+/// their mark is more than a day old; an entry unused for [`UNUSED_COMPONENT_TTL`],
 /// whatever its version, and a temporary file older than [`STALE_TEMP_FILE`] are
-/// removed. Only names this cache writes are touched. Several gateways can share the
-/// directory: each keeps its own entries marked, and an entry removed under one that
-/// still runs is made again at its next load.
+/// removed. A time more than a day ahead of `now` (a clock set back) counts as old.
+///
+/// Only regular files named as this cache names them are touched, each through the
+/// directory's handle and never through a link. Several gateways can share the
+/// directory: each keeps its own entries marked (marking needs only write access to the
+/// file, not ownership), and an entry removed under one that has run a week without a
+/// load is made again at its next load.
 pub(crate) fn prune_component_cache<'a>(
     cache_dir: &Path,
     used: impl Iterator<Item = &'a String>,
     now: std::time::SystemTime,
 ) {
-    let dir = cache_dir.join("components");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+    let Ok(dir) = rustix::fs::open(
+        cache_dir.join("components"),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return;
     };
-    let used: std::collections::HashSet<PathBuf> = used
-        .map(|sha| component_cache_path(cache_dir, sha))
-        .collect();
-    let age = |m: &std::fs::Metadata| {
-        m.modified()
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .unwrap_or_default()
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+        return;
+    };
+    let used: std::collections::HashSet<String> = used.map(|s| component_entry_name(s)).collect();
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let older_than = |st: &rustix::fs::Stat, limit: Duration| {
+        // `st_mtime` is narrower than i64 on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let age = now.saturating_sub(st.st_mtime as i64);
+        age > limit.as_secs() as i64 || age < -(MARK_EVERY.as_secs() as i64)
     };
     for entry in entries.flatten() {
-        let path = entry.path();
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let result = if used.contains(&path) {
-            if age(&meta) <= Duration::from_secs(24 * 3600) {
-                continue;
-            }
-            std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(now))
-        } else if (name.ends_with(".component") && age(&meta) > UNUSED_COMPONENT_TTL)
-            || (name.starts_with(".tmp-") && age(&meta) > STALE_TEMP_FILE)
-        {
-            std::fs::remove_file(&path)
+        let Ok(text) = name.to_str() else { continue };
+        let limit = if used.contains(text) {
+            MARK_EVERY
+        } else if is_component_entry_name(text) {
+            UNUSED_COMPONENT_TTL
+        } else if is_temp_entry_name(text) {
+            STALE_TEMP_FILE
         } else {
             continue;
         };
+        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !older_than(&st, limit) {
+            continue;
+        }
+        let result = if used.contains(text) {
+            let now = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
+            };
+            rustix::fs::utimensat(&dir, name, &now, AtFlags::SYMLINK_NOFOLLOW)
+        } else {
+            rustix::fs::unlinkat(&dir, name, AtFlags::empty())
+        };
         if let Err(e) = result {
-            tracing::debug!(path = %path.display(), error = %e, "plugin cache entry not pruned");
+            tracing::debug!(dir = %cache_dir.display(), entry = text, error = %e, "plugin cache entry not pruned");
         }
     }
 }

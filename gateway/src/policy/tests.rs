@@ -1009,29 +1009,57 @@ fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
     // An entry of an older Warden (or encoder), and of a plugin since replaced, unused for
     // more than a week: removed. One unused for a day (another gateway sharing the
     // directory may use it): kept. A writer's temporary file older than an hour (its
-    // writer died): removed; a fresh one (a writer at work): kept. Names the cache does
-    // not write, and directories, are never touched, whatever their age.
+    // writer died): removed; a fresh one (a writer at work): kept. An entry dated more
+    // than a day ahead (a clock set back) counts as old. Names the cache does not write,
+    // directories, and links (and what they point to) are never touched, whatever their age.
+    let tmp = |c: char| format!(".tmp-{}", c.to_string().repeat(32));
     let old_version = file(
         &format!("{sha}-0.0.1-wit-component-0.1.0.component"),
         days(8),
     );
-    let replaced = file(&format!("{}-{name}", "0".repeat(64)), days(30));
-    let recent = file(&format!("{}-x.component", "1".repeat(64)), days(1));
-    let dead_writer = file(".tmp-00aa", now - Duration::from_secs(7200));
-    let live_writer = file(".tmp-00bb", now - Duration::from_secs(10));
-    let foreign = file("notes.txt", days(400));
+    let replaced = file(&name.replacen(&sha, &"0".repeat(64), 1), days(30));
+    let ahead = file(
+        &name.replacen(&sha, &"2".repeat(64), 1),
+        now + Duration::from_secs(3 * 24 * 3600),
+    );
+    let recent = file(
+        &format!("{}-0.0.9-wit-component-0.0.1.component", "1".repeat(64)),
+        days(1),
+    );
+    let dead_writer = file(&tmp('a'), now - Duration::from_secs(7200));
+    let live_writer = file(&tmp('b'), now - Duration::from_secs(10));
+    let foreign = [
+        file("notes.txt", days(400)),
+        file("mine.component", days(400)),
+        file(".tmp-mine", days(400)),
+    ];
     std::fs::create_dir(components.join("sub.component")).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, b"not the cache's").unwrap();
+    set_modified(&outside, days(400));
+    let outside_modified = std::fs::metadata(&outside).unwrap().modified().unwrap();
+    let link = components.join(format!(
+        "{}-0.0.1-wit-component-0.1.0.component",
+        "3".repeat(64)
+    ));
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
     // The entry in use, last marked long ago, is kept and marked as used now.
     set_modified(&entry, days(60));
 
     load();
-    for gone in [&old_version, &replaced, &dead_writer] {
+    for gone in [&old_version, &replaced, &ahead, &dead_writer] {
         assert!(!gone.exists(), "{} is removed", gone.display());
     }
-    for kept in [&recent, &live_writer, &foreign, &entry] {
+    for kept in [&recent, &live_writer, &entry].into_iter().chain(&foreign) {
         assert!(kept.exists(), "{} is kept", kept.display());
     }
     assert!(components.join("sub.component").is_dir());
+    assert!(link.symlink_metadata().is_ok(), "a link is left alone");
+    assert_eq!(
+        std::fs::metadata(&outside).unwrap().modified().unwrap(),
+        outside_modified,
+        "what a link points to is left alone"
+    );
     let marked = std::fs::metadata(&entry).unwrap().modified().unwrap();
     assert!(
         marked > days(1),
@@ -1039,13 +1067,11 @@ fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
     );
 
     // Marked again only once its mark is a day old: a reload does not write to the cache.
-    let an_hour_ago = now - Duration::from_secs(3600);
-    set_modified(&entry, an_hour_ago);
+    let modified = || std::fs::metadata(&entry).unwrap().modified().unwrap();
+    set_modified(&entry, now - Duration::from_secs(3600));
+    let an_hour_ago = modified();
     load();
-    assert_eq!(
-        std::fs::metadata(&entry).unwrap().modified().unwrap(),
-        an_hour_ago
-    );
+    assert_eq!(modified(), an_hour_ago);
 }
 
 #[test]

@@ -79,7 +79,8 @@ fn connection(
     let connect = || -> anyhow::Result<TcpStream> {
         let s = TcpStream::connect(authority.as_str())?;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // A stall is latency, not an error, until it outlasts the whole run.
+        s.set_read_timeout(Some(args.warmup + args.duration + Duration::from_secs(10)))?;
         Ok(s)
     };
     let mut stream = connect()?;
@@ -97,11 +98,13 @@ fn connection(
         if due > now {
             std::thread::sleep(due - now);
         }
-        let ok = stream
+        let response = stream
             .write_all(&request)
             .map_err(anyhow::Error::from)
-            .and_then(|()| read_response(&mut stream, &mut buf))
-            .is_ok_and(|status| (200..300).contains(&status));
+            .and_then(|()| read_response(&mut stream, &mut buf));
+        let ok = response
+            .as_ref()
+            .is_ok_and(|r| (200..300).contains(&r.status));
         if due >= measure_from {
             if ok {
                 lat.push(due.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -109,54 +112,119 @@ fn connection(
                 errors += 1;
             }
         }
-        if !ok {
-            // A failed exchange may have closed the connection: make a new one.
-            stream = connect()?;
+        if response.is_err() || response.is_ok_and(|r| r.close) {
+            // The connection is closed, or in an unknown state: make a new one. One that
+            // cannot be made counts against the next request, which fails and tries again.
+            if let Ok(s) = connect() {
+                stream = s;
+            }
         }
     }
     Ok((lat, errors))
 }
 
-/// Read one response (head, then a `Content-Length` or chunked body) and return its status.
-/// `buf` keeps nothing between responses: the generator never pipelines.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+/// One response read whole: its status, and whether the server will close the connection.
+struct Response {
+    status: u16,
+    close: bool,
+}
+
+/// Read one final response (1xx heads skipped; then a chunked, `Content-Length` or
+/// close-delimited body). The generator never pipelines, so a byte beyond the response is
+/// an error, not something to keep for the next one.
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Response> {
     buf.clear();
-    let (status, head_len, body) = loop {
-        read_more(stream, buf)?;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(n) = resp.parse(buf)? {
-            let mut body = Body::Length(0);
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    body = Body::Length(std::str::from_utf8(h.value)?.trim().parse()?);
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    body = Body::Chunked;
+    loop {
+        let (status, close, head_len, body) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = resp.parse(buf)? {
+                let mut length = None;
+                let mut chunked = false;
+                let mut close = resp.version == Some(0);
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        length = Some(std::str::from_utf8(h.value)?.trim().parse::<usize>()?);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                        anyhow::ensure!(chunked, "unsupported transfer-encoding");
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = h.value.eq_ignore_ascii_case(b"close");
+                    }
+                }
+                let code = resp.code.unwrap_or(0);
+                // Transfer-Encoding wins over Content-Length (RFC 9112, 6.3).
+                let body = match (code, chunked, length) {
+                    (100..=199 | 204 | 304, _, _) => Body::Length(0),
+                    (_, true, _) => Body::Chunked,
+                    (_, false, Some(n)) => Body::Length(n),
+                    (_, false, None) => Body::UntilClose,
+                };
+                let close = close || matches!(body, Body::UntilClose);
+                break (code, close, n, body);
+            }
+            read_more(stream, buf)?;
+        };
+        let end = match body {
+            Body::Length(len) => {
+                while buf.len() < head_len + len {
+                    read_more(stream, buf)?;
+                }
+                head_len + len
+            }
+            Body::Chunked => chunked_end(stream, buf, head_len)?,
+            Body::UntilClose => {
+                while read_more(stream, buf).is_ok() {}
+                buf.len()
+            }
+        };
+        if (100..200).contains(&status) {
+            // An interim response: the final one follows.
+            buf.drain(..end);
+            continue;
+        }
+        anyhow::ensure!(buf.len() == end, "bytes after the response");
+        return Ok(Response { status, close });
+    }
+}
+
+/// Where a chunked body that starts at `at` in `buf` ends (after its trailers), reading
+/// more as needed.
+fn chunked_end(stream: &mut TcpStream, buf: &mut Vec<u8>, mut at: usize) -> anyhow::Result<usize> {
+    loop {
+        let (size_len, size) = loop {
+            match httparse::parse_chunk_size(&buf[at..]) {
+                Ok(httparse::Status::Complete(v)) => break v,
+                Ok(httparse::Status::Partial) => read_more(stream, buf)?,
+                Err(_) => anyhow::bail!("bad chunk size"),
+            }
+        };
+        at += size_len;
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+                    read_more(stream, buf)?;
+                    continue;
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(at);
                 }
             }
-            break (resp.code.unwrap_or(0), n, body);
         }
-    };
-    match body {
-        Body::Length(len) => {
-            while buf.len() < head_len + len {
-                read_more(stream, buf)?;
-            }
+        let next = at + usize::try_from(size)? + 2;
+        while buf.len() < next {
+            read_more(stream, buf)?;
         }
-        // The test upstreams answer with a length; a chunked body is read to its end
-        // marker, which is enough for their small bodies.
-        Body::Chunked => {
-            while !buf[head_len..].ends_with(b"0\r\n\r\n") {
-                read_more(stream, buf)?;
-            }
-        }
+        at = next;
     }
-    Ok(status)
 }
 
 enum Body {
     Length(usize),
     Chunked,
+    UntilClose,
 }
 
 fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
@@ -170,9 +238,10 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = std::sync::Arc::new(parse_args()?);
     // Threads take the timer slack of the thread that makes them: a 1 ns slack lets each
-    // sleep end when the request is due instead of up to 50 µs later. Without the file
-    // (an old kernel) the default slack stays and the schedule is a little looser.
-    let _ = std::fs::write("/proc/self/timerslack_ns", "1");
+    // sleep end when the request is due instead of up to 50 µs later. The slack in effect
+    // is part of the report.
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+    let timer_slack_ns = rustix::thread::current_timer_slack().unwrap_or(0);
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
@@ -206,6 +275,7 @@ fn main() -> anyhow::Result<()> {
         "p90_us": pct(0.90),
         "p99_us": pct(0.99),
         "max_us": lat.last().copied().unwrap_or(0),
+        "timer_slack_ns": timer_slack_ns,
     });
     println!("{out}");
     Ok(())

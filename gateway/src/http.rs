@@ -79,8 +79,9 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name` is a hop-by-hop header (case-insensitive).
 pub fn is_hop_by_hop(name: &str) -> bool {
-    // Called for every header of every request: compared in place, never lowercased
-    // into a new string.
+    // Compared in place, never lowercased into a new string. Config checks call this;
+    // the request path, whose names are already lowercase, calls
+    // `is_hop_by_hop_lowercase`.
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
         || name
             .as_bytes()

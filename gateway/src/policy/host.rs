@@ -1044,7 +1044,8 @@ fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
 
 /// [`componentize`], kept in the plugin cache beside wasmtime's compiled artifacts (in
 /// `components/`, apart from wasmtime's `compiled/`, which it cleans up itself), keyed
-/// by the core module's SHA-256 (which the config may pin) and this build's version. A
+/// by the core module's SHA-256 (which the config may pin) and the versions of this build
+/// and its encoder ([`component_entry_name`]). A
 /// start with a warm cache then skips wit-component's validation and encoding, and the
 /// pages of code that do them, which would otherwise stay resident.
 ///
@@ -1158,7 +1159,8 @@ pub(crate) fn prune_component_cache<'a>(
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Ok(text) = name.to_str() else { continue };
-        let limit = if used.contains(text) {
+        let in_use = used.contains(text);
+        let limit = if in_use {
             MARK_EVERY
         } else if is_component_entry_name(text) {
             UNUSED_COMPONENT_TTL
@@ -1173,8 +1175,8 @@ pub(crate) fn prune_component_cache<'a>(
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !older_than(&st, limit) {
             continue;
         }
-        let result = if used.contains(text) {
-            let now = Timestamps {
+        let result = if in_use {
+            let mark = Timestamps {
                 last_access: Timespec {
                     tv_sec: 0,
                     tv_nsec: rustix::fs::UTIME_OMIT,
@@ -1184,7 +1186,7 @@ pub(crate) fn prune_component_cache<'a>(
                     tv_nsec: rustix::fs::UTIME_NOW,
                 },
             };
-            rustix::fs::utimensat(&dir, name, &now, AtFlags::SYMLINK_NOFOLLOW)
+            rustix::fs::utimensat(&dir, name, &mark, AtFlags::SYMLINK_NOFOLLOW)
         } else {
             rustix::fs::unlinkat(&dir, name, AtFlags::empty())
         };

@@ -839,15 +839,22 @@ async fn plugin_logs_are_rate_limited() {
     assert!(admitted < 5, "bucket is drained: {admitted}");
 }
 
-#[test]
-fn precompiled_artifacts_are_cached_on_disk() {
-    let dir = tempfile::tempdir().unwrap();
+/// Settings with the plugin cache in `dir`, and header-guard as the one plugin: what the
+/// cache tests load, each load as after a restart.
+fn header_guard_cached_in(dir: &Path) -> (PolicySettings, BTreeMap<String, PluginConfig>) {
     let settings = PolicySettings {
-        cache_dir: Some(dir.path().to_path_buf()),
+        cache_dir: Some(dir.to_path_buf()),
         max_instances: 4,
         ..PolicySettings::default()
     };
     let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
+    (settings, plugins)
+}
+
+#[test]
+fn precompiled_artifacts_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (settings, plugins) = header_guard_cached_in(dir.path());
     let h = PolicyHost::new(&settings, Path::new("/")).unwrap();
     let t = Instant::now();
     h.load(&plugins, Path::new("/")).unwrap();
@@ -869,11 +876,7 @@ fn precompiled_artifacts_are_cached_on_disk() {
 #[test]
 fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = PolicySettings {
-        cache_dir: Some(dir.path().to_path_buf()),
-        max_instances: 4,
-        ..PolicySettings::default()
-    };
+    let (settings, plugins) = header_guard_cached_in(dir.path());
     let sha256 = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
     let module = std::fs::read(wasm("header_guard")).unwrap();
     assert_eq!(
@@ -882,7 +885,6 @@ fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
         "the demo plugins are core modules"
     );
     let entry = super::host::component_cache_path(dir.path(), &hex::encode(sha256(&module)));
-    let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
     // Each load is a new host, as after a restart: nothing is kept in memory between them.
     let load = || -> Result<(), Vec<String>> {
         PolicyHost::new(&settings, Path::new("/"))
@@ -962,12 +964,7 @@ fn componentized_plugins_are_cached_and_a_damaged_entry_is_made_again() {
 fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
     use std::time::{Duration, SystemTime};
     let dir = tempfile::tempdir().unwrap();
-    let settings = PolicySettings {
-        cache_dir: Some(dir.path().to_path_buf()),
-        max_instances: 4,
-        ..PolicySettings::default()
-    };
-    let plugins = BTreeMap::from([("hg".to_string(), plugin("header_guard"))]);
+    let (settings, plugins) = header_guard_cached_in(dir.path());
     let load = || {
         PolicyHost::new(&settings, Path::new("/"))
             .unwrap()
@@ -979,25 +976,39 @@ fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
     let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &module));
     let entry = super::host::component_cache_path(dir.path(), &sha);
     let name = entry.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        name.starts_with(&sha) && name.contains("-wit-component-") && !name.contains("unknown"),
-        "the entry names this build's encoder: {name}"
+    // The name carries the version of the encoder that made the entry, as the component's
+    // own producers section records it.
+    let component = std::fs::read(&entry).unwrap()[32..].to_vec();
+    let mut made_by = None;
+    for payload in wasmparser::Parser::new(0).parse_all(&component) {
+        if let Ok(wasmparser::Payload::CustomSection(c)) = payload
+            && let wasmparser::KnownCustom::Producers(fields) = c.as_known()
+        {
+            for field in fields.into_iter().flatten() {
+                if field.name != "processed-by" {
+                    continue;
+                }
+                for v in field.values.into_iter().flatten() {
+                    if v.name == "wit-component" {
+                        made_by = Some(v.version.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let made_by = made_by.expect("wit-component names itself in the component's producers");
+    assert_eq!(
+        name,
+        format!(
+            "{sha}-{}-wit-component-{made_by}.component",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "the entry names this build's encoder"
     );
     let components = entry.parent().unwrap().to_path_buf();
 
     let now = SystemTime::now();
     let days = |n: u64| now - Duration::from_secs(n * 24 * 3600);
-    let file = |name: &str, modified: SystemTime| {
-        let p = components.join(name);
-        std::fs::write(&p, b"x").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(modified)
-            .unwrap();
-        p
-    };
     let set_modified = |p: &Path, t: SystemTime| {
         std::fs::File::options()
             .write(true)
@@ -1005,6 +1016,12 @@ fn the_component_cache_keeps_what_is_used_and_drops_what_is_not() {
             .unwrap()
             .set_modified(t)
             .unwrap()
+    };
+    let file = |name: &str, modified: SystemTime| {
+        let p = components.join(name);
+        std::fs::write(&p, b"x").unwrap();
+        set_modified(&p, modified);
+        p
     };
     // An entry of an older Warden (or encoder), and of a plugin since replaced, unused for
     // more than a week: removed. One unused for a day (another gateway sharing the

@@ -38,6 +38,7 @@ use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::telemetry::{
     GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, Source, UpstreamLabel, metrics,
 };
+use crate::upstream::UpstreamBody;
 pub use error::ProxyError;
 use opentelemetry::KeyValue;
 
@@ -876,13 +877,15 @@ async fn pipeline(
             Ok(Err(e)) => {
                 // Nothing was sent when the connection could not be made, so any method
                 // may go to another endpoint; a reset after sending only with `reset` and
-                // an idempotent method.
+                // an idempotent method. A malformed response is never sent again.
                 let connect = e.is_connect();
                 if connect {
                     ep.failed(&upstream.outlier);
                 }
                 let retryable = connect
-                    || (policy.on_reset && crate::upstream::RetryPolicy::idempotent(&method));
+                    || (policy.on_reset
+                        && e.is_reset()
+                        && crate::upstream::RetryPolicy::idempotent(&method));
                 if !(can_retry && retryable && upstream.budget.withdraw()) {
                     return Err(ProxyError::from_client_error(e));
                 }
@@ -1037,7 +1040,7 @@ async fn response_phase(
     preq: &PolicyRequest<'_>,
     secrets: &crate::secrets::SecretSnapshot,
     parts: &mut http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
 ) -> Result<ProxyBody, ProxyError> {
     let max = chain.response_max().unwrap_or(0);
     let declared = parts
@@ -1046,7 +1049,7 @@ async fn response_phase(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Ok(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+        return Ok(body.boxed());
     }
     let mut body = body;
     let mut read: Vec<Bytes> = Vec::new();
@@ -1065,9 +1068,7 @@ async fn response_phase(
                             futures_util::stream::iter(read.into_iter().map(
                                 |d| -> Result<_, BoxError> { Ok(hyper::body::Frame::data(d)) },
                             ));
-                        let rest = http_body_util::BodyStream::new(
-                            body.map_err(|e| -> BoxError { Box::new(e) }),
-                        );
+                        let rest = http_body_util::BodyStream::new(body);
                         return Ok(http_body_util::StreamBody::new(
                             futures_util::StreamExt::chain(head, rest),
                         )

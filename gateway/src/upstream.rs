@@ -3,12 +3,13 @@
 
 mod dns;
 mod endpoints;
+mod h1;
 mod health;
 mod pool;
 mod retry;
 
 pub use endpoints::{Balancer, Endpoint, InFlight};
-pub use pool::SendError;
+pub use pool::{SendError, UpstreamBody};
 pub use retry::{RetryBudget, RetryPolicy};
 
 use std::net::SocketAddr;

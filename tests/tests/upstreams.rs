@@ -594,3 +594,317 @@ async fn concurrent_requests_to_an_http2_upstream_share_one_connection() {
     assert_eq!(up.requests(), 32);
     assert_eq!(up.connections(), 1, "one HTTP/2 connection for the worker");
 }
+
+/// What the scripted upstream sends for one request: `reply`, then `late` 20 ms later,
+/// then it closes the connection if `close`.
+struct Reply {
+    reply: &'static [u8],
+    late: &'static [u8],
+    close: bool,
+}
+
+/// A bare HTTP/1.1 upstream that answers each bodiless request as `script` says for the
+/// last segment of its path: it sends what no well-behaved server would. It counts
+/// connections and keeps each request head.
+struct Scripted {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    async fn start(script: fn(&str) -> Reply) -> Scripted {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (acc, seen) = (accepted.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                acc.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    'conn: loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                            seen.lock().unwrap().push(head);
+                            let name = path.rsplit('/').next().unwrap_or("");
+                            let r = script(name);
+                            if s.write_all(r.reply).await.is_err() {
+                                break 'conn;
+                            }
+                            if !r.late.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                if s.write_all(r.late).await.is_err() {
+                                    break 'conn;
+                                }
+                            }
+                            if r.close {
+                                break 'conn;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            accepted,
+            heads,
+            task,
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response larger than one read: 256 KiB of `x`.
+static BIG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 262144\r\n\r\n".to_vec();
+    r.extend(std::iter::repeat_n(b'x', 262_144));
+    r
+});
+
+/// What the scripted upstream answers for each name.
+fn script(name: &str) -> Reply {
+    let (reply, late, close): (&'static [u8], &'static [u8], bool) = match name {
+        "big" => (BIG.as_slice(), b"", false),
+        "plain" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain", b"", false),
+        "chunked" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+            b"",
+            false,
+        ),
+        "head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", b"", false),
+        "early" => (
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"",
+            false,
+        ),
+        // A second response nobody asked for, after the first one's declared end: at
+        // once, or once the connection is idle in the pool.
+        "smuggle" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+            b"",
+            false,
+        ),
+        "late" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+            false,
+        ),
+        // Closed after the response without saying so, as a keep-alive timer would.
+        "bye" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", b"", true),
+        "both" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"",
+            false,
+        ),
+        "conflict" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 4\r\n\r\nevil",
+            b"",
+            false,
+        ),
+        "folded" => (
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\n x-b: 2\r\ncontent-length: 2\r\n\r\nok",
+            b"",
+            false,
+        ),
+        "bad-chunk" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX2\r\nok\r\n0\r\n\r\n",
+            b"",
+            false,
+        ),
+        // An empty chunk-size line, which a lenient parser reads as the last chunk.
+        "empty-size" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+            b"",
+            false,
+        ),
+        // A bare LF inside a chunk extension.
+        "lf-ext" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n",
+            b"",
+            false,
+        ),
+        "close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil close", b"", true),
+        "cut" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345", b"", true),
+        _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", b"", false),
+    };
+    Reply { reply, late, close }
+}
+
+/// Bodiless requests go out on Warden's own HTTP/1.1 exchange (hyper keeps the rest). An
+/// upstream that frames a response ambiguously, sends more than it declared, or cuts it
+/// short must never get a byte of it read as the answer to another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_responses_keep_their_framing_and_never_answer_another_request() {
+    let up = Scripted::start(script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ConfigBuilder::new()
+        .gateway("worker_threads", 1)
+        .upstream("s", {
+            // No retries, so that a kept connection the gateway should not have used
+            // shows as a 502 rather than as a second attempt.
+            let mut retry = toml::Table::new();
+            retry.insert("attempts".into(), 0.into());
+            Upstream::url(&format!("http://{}", up.addr)).set("retry", retry)
+        })
+        // The same upstream with the default retries (once, on a reset).
+        .upstream("r", Upstream::url(&format!("http://{}", up.addr)))
+        .route(Route::prefix("s", "/", "s"))
+        .route(Route::prefix("r", "/retried/", "r"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    let get = |path: &'static str| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let accepted = || up.accepted.load(Ordering::SeqCst);
+
+    // Well-framed answers, each read to its end, all on one connection: a length, chunks
+    // with an extension and trailers, a HEAD's declared length with no body, an interim
+    // 103 before the answer.
+    assert_eq!(get("/plain").await, (200, "plain".into()));
+    assert_eq!(get("/chunked").await, (200, "hello world".into()));
+    let head = c.head(gw.url("/head")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "5");
+    assert_eq!(get("/early").await, (200, "ok".into()));
+    let (status, big) = get("/big").await;
+    assert_eq!(status, 200);
+    assert!(big.len() == 262_144 && big.bytes().all(|b| b == b'x'));
+    assert_eq!(get("/plain").await, (200, "plain".into()));
+    assert_eq!(
+        accepted(),
+        1,
+        "every well-framed answer left the connection usable"
+    );
+    // The request went out as sent: origin-form, Host, and no framing header invented
+    // for a request without a body.
+    let first = up.heads.lock().unwrap()[0].clone();
+    assert!(first.starts_with("GET /plain HTTP/1.1\r\n"), "{first}");
+    let lower = first.to_ascii_lowercase();
+    assert!(lower.contains(&format!("\r\nhost: {}", up.addr)), "{first}");
+    assert!(!lower.contains("content-length"), "{first}");
+    assert!(!lower.contains("transfer-encoding"), "{first}");
+
+    // Bytes after the declared end are not the next request's answer.
+    assert_eq!(get("/smuggle").await, (200, "ok".into()));
+    assert_eq!(get("/plain").await, (200, "plain".into()));
+    assert_eq!(
+        accepted(),
+        2,
+        "the connection that carried extra bytes was dropped"
+    );
+
+    // ... nor are bytes that arrive once the connection is idle in the pool.
+    assert_eq!(get("/late").await, (200, "ok".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get("/plain").await, (200, "plain".into()));
+    assert_eq!(
+        accepted(),
+        3,
+        "the connection the upstream wrote to unasked was dropped"
+    );
+
+    // A kept connection the upstream closed without saying so is not used (no retries on
+    // this route: using it would be a 502).
+    assert_eq!(get("/bye").await, (200, "ok".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get("/plain").await, (200, "plain".into()));
+    assert_eq!(accepted(), 4);
+
+    // Ambiguous or malformed framing is the upstream's fault: a 502, and the connection
+    // goes with it. It is not retried where resets are: the answer would be the same.
+    for path in [
+        "/both",
+        "/conflict",
+        "/folded",
+        "/retried/both",
+        "/retried/folded",
+    ] {
+        let before = accepted();
+        assert_eq!(get(path).await.0, 502, "{path}");
+        assert_eq!(get("/plain").await, (200, "plain".into()));
+        // One new connection: the 502's on a route that had none kept, or the next
+        // request's after the 502 took the kept one. Two would be a retry.
+        assert_eq!(
+            accepted(),
+            before + 1,
+            "{path}: retried, or connection kept"
+        );
+    }
+
+    // A malformed chunk (bad data end, an empty size line, a bare LF in an extension), or
+    // a body cut short of its length, ends the client's response in an error, never as a
+    // complete one; the next request gets a new connection.
+    for path in ["/bad-chunk", "/empty-size", "/lf-ext", "/cut"] {
+        let before = accepted();
+        // The head may not have gone out yet when the body breaks: then the request fails.
+        if let Ok(r) = c.get(gw.url(path)).send().await {
+            assert!(
+                r.text().await.is_err(),
+                "{path}: a broken body read as whole"
+            );
+        }
+        assert_eq!(get("/plain").await, (200, "plain".into()));
+        assert_eq!(accepted(), before + 1, "{path}: connection not dropped");
+    }
+    assert!(
+        gw.wait_for_log(
+            "the upstream closed the connection before the response body ended",
+            Duration::from_secs(5)
+        )
+        .await,
+        "the cut is logged"
+    );
+
+    // A body without a length runs to the close.
+    assert_eq!(get("/close").await, (200, "until close".into()));
+
+    // Chunked trailers reach an HTTP/2 client.
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/chunked", gw.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers reach the client");
+    assert_eq!(trailers["x-sum"], "11");
+    assert_eq!(&collected.to_bytes()[..], b"hello world");
+}

@@ -11,7 +11,8 @@ use crate::telemetry::Histogram;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::upstream::UpstreamBody;
 
 use crate::config::AccessLogConfig;
 use crate::http::{BoxError, ClientInfo, ProxyBody};
@@ -152,13 +153,13 @@ pin_project_lite::pin_project! {
     /// box, no dynamic call per frame), or one the gateway made.
     #[project = OutgoingProj]
     pub(crate) enum Outgoing {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: UpstreamBody },
         Made { #[pin] body: ProxyBody },
     }
 }
 
 impl Outgoing {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         Outgoing::Upstream { body }
     }
 }
@@ -178,9 +179,7 @@ impl Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            OutgoingProj::Upstream { body } => body
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            OutgoingProj::Upstream { body } => body.poll_frame(cx),
             OutgoingProj::Made { body } => body.poll_frame(cx),
         }
     }
@@ -292,7 +291,17 @@ impl Body for Observed {
                 }
             }
             Poll::Ready(None) => *this.complete = true,
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                // The upstream broke its body off (reset, cut short, bad framing): the
+                // access log says so, as it does for an error before the head.
+                if let Some(l) = this.log.as_mut()
+                    && l.flag.is_none()
+                {
+                    l.flag = Some("upstream_error");
+                    l.reason = Some(super::error::error_chain(e.as_ref()));
+                }
+            }
+            Poll::Pending => {}
         }
         r
     }

@@ -119,7 +119,7 @@ impl Endpoint {
         &self,
         req: http::Request<crate::http::ProxyBody>,
         now: std::time::Instant,
-    ) -> impl Future<Output = Result<http::Response<hyper::body::Incoming>, SendError>> + '_ {
+    ) -> impl Future<Output = Result<http::Response<super::UpstreamBody>, SendError>> + '_ {
         self.pools.get().send(req, now)
     }
 

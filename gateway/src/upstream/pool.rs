@@ -23,13 +23,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
+use super::h1;
 use crate::config::PoolConfig;
 use crate::http::{BoxError, ProxyBody};
-
-type Io = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +38,38 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The connection failed while the request was being sent or answered.
     #[error("upstream request")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
+    /// The upstream answered with a head or framing that cannot be read safely. Sending
+    /// the request again would get the same answer: it is never retried.
+    #[error("upstream response")]
+    Malformed(#[source] BoxError),
 }
 
 impl SendError {
     /// Whether nothing was sent because no connection could be made.
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_))
+    }
+
+    /// Whether the connection broke after the request was sent (a reset, a close before
+    /// the response): what `retry.on = ["reset"]` retries.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, SendError::Request(_))
+    }
+}
+
+impl From<h1::Error> for SendError {
+    fn from(e: h1::Error) -> SendError {
+        match e {
+            h1::Error::Head(_)
+            | h1::Error::HeadTooLarge
+            | h1::Error::Framing(_)
+            | h1::Error::Chunk(_) => SendError::Malformed(e.into()),
+            h1::Error::Stale(_)
+            | h1::Error::Write(_)
+            | h1::Error::Read(_)
+            | h1::Error::Closed(_) => SendError::Request(e.into()),
+        }
     }
 }
 
@@ -127,7 +150,7 @@ impl Dest {
     }
 
     /// A TCP (and TLS) connection within `connect_timeout`.
-    async fn dial(&self) -> Result<Io, BoxError> {
+    async fn dial(&self) -> Result<h1::Stream, BoxError> {
         let d = &self.dialer;
         let deadline = tokio::time::Instant::now() + d.connect_timeout;
         let connect = async {
@@ -173,7 +196,7 @@ impl Dest {
             })
         };
         match tokio::time::timeout(d.connect_timeout, connect).await {
-            Ok(io) => Ok(TokioIo::new(io?)),
+            Ok(io) => io,
             Err(_) => {
                 Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into())
             }
@@ -181,7 +204,7 @@ impl Dest {
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<ProxyBody>, SendError> {
-        let io = self.dial().await.map_err(SendError::Connect)?;
+        let io = TokioIo::new(self.dial().await.map_err(SendError::Connect)?);
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
@@ -194,7 +217,7 @@ impl Dest {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<ProxyBody>, SendError> {
-        let io = self.dial().await.map_err(SendError::Connect)?;
+        let io = TokioIo::new(self.dial().await.map_err(SendError::Connect)?);
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -218,14 +241,19 @@ pub struct Pool {
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
 struct State {
-    /// HTTP/1.1 connections, most recently used last.
+    /// HTTP/1.1 connections on hyper (requests with a body), most recently used last.
     h1: Vec<Kept<http1::SendRequest<ProxyBody>>>,
+    /// Idle HTTP/1.1 connections for [`h1`]'s exchange (requests without one), most
+    /// recently used last.
+    own: Vec<Kept<Box<h1::Conn>>>,
     /// The HTTP/2 connection.
     h2: Option<Kept<http2::SendRequest<ProxyBody>>>,
     /// Whether a sweep task is running.
     sweeping: bool,
+    /// `pool.max_idle` and `pool.idle_timeout`, here for whoever returns a connection.
+    max_idle: usize,
+    idle_timeout: Duration,
 }
 
 struct Kept<T> {
@@ -236,9 +264,17 @@ struct Kept<T> {
 
 impl Pool {
     pub(super) fn new(dest: Arc<Dest>) -> Pool {
+        let state = State {
+            h1: Vec::new(),
+            own: Vec::new(),
+            h2: None,
+            sweeping: false,
+            max_idle: dest.dialer.pool.max_idle,
+            idle_timeout: dest.dialer.pool.idle_timeout,
+        };
         Pool {
             dest,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
@@ -250,21 +286,44 @@ impl Pool {
         &self,
         req: Request<ProxyBody>,
         now: Instant,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         if self.dest.dialer.http2 {
             // Boxed, like connecting: HTTP/1.1 requests do not carry its state.
-            return Box::pin(self.send_h2(req, now)).await;
+            return Box::pin(self.send_h2(req, now))
+                .await
+                .map(|r| r.map(UpstreamBody::Hyper));
+        }
+        if h1::takes(&req) {
+            let home = || Home(Arc::downgrade(&self.state));
+            let req = match self.checkout_own(now) {
+                Some(conn) => match conn.send(req, home(), true).await {
+                    Ok(resp) => return Ok(resp.map(UpstreamBody::Own)),
+                    // The upstream closed the kept connection as the request went out:
+                    // it never saw the request, which goes on a new connection.
+                    Err((_, Some(req))) => req,
+                    Err((e, None)) => return Err(e.into()),
+                },
+                None => req,
+            };
+            // Boxed for the same reason as below.
+            let io = Box::pin(self.dest.dial())
+                .await
+                .map_err(SendError::Connect)?;
+            return match h1::Conn::new(io).send(req, home(), false).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
+                Err((e, _)) => Err(e.into()),
+            };
         }
         let req = match self.checkout_h1(now) {
             Some(mut tx) => match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.keep_h1(tx);
-                    return Ok(resp);
+                    return Ok(resp.map(UpstreamBody::Hyper));
                 }
                 // Closed before it took the request: nothing was sent.
                 Err(mut e) => match e.take_message() {
                     Some(req) => req,
-                    None => return Err(SendError::Request(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error().into())),
                 },
             },
             None => req,
@@ -272,9 +331,12 @@ impl Pool {
         // Boxed: connecting (resolution, TCP, TLS) is a large future that most requests,
         // on a kept connection, never run; inline it would enlarge every request's.
         let mut tx = Box::pin(self.dest.connect_h1()).await?;
-        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
         self.keep_h1(tx);
-        Ok(resp)
+        Ok(resp.map(UpstreamBody::Hyper))
     }
 
     async fn send_h2(
@@ -303,14 +365,16 @@ impl Pool {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(req) => req,
-                    None => return Err(SendError::Request(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error().into())),
                 },
             },
             None => req,
         };
         // Not kept (max_idle = 0), or the kept one closed before it took the request.
         let mut tx = Box::pin(self.dest.connect_h2()).await?;
-        tx.send_request(req).await.map_err(SendError::Request)
+        tx.send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))
     }
 
     /// The kept HTTP/2 connection, if it is open.
@@ -323,6 +387,19 @@ impl Pool {
             }
             _ => None,
         }
+    }
+
+    /// The most recently used idle connection for [`h1`]'s exchange that the upstream has
+    /// not closed, dropping expired and closed ones on the way.
+    fn checkout_own(&self, now: Instant) -> Option<Box<h1::Conn>> {
+        let mut st = self.state.lock().expect("pool lock");
+        let idle_timeout = st.idle_timeout;
+        while let Some(mut k) = st.own.pop() {
+            if now.saturating_duration_since(k.used) <= idle_timeout && k.tx.is_open() {
+                return Some(k.tx);
+            }
+        }
+        None
     }
 
     /// The most recently used HTTP/1.1 connection that is ready for a request, dropping
@@ -357,6 +434,8 @@ impl Pool {
             tx,
             used: Instant::now(),
         });
+        // Idle connections of the other kind count against `max_idle` too.
+        let max = max.saturating_sub(st.own.len());
         if st.h1.len() > max {
             let mut idle = st.h1.iter().filter(|k| k.tx.is_ready()).count();
             let mut i = 0;
@@ -375,31 +454,66 @@ impl Pool {
     /// Start the idle sweep if it is not running. It holds the pool weakly, so it ends with
     /// the endpoint, and stops itself once the pool is empty.
     fn sweep_later(&self, st: &mut State) {
-        if st.sweeping {
+        sweep_later(&self.state, st);
+    }
+}
+
+/// Where [`h1`]'s exchange returns a connection: the pool it came from, if it still exists.
+pub struct Home(Weak<Mutex<State>>);
+
+impl h1::Home for Home {
+    /// Keep a connection whose response has ended, unless `pool.max_idle` connections are
+    /// idle already: then the least recently used one is closed.
+    fn keep(&self, conn: Box<h1::Conn>) {
+        let Some(state) = self.0.upgrade() else {
+            return;
+        };
+        let Ok(mut st) = state.lock() else { return };
+        if st.max_idle == 0 {
             return;
         }
-        st.sweeping = true;
-        let weak: Weak<Mutex<State>> = Arc::downgrade(&self.state);
-        let every = self
-            .dest
-            .dialer
-            .pool
-            .idle_timeout
-            .max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            // However the task ends (the pool emptied, or its runtime shut down and
-            // dropped it), the next kept connection starts a new sweep.
-            let _done = SweepDone(weak.clone());
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(state) = weak.upgrade() else { return };
-                let mut st = state.lock().expect("pool lock");
-                if st.sweep(Instant::now(), every) {
-                    return;
-                }
-            }
+        // `pool.max_idle` counts idle connections of both kinds.
+        let idle_h1 = st.h1.iter().filter(|k| k.tx.is_ready()).count();
+        while !st.own.is_empty() && st.own.len() + idle_h1 >= st.max_idle {
+            st.own.remove(0);
+        }
+        st.own.push(Kept {
+            tx: conn,
+            used: Instant::now(),
         });
+        sweep_later(&state, &mut st);
     }
+}
+
+/// Start the idle sweep of `state` (locked as `st`) if it is not running.
+fn sweep_later(state: &Arc<Mutex<State>>, st: &mut State) {
+    if st.sweeping {
+        return;
+    }
+    // Outside a runtime (never on the request path) nothing sweeps; the next
+    // connection kept within one starts the sweep.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    st.sweeping = true;
+    let weak: Weak<Mutex<State>> = Arc::downgrade(state);
+    let every = st.idle_timeout.max(Duration::from_millis(100));
+    // Made before the task, so that the flag is cleared even if the task is dropped
+    // unpolled (its runtime shutting down).
+    let done = SweepDone(weak.clone());
+    tokio::spawn(async move {
+        // However the task ends (the pool emptied, or its runtime shut down and
+        // dropped it), the next kept connection starts a new sweep.
+        let _done = done;
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(state) = weak.upgrade() else { return };
+            let mut st = state.lock().expect("pool lock");
+            if st.sweep(Instant::now(), every) {
+                return;
+            }
+        }
+    });
 }
 
 /// Clears the pool's `sweeping` flag when its sweep task ends.
@@ -428,11 +542,51 @@ impl State {
             }
             now.saturating_duration_since(k.used) <= idle_timeout
         });
+        self.own.retain_mut(|k| {
+            now.saturating_duration_since(k.used) <= idle_timeout && k.tx.is_open()
+        });
         if self.h2.as_ref().is_some_and(|k| {
             k.tx.is_closed() || now.saturating_duration_since(k.used) > idle_timeout
         }) {
             self.h2 = None;
         }
-        self.h1.is_empty() && self.h2.is_none()
+        self.h1.is_empty() && self.own.is_empty() && self.h2.is_none()
+    }
+}
+
+/// A response body from the upstream: hyper's, or one read by [`h1`]'s exchange.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Own(h1::Body<Home>),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            UpstreamBody::Own(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
     }
 }

@@ -424,24 +424,36 @@ async fn a_stalled_stream_is_cut_at_idle_timeout_and_a_long_one_at_max_duration(
     assert!(gw.logs().contains("max_duration"), "{}", gw.logs());
 }
 
-/// A bare HTTP/1.1 upstream that counts its connections: `accepted` ever, `open` now. With
-/// `close_after`, it drops each connection right after its first response, without
-/// `Connection: close`, as an upstream whose keep-alive timer fires would.
-struct CountingUpstream {
+/// What the scripted upstream sends for one request: `reply`, then `late` 20 ms later,
+/// then it closes the connection if `close`.
+struct Reply {
+    reply: &'static [u8],
+    late: &'static [u8],
+    close: bool,
+}
+
+/// A bare HTTP/1.1 upstream that answers each bodiless request as `script` says for the
+/// last segment of its path: it sends what no well-behaved server would. It counts
+/// connections and keeps each request head.
+struct Scripted {
     addr: std::net::SocketAddr,
+    /// Connections ever accepted.
     accepted: Arc<AtomicUsize>,
+    /// Connections open now.
     open: Arc<AtomicUsize>,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl CountingUpstream {
-    async fn start(close_after: bool) -> CountingUpstream {
+impl Scripted {
+    async fn start(script: fn(&str) -> Reply) -> Scripted {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
-        let (acc, op) = (accepted.clone(), open.clone());
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (acc, op, seen) = (accepted.clone(), open.clone(), heads.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = l.accept().await else {
@@ -449,16 +461,28 @@ impl CountingUpstream {
                 };
                 acc.fetch_add(1, Ordering::SeqCst);
                 op.fetch_add(1, Ordering::SeqCst);
-                let op = op.clone();
+                let (op, seen) = (op.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     'conn: loop {
-                        // Bodiless requests: one ends at its blank line.
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                             buf.drain(..end + 4);
-                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(reply).await.is_err() || close_after {
+                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                            seen.lock().unwrap().push(head);
+                            let name = path.rsplit('/').next().unwrap_or("");
+                            let r = script(name);
+                            if s.write_all(r.reply).await.is_err() {
+                                break 'conn;
+                            }
+                            if !r.late.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                if s.write_all(r.late).await.is_err() {
+                                    break 'conn;
+                                }
+                            }
+                            if r.close {
                                 break 'conn;
                             }
                         }
@@ -467,14 +491,16 @@ impl CountingUpstream {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    drop(s);
                     op.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        CountingUpstream {
+        Scripted {
             addr,
             accepted,
             open,
+            heads,
             task,
         }
     }
@@ -484,7 +510,25 @@ impl CountingUpstream {
     }
 }
 
-impl Drop for CountingUpstream {
+/// "ok" on a connection kept open.
+fn ok(_: &str) -> Reply {
+    Reply {
+        reply: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        late: b"",
+        close: false,
+    }
+}
+
+/// "ok", then the connection closed without `Connection: close`, as by an upstream whose
+/// keep-alive timer fires.
+fn ok_then_close(name: &str) -> Reply {
+    Reply {
+        close: true,
+        ..ok(name)
+    }
+}
+
+impl Drop for Scripted {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -492,9 +536,9 @@ impl Drop for CountingUpstream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused_replaced_when_closed_and_closed_when_idle() {
-    let kept = CountingUpstream::start(false).await;
-    let closing = CountingUpstream::start(true).await;
-    let unpooled = CountingUpstream::start(false).await;
+    let kept = Scripted::start(ok).await;
+    let closing = Scripted::start(ok_then_close).await;
+    let unpooled = Scripted::start(ok).await;
     let pool = |idle: &str, max: i64| {
         let mut t = toml::Table::new();
         t.insert("idle_timeout".into(), idle.into());
@@ -595,86 +639,6 @@ async fn concurrent_requests_to_an_http2_upstream_share_one_connection() {
     assert_eq!(up.connections(), 1, "one HTTP/2 connection for the worker");
 }
 
-/// What the scripted upstream sends for one request: `reply`, then `late` 20 ms later,
-/// then it closes the connection if `close`.
-struct Reply {
-    reply: &'static [u8],
-    late: &'static [u8],
-    close: bool,
-}
-
-/// A bare HTTP/1.1 upstream that answers each bodiless request as `script` says for the
-/// last segment of its path: it sends what no well-behaved server would. It counts
-/// connections and keeps each request head.
-struct Scripted {
-    addr: std::net::SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    heads: Arc<std::sync::Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Scripted {
-    async fn start(script: fn(&str) -> Reply) -> Scripted {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (acc, seen) = (accepted.clone(), heads.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    return;
-                };
-                acc.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    'conn: loop {
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                            buf.drain(..end + 4);
-                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                            seen.lock().unwrap().push(head);
-                            let name = path.rsplit('/').next().unwrap_or("");
-                            let r = script(name);
-                            if s.write_all(r.reply).await.is_err() {
-                                break 'conn;
-                            }
-                            if !r.late.is_empty() {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                if s.write_all(r.late).await.is_err() {
-                                    break 'conn;
-                                }
-                            }
-                            if r.close {
-                                break 'conn;
-                            }
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        Scripted {
-            addr,
-            accepted,
-            heads,
-            task,
-        }
-    }
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A response larger than one read: 256 KiB of `x`.
 static BIG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
     let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 262144\r\n\r\n".to_vec();
@@ -765,10 +729,10 @@ async fn upstream_responses_keep_their_framing_and_never_answer_another_request(
             // shows as a 502 rather than as a second attempt.
             let mut retry = toml::Table::new();
             retry.insert("attempts".into(), 0.into());
-            Upstream::url(&format!("http://{}", up.addr)).set("retry", retry)
+            Upstream::url(&up.url()).set("retry", retry)
         })
         // The same upstream with the default retries (once, on a reset).
-        .upstream("r", Upstream::url(&format!("http://{}", up.addr)))
+        .upstream("r", Upstream::url(&up.url()))
         .route(Route::prefix("s", "/", "s"))
         .route(Route::prefix("r", "/retried/", "r"))
         .toml();

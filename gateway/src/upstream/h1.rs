@@ -32,7 +32,7 @@ use crate::http::{BoxError, ProxyBody};
 /// A connection to an upstream, plain or TLS.
 pub(super) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
-/// Largest response head (and trailer section): hyper's default read limit.
+/// Largest response head: hyper's default read limit.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Most header fields in a response head, as hyper allows.
 const MAX_HEADERS: usize = 100;

@@ -83,6 +83,26 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().no_proxy()
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to `addr`, driven by a task of its own:
+/// for what reqwest does not show, such as trailers, or sends differently, such as a
+/// `:authority` that disagrees with `Host`.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// A reqwest client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
     client_builder()

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -198,12 +197,7 @@ async fn grpc_over_h2c_keeps_trailers() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = one_route(Upstream::url(&up.url()).set("http2", true)).toml();
     let gw = Gateway::start(dir.path(), &cfg).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = warden_tests::h2c(gw.addr).await;
     let mut msg = vec![0u8, 0, 0, 0, 5];
     msg.extend_from_slice(b"hello");
     let req = http::Request::post(format!("http://{}/grpc", gw.addr))

@@ -283,14 +283,7 @@ async fn http2_authority_and_host_must_agree() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), &demo_like(&up.url(), "", "")).await;
 
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = warden_tests::h2c(gw.addr).await;
     let req = |host: Option<&str>| {
         let mut b = http::Request::builder()
             .version(http::Version::HTTP_2)

@@ -12,10 +12,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::upstream::UpstreamBody;
-
 use crate::config::AccessLogConfig;
 use crate::http::{BoxError, ClientInfo, ProxyBody};
+use crate::upstream::UpstreamBody;
 
 /// One request as the access log, the metrics and the trace see it: filled in as the
 /// request goes through the pipeline, and written out when the response body ends. Never a

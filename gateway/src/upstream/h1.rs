@@ -211,27 +211,21 @@ impl Conn {
                 }
                 Body::Full((n > 0).then_some(data))
             }
-            Framing::Length(n) => Body::Streaming(Box::new(Streaming {
-                conn: self,
-                read: Read::Data(n, false),
-                keep,
-                home,
-                extras: 0,
-            })),
-            Framing::Chunked => Body::Streaming(Box::new(Streaming {
-                conn: self,
-                read: Read::Size,
-                keep,
-                home,
-                extras: 0,
-            })),
-            Framing::Close => Body::Streaming(Box::new(Streaming {
-                conn: self,
-                read: Read::ToClose,
-                keep: false,
-                home,
-                extras: 0,
-            })),
+            framing => {
+                let read = match framing {
+                    Framing::Length(n) => Read::Data(n, false),
+                    Framing::Chunked => Read::Size,
+                    // Never kept: `framing` says so for a body that runs to the close.
+                    Framing::Close => Read::ToClose,
+                };
+                Body::Streaming(Box::new(Streaming {
+                    conn: self,
+                    read,
+                    keep,
+                    home,
+                    extras: 0,
+                }))
+            }
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;

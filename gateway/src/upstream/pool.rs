@@ -356,7 +356,7 @@ impl Pool {
                     tx: tx.clone(),
                     used: now,
                 });
-                self.sweep_later(&mut st);
+                sweep_later(&self.state, &mut st);
                 kept = Some(tx);
             }
         }
@@ -448,13 +448,7 @@ impl Pool {
                 }
             }
         }
-        self.sweep_later(&mut st);
-    }
-
-    /// Start the idle sweep if it is not running. It holds the pool weakly, so it ends with
-    /// the endpoint, and stops itself once the pool is empty.
-    fn sweep_later(&self, st: &mut State) {
-        sweep_later(&self.state, st);
+        sweep_later(&self.state, &mut st);
     }
 }
 
@@ -485,7 +479,8 @@ impl h1::Home for Home {
     }
 }
 
-/// Start the idle sweep of `state` (locked as `st`) if it is not running.
+/// Start the idle sweep of `state` (locked as `st`) if it is not running. It holds the pool
+/// weakly, so it ends with the endpoint, and stops itself once the pool is empty.
 fn sweep_later(state: &Arc<Mutex<State>>, st: &mut State) {
     if st.sweeping {
         return;

@@ -96,6 +96,64 @@ pub fn is_hop_by_hop_lowercase(name: &str) -> bool {
     HOP_BY_HOP.contains(&name) || name.starts_with("proxy-")
 }
 
+/// A header field found by httparse, as offsets into the buffer it was parsed from (name
+/// start and end, value start and end), so that it can be taken from the buffer once that
+/// is frozen: values are then slices of the head, never copies.
+pub(crate) type FieldSpan = (u32, u32, u32, u32);
+
+/// The spans of `fields`, parsed from `buf`, written into `spans`.
+pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>], spans: &mut [FieldSpan]) {
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(fields) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+}
+
+/// The header map of a head whose fields are at `spans`, with room for `more` fields the
+/// gateway adds (forwarding headers, the request id, injected secrets): a map that has to
+/// grow rehashes every field it holds.
+pub(crate) fn field_map(
+    head: &Bytes,
+    spans: &[FieldSpan],
+    more: usize,
+) -> Result<http::HeaderMap, &'static str> {
+    let mut headers = http::HeaderMap::with_capacity(spans.len() + more);
+    for &(ns, ne, vs, ve) in spans {
+        let name = http::HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// A decimal length: digits only, no sign, no space, no overflow.
+pub(crate) fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// Whether a comma-separated header value (`Connection`, `TE`) lists `token`, in any case.
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_hop_by_hop;

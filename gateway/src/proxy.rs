@@ -8,6 +8,7 @@
 mod access;
 mod body;
 mod error;
+mod h1;
 mod headers;
 mod preface;
 
@@ -39,6 +40,7 @@ use crate::telemetry::{
     GatewayResponseLabels, MethodClass, RequestLabels, RouteLabel, Source, UpstreamLabel, metrics,
 };
 use crate::upstream::UpstreamBody;
+use body::ClientBody;
 pub use error::ProxyError;
 use opentelemetry::KeyValue;
 
@@ -139,27 +141,22 @@ async fn serve_plaintext(
     // The connection's protocol is settled before anything is made for it, so a refused
     // or abandoned connection costs no client record and no service.
     let start = Box::pin(preface::classify(&stream, limits.header_read_timeout)).await;
-    let svc = move || {
-        let client = Arc::new(ClientInfo {
+    let client = move || {
+        Arc::new(ClientInfo {
             addr: peer,
             ip: ClientInfo::ip_value(peer),
             tls: false,
             sni: None,
             uri_sans: vec![],
             dns_sans: vec![],
-        });
-        service(gw, client)
+        })
     };
     match start {
-        preface::Start::Http1 => {
-            let conn = limits
-                .http1()
-                .serve_connection(TokioIo::new(stream), svc())
-                .with_upgrades();
-            until_drained(conn, drain, |c| c.graceful_shutdown()).await
-        }
+        preface::Start::Http1 => h1::serve(stream, gw, client(), limits, drain).await,
         preface::Start::Http2 => {
-            let conn = limits.http2().serve_connection(TokioIo::new(stream), svc());
+            let conn = limits
+                .http2()
+                .serve_connection(TokioIo::new(stream), service(gw, client()));
             Box::pin(until_drained(conn, drain, |c| c.graceful_shutdown())).await
         }
         preface::Start::Refused => {
@@ -211,7 +208,6 @@ async fn serve_tls(
         uri_sans: ids.uris,
         dns_sans: ids.dns,
     });
-    let svc = service(gw, client);
     if h2 {
         // hyper would close on a wrong preface without the GOAWAY that RFC 9113 asks for;
         // check it first and replay it.
@@ -219,14 +215,12 @@ async fn serve_tls(
         else {
             return Ok(());
         };
-        let conn = limits.http2().serve_connection(TokioIo::new(stream), svc);
+        let conn = limits
+            .http2()
+            .serve_connection(TokioIo::new(stream), service(gw, client));
         until_drained(conn, drain, |c| c.graceful_shutdown()).await
     } else {
-        let conn = limits
-            .http1()
-            .serve_connection(TokioIo::new(tls_stream), svc)
-            .with_upgrades();
-        until_drained(conn, drain, |c| c.graceful_shutdown()).await
+        h1::serve(tls_stream, gw, client, limits, drain).await
     }
 }
 
@@ -308,14 +302,14 @@ fn service(
         // Boxed per request: hyper keeps the slot that holds a request's future for the
         // connection's whole life, so an unboxed future (kilobytes) would stay resident in
         // every idle keep-alive connection. The box is freed when the request ends.
-        let request = Box::pin(handle(req, snap, client));
+        let request = Box::pin(handle(req.map(ClientBody::Hyper), snap, client));
         async move { Ok(request.await) }
     })
 }
 
 /// Handle one request end to end. Never fails: every problem becomes a response.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     snap: Arc<Snapshot>,
     client: Arc<ClientInfo>,
 ) -> Response<body::Observed> {
@@ -459,7 +453,7 @@ pub(crate) async fn handle(
 }
 
 async fn pipeline(
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     snap: &Snapshot,
     client: &ClientInfo,
     ex: &mut body::Exchange,
@@ -774,6 +768,14 @@ async fn pipeline(
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
+            if !no_body && declared.is_none() && !upstream.http2 {
+                // Told nothing, hyper's client sends a GET, HEAD or CONNECT of unknown
+                // length without its body; a body is never dropped on the way.
+                parts.headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             let replay: Option<Bytes> = if policy.attempts == 0 || downstream_upgrade.is_some() {
                 None
             } else if no_body {
@@ -991,7 +993,7 @@ async fn pipeline(
 /// The request body on its way through the pipeline.
 enum InBody {
     /// Streamed to the upstream as it arrives.
-    Stream(Incoming),
+    Stream(ClientBody),
     /// Read whole and checked by the body phase (or replaced by a policy).
     Buffered(Bytes),
 }
@@ -1183,7 +1185,7 @@ fn check_method(m: &Method, allow_trace: bool) -> Result<(), ProxyError> {
 /// checked authority in `Host`, the normalized path in the URI (query untouched), and no
 /// method-override headers unless the operator keeps them. Returns the routing host.
 fn normalize_request(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     gw: &crate::config::GatewayConfig,
 ) -> Result<Option<String>, ProxyError> {
     let authority = headers::checked_authority(req).map_err(ProxyError::BadRequest)?;
@@ -1217,7 +1219,14 @@ fn normalize_request(
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     }
 
-    if gw.method_override == MethodOverride::Strip {
+    // A scan of the names first: three lookups of names a request rarely has would cost
+    // three hashes every time.
+    if gw.method_override == MethodOverride::Strip
+        && req
+            .headers()
+            .keys()
+            .any(|k| headers::METHOD_OVERRIDE.contains(k))
+    {
         for name in headers::METHOD_OVERRIDE {
             req.headers_mut().remove(name);
         }
@@ -1230,7 +1239,7 @@ fn normalize_request(
 /// `Upgrade` header is then removed, so policies see what the upstream will), or 400 when
 /// the route refuses other protocols.
 fn choose_upgrade(
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     route: &RouteRuntime,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     let asked = headers::upgrade_protocols(req);

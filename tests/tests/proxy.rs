@@ -1039,3 +1039,208 @@ async fn workers_share_the_port_each_with_its_own_thread_and_lose_no_log_line() 
     let m_lines = logs.matches("warden::access").count();
     assert_eq!(m_lines, 2 * N, "{logs}");
 }
+
+/// Read one HTTP/1.1 response from `s` (`buf` holds what was read past it): its head, and
+/// its body de-framed (Content-Length or chunked; none for a `HEAD`).
+async fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> (String, Vec<u8>) {
+    async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, need: impl Fn(&[u8]) -> bool) {
+        while !need(buf) {
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("response within 10 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed mid-response: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let find = |b: &[u8], pat: &[u8]| b.windows(pat.len()).position(|w| w == pat);
+    fill(s, buf, |b| find(b, b"\r\n\r\n").is_some()).await;
+    let end = find(buf, b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8(buf.drain(..end).collect()).unwrap();
+    let field = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let mut body = Vec::new();
+    if head_request {
+    } else if let Some(n) = field("content-length") {
+        let n: usize = n.parse().unwrap();
+        fill(s, buf, |b| b.len() >= n).await;
+        body = buf.drain(..n).collect();
+    } else {
+        assert_eq!(
+            field("transfer-encoding").as_deref(),
+            Some("chunked"),
+            "{head}"
+        );
+        loop {
+            fill(s, buf, |b| find(b, b"\r\n").is_some()).await;
+            let line = find(buf, b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[..line]).unwrap(), 16).unwrap();
+            fill(s, buf, |b| b.len() >= line + 2 + size + 2).await;
+            body.extend_from_slice(&buf[line + 2..line + 2 + size]);
+            assert_eq!(&buf[line + 2 + size..line + 4 + size], b"\r\n");
+            buf.drain(..line + 4 + size);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    (head, body)
+}
+
+/// Warden serves plain HTTP/1.1 requests itself and hands a connection to hyper at the
+/// first request it does not take (a body, an upgrade, `Expect`, HTTP/1.0, a malformed
+/// head). Whatever the mix on one connection: every request is answered once, in order,
+/// framed as declared, and no bytes after a head are ever read as a request they are not.
+#[tokio::test]
+async fn http1_requests_are_answered_in_order_and_framed_whoever_reads_them() {
+    let up = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &one_route(Upstream::url(&up.url()))
+            .gateway("header_read_timeout", "700ms")
+            .toml(),
+    )
+    .await;
+    let path_of = |body: &[u8]| -> String {
+        serde_json::from_slice::<Value>(body).unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Pipelined on one connection: two requests Warden reads, a HEAD, one with a body
+    // (hyper's from there on), and two more after it.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    for (path, head_request) in [
+        ("/a", false),
+        ("/b", false),
+        ("/c", true),
+        ("/d", false),
+        ("/e", false),
+        ("/f", false),
+    ] {
+        let (head, body) = read_response(&mut s, &mut buf, head_request).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\ndate: "),
+            "{path}: {head}"
+        );
+        if head_request {
+            assert!(
+                head.to_ascii_lowercase().contains("content-length: "),
+                "{head}"
+            );
+        } else {
+            assert_eq!(path_of(&body), path);
+        }
+    }
+    // `Connection: close` was honoured: nothing after it was read as a request.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        buf.is_empty() && rest.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let seen: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/a", "/b", "/c", "/d", "/e", "/f"]);
+    assert_eq!(
+        &up.bodies()[..],
+        [
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::from("hello"),
+            Bytes::from("abc"),
+            Bytes::new()
+        ]
+    );
+
+    // Heads that could carry a second request inside the first, each on its own connection
+    // after a request Warden served: refused or closed, never a request for /smuggled.
+    for attack in [
+        "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 40\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n Content-Length: 40\r\n\r\n",
+        "GET /x HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let request = format!(
+            "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n{attack}GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let out = raw(gw.addr, request.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{attack:?}: {out}");
+        assert!(!out.contains("/smuggled"), "{attack:?}: {out}");
+    }
+    assert!(
+        up.seen().iter().all(|s| s.uri != "/smuggled"),
+        "a smuggled request reached the upstream"
+    );
+
+    // The header-read timeout runs from the start of each wait, not from the connection's
+    // start: requests 300 ms apart keep a connection alive past 700 ms, and then it is
+    // closed once idle for the timeout.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..4 {
+        s.write_all(format!("GET /kept{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(path_of(&body), format!("/kept{i}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok() && rest.is_empty(),
+        "idle connection not closed: {rest:?}"
+    );
+    assert!(idle.elapsed() < Duration::from_secs(5));
+
+    // A streamed response of unknown length goes out chunked, whole.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /big?bytes=300001 HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body.len(), 300_001);
+    assert!(body.iter().all(|b| *b == b'x'));
+    let (_, body) = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(path_of(&body), "/after");
+}

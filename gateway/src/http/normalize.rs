@@ -271,7 +271,7 @@ pub struct HostError;
 /// IP literal (user info, percent escapes, empty labels, other characters) is refused, so
 /// no spelling of a host can skip the routes bound to it.
 pub fn normalize_host(authority: &str) -> Result<String, HostError> {
-    if authority.contains('@') {
+    if authority.as_bytes().contains(&b'@') {
         return Err(HostError);
     }
     let host = host_without_port(authority)?;
@@ -281,14 +281,24 @@ pub fn normalize_host(authority: &str) -> Result<String, HostError> {
         return Ok(format!("[{ip}]"));
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || host
-            .split('.')
-            .any(|label| label.is_empty() || label.len() > 63)
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    // One pass: labels of 1 to 63 letters, digits, `-` or `_`, between single dots.
+    let mut label = 0usize;
+    for &b in host.as_bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return Err(HostError);
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return Err(HostError);
+            }
+        } else {
+            return Err(HostError);
+        }
+    }
+    if label == 0 {
         return Err(HostError);
     }
     Ok(host.to_ascii_lowercase())
@@ -302,8 +312,8 @@ fn host_without_port(authority: &str) -> Result<&str, HostError> {
             None => return Err(HostError),
         }
     } else {
-        match authority.rsplit_once(':') {
-            Some((h, _)) => (h, &authority[h.len()..]),
+        match authority.bytes().rposition(|b| b == b':') {
+            Some(colon) => (&authority[..colon], &authority[colon..]),
             None => (authority, ""),
         }
     };

@@ -83,6 +83,42 @@ impl BodyIn {
     }
 }
 
+/// A request body as the pipeline gets it: hyper's, or none at all (a request that Warden's
+/// own HTTP/1.1 loop read, which takes only requests without a body).
+pub(crate) enum ClientBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// Counts a request body's bytes on their way upstream.
     pub(crate) struct CountedIn<B> {

@@ -38,30 +38,34 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
 }
 
 fn strip_named_and_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
+    // What `Connection` names, other than hop-by-hop headers (removed below anyway):
+    // usually nothing (`keep-alive`), so usually no name is made and no list.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(CONNECTION) {
+        for t in v.as_bytes().split(|b| *b == b',') {
+            let t = t.trim_ascii();
+            if t.is_empty() || std::str::from_utf8(t).is_ok_and(crate::http::is_hop_by_hop) {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t) {
+                named.push(n);
+            }
+        }
+    }
+    let te_trailers = h
+        .get_all(TE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let te_trailers = h.get_all(TE).iter().any(|v| {
-        v.to_str()
-            .map(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-            .unwrap_or(false)
-    });
+        .any(|v| crate::http::has_token(v.as_bytes(), b"trailers"));
     for n in named {
         h.remove(n);
     }
-    let to_remove: Vec<HeaderName> = h
+    // One removal per hop-by-hop name present (usually only `connection`), found by a
+    // scan of the names rather than a lookup of every name on the list.
+    while let Some(n) = h
         .keys()
-        .filter(|k| is_hop_by_hop_lowercase(k.as_str()))
+        .find(|k| is_hop_by_hop_lowercase(k.as_str()))
         .cloned()
-        .collect();
-    for n in to_remove {
+    {
         h.remove(n);
     }
     if te_trailers {

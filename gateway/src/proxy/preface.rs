@@ -125,6 +125,13 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<S> Replay<S> {
+    /// `inner`, read after `prefix`.
+    pub(super) fn new(prefix: Bytes, inner: S) -> Self {
+        Replay { prefix, inner }
+    }
+}
+
 impl<S: AsyncRead> AsyncRead for Replay<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -36,6 +36,9 @@ pub(super) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Most header fields in a response head, as hyper allows.
 const MAX_HEADERS: usize = 100;
+/// Fields the gateway may add to a response head (the request id, a route's response
+/// headers) without its map growing.
+const RESPONSE_ROOM: usize = 4;
 /// How much the read buffer grows by when it is nearly full.
 const READ_CHUNK: usize = 16 * 1024;
 /// Longest chunk-size line, extensions included.
@@ -282,27 +285,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Head, usize)>, Error> {
     let code = r.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
     let count = r.headers.len();
-    // Offsets, so that the values can be sliced from the buffer once it is frozen.
-    let base = buf.as_ptr() as usize;
-    for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-    }
+    crate::http::field_spans(buf, r.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| Error::Framing("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Error::Framing("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers =
+        crate::http::field_map(&head, &spans[..count], RESPONSE_ROOM).map_err(Error::Framing)?;
     Ok(Some((
         Head {
             status,
@@ -374,7 +360,8 @@ fn framing(
     for v in headers.get_all(CONTENT_LENGTH) {
         fields += 1;
         for part in v.as_bytes().split(|b| *b == b',') {
-            let n = decimal(part.trim_ascii()).ok_or(Error::Framing("invalid Content-Length"))?;
+            let n = crate::http::decimal(part.trim_ascii())
+                .ok_or(Error::Framing("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Framing("conflicting Content-Length values"));
             }
@@ -396,27 +383,14 @@ fn framing(
     }
 }
 
-/// Digits only: no sign, no space, no overflow.
-fn decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-            .flatten()
-    })
-}
-
 /// Whether the upstream lets the connection carry another request: HTTP/1.1 unless it
 /// says `close`, HTTP/1.0 only if it says `keep-alive`.
 fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     let has = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| crate::http::has_token(v.as_bytes(), token))
     };
     if version == Version::HTTP_11 {
         !has(b"close")

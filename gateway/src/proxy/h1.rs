@@ -52,6 +52,9 @@ const COPY_FRAME: usize = 16 * 1024;
 /// Buffers larger than these are let go between requests, so that one large head or
 /// response does not stay resident in an idle keep-alive connection.
 const KEEP_READ: usize = 16 * 1024;
+/// Queued response bytes are written once they reach this (hyper's write buffer limit
+/// here), even while the body has more ready.
+const FLUSH_AT: usize = 64 * 1024;
 const KEEP_OUT: usize = 8 * 1024;
 
 /// Serve an HTTP/1.1 connection: requests this loop takes, until one it does not, which
@@ -73,20 +76,34 @@ where
         timer: None,
     };
     let mut drained = pin!(drain.cancelled());
-    let max_head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+    // What hyper would accept (it reads at least 8 KiB), so that a head this loop gives up
+    // on is one hyper refuses at once, not one it waits for again.
+    let max_head = usize::try_from(limits.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192);
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     loop {
         // hyper's header-read timeout, kept: it runs from when the loop starts waiting for
         // a head, so it also closes a keep-alive connection left idle that long.
         let deadline = Instant::now() + limits.header_read_timeout;
+        // How much of the buffer is known to hold no end of a head: a head that arrives a
+        // few bytes at a time is parsed again only once its end may have come, not once per
+        // read (which would cost time quadratic in its length), as hyper does.
+        let mut scanned = 0usize;
         let fast = loop {
-            match parse(&mut conn.buf, max_headers, max_head) {
-                Parsed::Fast(f) => break f,
-                Parsed::Other => {
-                    return Box::pin(hand_off(conn, gw, client, limits, drain)).await;
+            if scanned == 0
+                || conn.buf.len() >= max_head
+                || may_end_head(&conn.buf[scanned.saturating_sub(3)..])
+            {
+                match parse(&mut conn.buf, max_headers, max_head) {
+                    Parsed::Fast(f) => break f,
+                    Parsed::Other => {
+                        return Box::pin(hand_off(conn, gw, client, limits, drain)).await;
+                    }
+                    Parsed::Partial => {}
                 }
-                Parsed::Partial => {}
             }
+            scanned = conn.buf.len();
             if !conn.read_head(deadline, drained.as_mut()).await {
                 return Ok(());
             }
@@ -99,8 +116,9 @@ where
         };
         let keep = !fast.close && !drain.is_cancelled();
         match conn.respond(resp, fast.head, keep, fast.trailers).await {
-            Ok(true) => conn.trim(),
-            Ok(false) => {
+            // A drain that began while the response streamed ends the connection too.
+            Ok(true) if !drain.is_cancelled() => conn.trim(),
+            Ok(_) => {
                 let _ = conn.io.shutdown().await;
                 return Ok(());
             }
@@ -248,9 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.buf.is_empty() && drained.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(false);
             }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                self.buf.reserve(READ_SIZE);
-            }
+            reserve_read(&mut self.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(_)) => return Poll::Ready(true),
@@ -284,9 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Some(r));
             }
             if watch {
-                if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                    self.buf.reserve(READ_SIZE);
-                }
+                reserve_read(&mut self.buf);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) => watch = false,
@@ -309,6 +323,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let (parts, body) = resp.into_parts();
         let mut body = pin!(body);
         let status = parts.status;
+        if status.is_informational() {
+            // Never made on this path (no upgrade, no `Expect`); its body would be read as
+            // the next response.
+            return Ok(false);
+        }
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -330,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if no_content {
                     continue;
                 }
-                match decimal(value.as_bytes()) {
+                match length(value.as_bytes()) {
                     Some(n) if declared.is_none() => declared = Some(n),
                     Some(n) if declared == Some(n) => continue,
                     // Lengths that disagree: no response can be framed from them.
@@ -377,23 +396,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let mut trailer_block = Vec::new();
         let mut whole = true;
+        // While the body waits on its upstream, the client is watched as in `answer`: one
+        // that leaves ends the response (and frees its upstream) at once, not at the next
+        // write that fails.
+        let mut watch = self.buf.is_empty();
         if !ended {
             loop {
                 let step = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
                     // Whatever is ready goes out in one write before waiting.
-                    Poll::Pending if !self.out.is_empty() => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                    Poll::Pending if !self.out.is_empty() => Poll::Ready(Step::Flush),
+                    Poll::Pending => {
+                        if watch {
+                            reserve_read(&mut self.buf);
+                            match tokio_util::io::poll_read_buf(
+                                Pin::new(&mut self.io),
+                                cx,
+                                &mut self.buf,
+                            ) {
+                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                    return Poll::Ready(Step::Gone);
+                                }
+                                Poll::Ready(Ok(_)) => watch = false,
+                                Poll::Pending => {}
+                            }
+                        }
+                        Poll::Pending
+                    }
+                    Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
                 })
                 .await;
                 let frame = match step {
-                    None => {
+                    Step::Flush => {
                         self.flush().await?;
                         continue;
                     }
-                    Some(None) => break,
-                    Some(Some(Ok(frame))) => frame,
-                    Some(Some(Err(_))) => {
+                    Step::Gone => {
+                        return Err(std::io::ErrorKind::ConnectionAborted.into());
+                    }
+                    Step::Frame(None) => break,
+                    Step::Frame(Some(Ok(frame))) => frame,
+                    Step::Frame(Some(Err(_))) => {
                         // The body broke off: what came of it goes out, and the connection
                         // closes unfinished, so the client sees it was cut.
                         whole = false;
@@ -452,9 +494,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             self.flush().await?;
             self.io.write_all(&data).await?;
+            // Over TLS the frame's last records wait in the session until flushed.
+            self.io.flush().await?;
         }
         if chunked {
             self.out.extend_from_slice(b"\r\n");
+        }
+        // A body that is always ready (a fast upstream, small frames) still goes out as it
+        // comes, not held whole: as much as hyper's write buffer holds.
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -477,6 +526,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.buf = BytesMut::new();
         }
     }
+}
+
+enum Step {
+    /// The body waits: write what is queued.
+    Flush,
+    /// The client closed the connection.
+    Gone,
+    Frame(Option<Result<http_body::Frame<Bytes>, crate::http::BoxError>>),
+}
+
+/// Room for a read of a head.
+fn reserve_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
+/// Whether `bytes` (the new ones, and the three before them) may hold the blank line that
+/// ends a head.
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// A response's `Content-Length`: one length, or the same length repeated in a list.
+fn length(value: &[u8]) -> Option<u64> {
+    let mut parts = value.split(|b| *b == b',').map(|p| decimal(p.trim_ascii()));
+    let first = parts.next()??;
+    parts.all(|p| p == Some(first)).then_some(first)
 }
 
 enum Framing {
@@ -661,6 +738,34 @@ mod tests {
         assert_eq!((a.req.uri().path(), b.req.uri().path()), ("/1", "/2"));
         assert!(matches!(parse(&mut buf, 100, 1024), Parsed::Other));
         assert!(buf.starts_with(b"POST /3 "));
+    }
+
+    #[test]
+    fn a_head_is_parsed_again_only_once_its_end_may_have_come() {
+        assert!(may_end_head(b"\r\n\r\n"));
+        assert!(may_end_head(b"x\n\n"));
+        assert!(!may_end_head(b"Host: x\r\nA: b\r"));
+        assert!(!may_end_head(b"\r\n"));
+        // However the head is split across reads, the new bytes and the three before them
+        // show its end; and a head without one never looks ended.
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for cut in 1..head.len() {
+            assert!(may_end_head(&head[cut.saturating_sub(3)..]), "cut at {cut}");
+            assert!(
+                !may_end_head(&head[cut.saturating_sub(3)..head.len() - 2]),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_lengths_are_one_number_or_the_same_repeated() {
+        assert_eq!(length(b"5"), Some(5));
+        assert_eq!(length(b"5, 5,5"), Some(5));
+        assert_eq!(length(b"5, 6"), None);
+        assert_eq!(length(b"+5"), None);
+        assert_eq!(length(b""), None);
+        assert_eq!(length(b"5,"), None);
     }
 
     #[test]

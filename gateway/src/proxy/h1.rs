@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -299,13 +299,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Poll::Ready(r) = request.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
             }
-            if watch {
-                reserve_read(&mut self.buf);
-                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => watch = false,
-                    Poll::Pending => {}
-                }
+            if client_left(&mut self.io, &mut self.buf, &mut watch, cx) {
+                return Poll::Ready(None);
             }
             Poll::Pending
         })
@@ -405,23 +400,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let step = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
                     // Whatever is ready goes out in one write before waiting.
                     Poll::Pending if !self.out.is_empty() => Poll::Ready(Step::Flush),
-                    Poll::Pending => {
-                        if watch {
-                            reserve_read(&mut self.buf);
-                            match tokio_util::io::poll_read_buf(
-                                Pin::new(&mut self.io),
-                                cx,
-                                &mut self.buf,
-                            ) {
-                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                                    return Poll::Ready(Step::Gone);
-                                }
-                                Poll::Ready(Ok(_)) => watch = false,
-                                Poll::Pending => {}
-                            }
-                        }
-                        Poll::Pending
+                    Poll::Pending if client_left(&mut self.io, &mut self.buf, &mut watch, cx) => {
+                        Poll::Ready(Step::Gone)
                     }
+                    Poll::Pending => Poll::Pending,
                     Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
                 })
                 .await;
@@ -543,6 +525,29 @@ fn reserve_read(buf: &mut BytesMut) {
     }
 }
 
+/// While a request or its response waits: whether the client has closed the connection.
+/// As hyper does (without half-close), the read side is watched until bytes come (`watch`
+/// then turns off); those are the next request's, kept in `buf` for it.
+fn client_left<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    watch: &mut bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    if !*watch {
+        return false;
+    }
+    reserve_read(buf);
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => true,
+        Poll::Ready(Ok(_)) => {
+            *watch = false;
+            false
+        }
+        Poll::Pending => false,
+    }
+}
+
 /// Whether `bytes` (the new ones, and the three before them) may hold the blank line that
 /// ends a head.
 fn may_end_head(bytes: &[u8]) -> bool {
@@ -587,12 +592,9 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 /// message (RFC 9110 §6.5.1).
 fn allowed_trailers(head: &http::HeaderMap, fields: &http::HeaderMap, out: &mut Vec<u8>) {
     let declared = |name: &HeaderName| {
-        head.get_all(TRAILER).iter().any(|v| {
-            v.as_bytes().split(|b| *b == b',').any(|t| {
-                t.trim_ascii()
-                    .eq_ignore_ascii_case(name.as_str().as_bytes())
-            })
-        })
+        head.get_all(TRAILER)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), name.as_str().as_bytes()))
     };
     for (name, value) in fields {
         if declared(name) && !FORBIDDEN_TRAILERS.contains(&name.as_str()) {

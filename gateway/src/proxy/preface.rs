@@ -104,10 +104,7 @@ where
 {
     let mut got = [0u8; 24];
     match tokio::time::timeout(within, stream.read_exact(&mut got)).await {
-        Ok(Ok(_)) if &got == PREFACE => Ok(Replay {
-            prefix: Bytes::from_static(PREFACE),
-            inner: stream,
-        }),
+        Ok(Ok(_)) if &got == PREFACE => Ok(Replay::new(Bytes::from_static(PREFACE), stream)),
         Ok(Ok(_)) => {
             refuse(stream).await;
             Err(())

@@ -11,7 +11,7 @@ are zeroed, N more requests are sent, and the counters dumped: instructions / N,
 thread of the process included. `chain` is the network-isolation ×20 rules chain plus one
 injected secret, as in bench.py's `w-secret`; `info` is `none` with RUST_LOG=info (the
 access log on, as in `w-none-info`), so `info` − `none` is the access log's cost. Under
-valgrind the plugin pool is capped at 8 instances (valgrind cannot reserve the default
+valgrind the plugin pool is capped at 2 instances (valgrind cannot reserve the default
 pool's address space).
 
 What it counts is instructions, not time: it sees copies, allocation and parsing work, not
@@ -37,7 +37,7 @@ def count(binary: Path, mode: str, n: int, tmp: Path, up: int) -> tuple[float, i
     port, admin = bench.free_ports(2)
     conf = bench.warden_conf(
         tmp, port, admin, up, **(dict(policy=True, secret=True) if mode == "chain" else dict(policy=False))
-    ).replace("[policy]\n", "[policy]\nmax_instances = 8\n")
+    ).replace("[policy]\n", "[policy]\nmax_instances = 2\n")
     cfg = tmp / f"{binary.name}-{mode}.toml"
     cfg.write_text(conf)
     out = tmp / f"{binary.name}-{mode}.callgrind"

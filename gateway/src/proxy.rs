@@ -814,12 +814,10 @@ async fn pipeline(
         *req.uri_mut() = upstream
             .target_uri(ep, &downstream_uri)
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        // The last attempt takes the headers; earlier ones a copy.
-        *req.headers_mut() = if replay.is_some() && attempt < policy.attempts {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
+        // Each attempt takes the headers; one that may be followed by another gets them
+        // back from the upstream client.
+        *req.headers_mut() = std::mem::take(&mut parts.headers);
+        let again = replay.is_some() && attempt < policy.attempts;
         match upstream.host_header(ep, original_host.as_ref()) {
             // HTTP/2 carries the authority in :authority; a Host header next to it is
             // redundant.
@@ -847,8 +845,21 @@ async fn pipeline(
         if let Some(d) = route.max_duration {
             deadline = deadline.min(ex.started + d);
         }
-        let result = tokio::time::timeout_at(deadline.into(), ep.send(req, at)).await;
+        let mut back = None;
+        let result = tokio::time::timeout_at(
+            deadline.into(),
+            ep.send(req, at, again.then_some(&mut back)),
+        )
+        .await;
         drop(in_flight);
+        // The next attempt sets Host and the trace context again.
+        let headers_kept = match back {
+            Some(h) => {
+                parts.headers = h;
+                true
+            }
+            None => false,
+        };
         if let Some(span) = span {
             span.end(match &result {
                 Ok(Ok(r)) => Ok(r.status().as_u16()),
@@ -857,7 +868,7 @@ async fn pipeline(
                 Err(_) => Err("timeout"),
             });
         }
-        let can_retry = replay.is_some() && attempt < policy.attempts;
+        let can_retry = again && headers_kept;
         let retry = match result {
             Err(_) => {
                 ep.failed(&upstream.outlier);

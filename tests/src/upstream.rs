@@ -291,11 +291,6 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         return Ok(r);
     }
     st.count.fetch_add(1, Ordering::SeqCst);
-    if let c @ 1.. = st.forced.load(Ordering::SeqCst) {
-        let mut r = Response::new(full(format!("forced {c}")));
-        *r.status_mut() = StatusCode::from_u16(c).unwrap_or(StatusCode::OK);
-        return Ok(r);
-    }
     st.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         uri: req
@@ -306,6 +301,11 @@ async fn handle(mut req: Request<Incoming>, st: Arc<State>) -> Result<Response<B
         version: format!("{:?}", req.version()),
         headers: req.headers().clone(),
     });
+    if let c @ 1.. = st.forced.load(Ordering::SeqCst) {
+        let mut r = Response::new(full(format!("forced {c}")));
+        *r.status_mut() = StatusCode::from_u16(c).unwrap_or(StatusCode::OK);
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
 

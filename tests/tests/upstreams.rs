@@ -335,6 +335,111 @@ async fn a_connect_failure_goes_to_the_other_endpoint_with_its_body() {
     assert_eq!(live.requests(), 10);
 }
 
+/// A retried request goes out with the headers of its first attempt: the client's (repeated
+/// ones in order), the injected secret, one request id, one Host, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_carries_the_headers_of_its_first_attempt() {
+    let sick = Echo::start_named("sick").await;
+    sick.force_status(503);
+    let live = Echo::start_named("live").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("run-secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("key"), "k-123").unwrap();
+    let mut files = toml::Table::new();
+    files.insert("type".into(), "dir".into());
+    files.insert("path".into(), secrets.display().to_string().into());
+    let mut retry = toml::Table::new();
+    retry.insert("attempts".into(), 2.into());
+    retry.insert(
+        "on".into(),
+        toml::Value::Array(vec!["connect-failure".into(), "503".into()]),
+    );
+    retry.insert("budget".into(), "100%".into());
+    retry.insert("backoff".into(), "1ms".into());
+    let mut no_eject = toml::Table::new();
+    no_eject.insert("consecutive_failures".into(), 0.into());
+    let cfg = ConfigBuilder::new()
+        .secrets("files", files)
+        .upstream(
+            "status",
+            Upstream::endpoints(&[&sick.url(), &live.url()])
+                .set("retry", retry.clone())
+                .set("outlier", no_eject.clone()),
+        )
+        .upstream(
+            "connect",
+            Upstream::endpoints(&[&format!("http://{dead}"), &live.url()])
+                .set("retry", retry)
+                .set("outlier", no_eject),
+        )
+        .route(Route::prefix("status", "/status", "status").inject("x-key", "${files:key}"))
+        .route(Route::prefix("connect", "/connect", "connect").inject("x-key", "${files:key}"))
+        .toml();
+    let gw = Gateway::start(dir.path(), &cfg).await;
+    let c = client();
+    let mut ids = std::collections::HashSet::new();
+    for path in ["/status/a", "/connect/b"] {
+        // Round robin: every other request is retried, after a 503 or a refused connection.
+        for _ in 0..6 {
+            let r = c
+                .get(gw.url(path))
+                .header("x-client", "a")
+                .header("x-multi", "1")
+                .header("x-multi", "2")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["server"], "live");
+            let h = &v["headers"];
+            assert_eq!(h["x-key"], serde_json::json!(["k-123"]), "{path}: {h}");
+            assert_eq!(h["x-client"], serde_json::json!(["a"]), "{path}: {h}");
+            assert_eq!(h["x-multi"], serde_json::json!(["1", "2"]), "{path}: {h}");
+            assert_eq!(h["host"].as_array().map(Vec::len), Some(1), "{path}: {h}");
+            let id = h["x-request-id"].as_array().expect("a request id");
+            assert_eq!(id.len(), 1, "{path}: {h}");
+            ids.insert(id[0].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 12, "request ids repeated: {ids:?}");
+    // The first attempts the sick endpoint answered carried the same fields.
+    let first = sick.seen();
+    assert!(
+        first.len() >= 3,
+        "{} requests retried after a 503",
+        first.len()
+    );
+    for s in &first {
+        let multi: Vec<_> = s.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["1", "2"]);
+        assert_eq!(s.headers.get_all("x-key").iter().count(), 1);
+        assert_eq!(s.headers["x-key"], "k-123");
+    }
+    assert_eq!(live.requests(), 12);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "warden_upstream_retries_total",
+            &["upstream=\"status\""]
+        ) as usize,
+        first.len()
+    );
+    assert!(
+        metric_value(
+            &m,
+            "warden_upstream_retries_total",
+            &["upstream=\"connect\""]
+        ) >= 3.0
+    );
+}
+
 /// A route for every path of one host.
 fn host_route(name: &str, host: &str) -> Route {
     let mut m = toml::Table::new();

@@ -11,9 +11,8 @@ use crate::config::field::{FieldError, de};
 use crate::inspect::{BodyConfig, ResponseBodyConfig};
 use crate::secrets::Template;
 
-/// Largest memory limit a plugin may ask for. The pooling allocator reserves this much
-/// address space per slot; it is fixed (not configurable) because it is part of the engine
-/// configuration, and so of the precompiled-artifact cache key.
+/// Largest memory limit a plugin may ask for. It is fixed (not configurable) because it
+/// is part of the engine configuration, and so of the precompiled-artifact cache key.
 pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
 
 /// Headers withheld from plugins unless a route's policy grants them.

@@ -959,6 +959,9 @@ impl PolicyHost {
     }
 }
 
+/// The address space of a 32-bit WebAssembly memory.
+const WASM32_SPACE: u64 = 1 << 32;
+
 fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
     let n = settings.max_instances;
     let mut pool = PoolingAllocationConfig::default();
@@ -973,8 +976,12 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
         // Fixed (not derived from settings) so the precompiled-artifact cache key is stable.
-        .memory_reservation(MAX_PLUGIN_MEMORY)
-        .memory_guard_size(64 << 10)
+        // Every slot reserves (never commits) a 32-bit memory's whole 4 GiB address space
+        // and a guard after it: no index can then leave the reservation, so compiled code
+        // checks no bounds. A smaller reservation made every load and store of a plugin
+        // three instructions longer (a compare and a conditional move before each).
+        .memory_reservation(WASM32_SPACE)
+        .memory_guard_size(32 << 20)
         .memory_reservation_for_growth(0)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = cache_dir {

@@ -115,12 +115,15 @@ impl Endpoint {
     /// Send a request on one of the calling worker's connections to this endpoint; its
     /// URI as [`Upstream::target_uri`](super::Upstream::target_uri) makes it. `now` is
     /// the caller's clock reading for this attempt (kept connections expire against it).
-    pub fn send(
-        &self,
+    /// With `back`, the request's headers come back in it for another attempt (see
+    /// `Pool::send`).
+    pub fn send<'a>(
+        &'a self,
         req: http::Request<crate::http::ProxyBody>,
         now: std::time::Instant,
-    ) -> impl Future<Output = Result<http::Response<super::UpstreamBody>, SendError>> + '_ {
-        self.pools.get().send(req, now)
+        back: Option<&'a mut Option<http::HeaderMap>>,
+    ) -> impl Future<Output = Result<http::Response<super::UpstreamBody>, SendError>> + 'a {
+        self.pools.get().send(req, now, back)
     }
 
     /// Start an attempt.

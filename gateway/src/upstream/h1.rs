@@ -156,11 +156,14 @@ impl Conn {
     ///
     /// `kept` says the connection carried an earlier exchange: a write that fails on it is
     /// [`Error::Stale`], and the request is handed back to go on a new connection.
+    /// Otherwise the request's headers, which only the written head needed, go to `back`
+    /// if asked for: a retry sends them again without a copy.
     pub(super) async fn send<H: Home>(
         mut self: Box<Self>,
         req: Request<ProxyBody>,
         home: H,
         kept: bool,
+        back: Option<&mut Option<HeaderMap>>,
     ) -> Result<Response<Body<H>>, (Error, Option<Request<ProxyBody>>)> {
         encode_head(&mut self.head, &req);
         let Conn { io, head, .. } = &mut *self;
@@ -168,13 +171,22 @@ impl Conn {
             Ok(()) => io.flush().await,
             Err(e) => Err(e),
         };
-        match written {
-            Ok(()) => {}
-            Err(e) if kept => return Err((Error::Stale(e), Some(req))),
-            Err(e) => return Err((Error::Write(e), None)),
+        if let Err(e) = written {
+            if kept {
+                return Err((Error::Stale(e), Some(req)));
+            }
+            if let Some(back) = back {
+                *back = Some(req.into_parts().0.headers);
+            }
+            return Err((Error::Write(e), None));
         }
-        let method = req.into_parts().0.method;
-        self.receive(method, home).await.map_err(|e| (e, None))
+        let (parts, _) = req.into_parts();
+        if let Some(back) = back {
+            *back = Some(parts.headers);
+        }
+        self.receive(parts.method, home)
+            .await
+            .map_err(|e| (e, None))
     }
 
     /// Read the response head to a request with `method`.

@@ -34,8 +34,11 @@ pub(super) fn spawn(upstream: &Arc<Upstream>, cfg: HealthConfig) {
                     if let Some(h) = &ep.host {
                         req.headers_mut().insert(http::header::HOST, h.clone());
                     }
-                    match tokio::time::timeout(cfg.timeout, ep.send(req, std::time::Instant::now()))
-                        .await
+                    match tokio::time::timeout(
+                        cfg.timeout,
+                        ep.send(req, std::time::Instant::now(), None),
+                    )
+                    .await
                     {
                         Ok(Ok(resp)) => resp.status().is_success(),
                         _ => false,

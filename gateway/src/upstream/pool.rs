@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -282,21 +282,30 @@ impl Pool {
     /// Send `req` (origin-form URI for HTTP/1.1, absolute for HTTP/2) on a kept connection,
     /// or on a new one. A request a kept connection could not take because the upstream
     /// had closed it goes on a new connection.
+    ///
+    /// With `back`, the request's headers come back in it whatever the outcome (unless
+    /// the future is dropped first), for another attempt: the gateway's own HTTP/1.1
+    /// client gives back the ones it wrote; hyper's client keeps its request, so a copy.
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
         now: Instant,
+        mut back: Option<&mut Option<HeaderMap>>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let own = !self.dest.dialer.http2 && h1::takes(&req);
+        if !own && let Some(back) = back.take() {
+            *back = Some(req.headers().clone());
+        }
         if self.dest.dialer.http2 {
             // Boxed, like connecting: HTTP/1.1 requests do not carry its state.
             return Box::pin(self.send_h2(req, now))
                 .await
                 .map(|r| r.map(UpstreamBody::Hyper));
         }
-        if h1::takes(&req) {
+        if own {
             let home = || Home(Arc::downgrade(&self.state));
             let req = match self.checkout_own(now) {
-                Some(conn) => match conn.send(req, home(), true).await {
+                Some(conn) => match conn.send(req, home(), true, back.as_deref_mut()).await {
                     Ok(resp) => return Ok(resp.map(UpstreamBody::Own)),
                     // The upstream closed the kept connection as the request went out:
                     // it never saw the request, which goes on a new connection.
@@ -306,10 +315,16 @@ impl Pool {
                 None => req,
             };
             // Boxed for the same reason as below.
-            let io = Box::pin(self.dest.dial())
-                .await
-                .map_err(SendError::Connect)?;
-            return match h1::Conn::new(io).send(req, home(), false).await {
+            let io = match Box::pin(self.dest.dial()).await {
+                Ok(io) => io,
+                Err(e) => {
+                    if let Some(back) = back {
+                        *back = Some(req.into_parts().0.headers);
+                    }
+                    return Err(SendError::Connect(e));
+                }
+            };
+            return match h1::Conn::new(io).send(req, home(), false, back).await {
                 Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
                 Err((e, _)) => Err(e.into()),
             };

@@ -506,6 +506,57 @@ plugin = "p"
     (code, format!("{out}{err}"))
 }
 
+/// Plugin memories reserve 4 GiB of address space each so that plugin code checks no
+/// bounds. Where the process may not reserve that much (`ulimit -v`), plugins still load,
+/// with checked memory and a warning; where not even that fits, the error says which
+/// setting to lower.
+#[test]
+fn plugins_load_where_address_space_is_short_and_the_error_names_the_setting_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = format!("file = \"{}\"", p(&plugin_wasm("network_isolation")));
+    let policy = r#"config = { allow = [ { cidr = "127.0.0.0/8" } ] }"#;
+    let limited = |settings: &str| {
+        check(dir.path(), &plugin, policy, settings);
+        let out = std::process::Command::new("prlimit")
+            .arg(format!("--as={}", 16u64 << 30))
+            .arg(warden_tests::warden_bin())
+            .args(["check", "--config"])
+            .arg(dir.path().join("warden.toml"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("prlimit (util-linux)");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+
+    // 4 instances want 8 slots of 4 GiB: more than 16 GiB.
+    let few = "[policy]\nmax_instances = 4";
+    let (code, out) = check(dir.path(), &plugin, policy, few);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("address space"), "{out}");
+    let (code, out) = limited(few);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("not enough address space to reserve 4 GiB per plugin memory"),
+        "{out}"
+    );
+    assert!(out.contains("ok: "), "{out}");
+
+    // 100 instances do not fit 16 GiB even with 256 MiB slots.
+    let (code, out) = limited("[policy]\nmax_instances = 100");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("warden.toml:") && out.contains("policy.max_instances = 100"),
+        "{out}"
+    );
+}
+
 #[test]
 fn integrity_failures_are_refused_by_warden_check_with_their_message() {
     let _serial = HEAVY.blocking_lock();

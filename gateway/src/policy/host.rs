@@ -962,7 +962,39 @@ impl PolicyHost {
 /// The address space of a 32-bit WebAssembly memory.
 const WASM32_SPACE: u64 = 1 << 32;
 
+/// The engine, with every memory slot reserving a 32-bit memory's whole address space
+/// (about 4 GiB per slot, two slots per instance: 8 TiB of the 128 TiB a process can address
+/// at the default 1,000 instances). Where that much address space is not there (a smaller
+/// virtual address space, `ulimit -v`), each slot reserves only the largest memory limit a
+/// plugin may have: plugins run the same, their memory accesses bounds-checked.
 fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
+    let cache = compiled_cache(cache_dir)?;
+    let whole = match engine_with(settings, cache.clone(), WASM32_SPACE, 32 << 20) {
+        Ok(engine) => return Ok(engine),
+        Err(e) => e,
+    };
+    match engine_with(settings, cache, MAX_PLUGIN_MEMORY, 64 << 10) {
+        Ok(engine) => {
+            tracing::warn!(
+                max_instances = settings.max_instances,
+                error = %format!("{whole:#}"),
+                "not enough address space to reserve 4 GiB per plugin memory; plugin memory accesses will be bounds-checked (slower). Lowering policy.max_instances avoids this"
+            );
+            Ok(engine)
+        }
+        Err(e) => Err(anyhow!(
+            "cannot set up the WebAssembly engine: {e:#} (every one of policy.max_instances = {} reserves address space; lower it)",
+            settings.max_instances
+        )),
+    }
+}
+
+fn engine_with(
+    settings: &PolicySettings,
+    cache: Option<wasmtime::Cache>,
+    reservation: u64,
+    guard: u64,
+) -> anyhow::Result<Engine> {
     let n = settings.max_instances;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
@@ -975,34 +1007,39 @@ fn build_engine(settings: &PolicySettings, cache_dir: Option<&Path>) -> anyhow::
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
-        // Fixed (not derived from settings) so the precompiled-artifact cache key is stable.
-        // Every slot reserves (never commits) a 32-bit memory's whole 4 GiB address space
-        // and a guard after it: no index can then leave the reservation, so compiled code
-        // checks no bounds. A smaller reservation made every load and store of a plugin
+        // Not derived from settings, so the precompiled-artifact cache key is stable. With
+        // the whole 4 GiB reserved and a guard after it no index can leave the reservation,
+        // so compiled code checks no bounds; with less, every load and store of a plugin is
         // three instructions longer (a compare and a conditional move before each).
-        .memory_reservation(WASM32_SPACE)
-        .memory_guard_size(32 << 20)
+        .memory_reservation(reservation)
+        .memory_guard_size(guard)
         .memory_reservation_for_growth(0)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    if let Some(dir) = cache_dir {
-        // wasmtime's cache gets a directory of its own: its clean-up removes whatever in
-        // its directory it did not write, such as the componentized plugins beside it.
-        let compiled = dir.join("compiled");
-        match std::fs::create_dir_all(&compiled) {
-            Ok(()) => {
-                let mut cc = wasmtime::CacheConfig::new();
-                cc.with_directory(compiled);
-                cfg.cache(Some(
-                    wasmtime::Cache::new(cc)
-                        .map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?,
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable for compiled code; plugins will be compiled at every start");
-            }
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .cache(cache);
+    Engine::new(&cfg).map_err(|e| anyhow!("{e:#}"))
+}
+
+/// wasmtime's cache of compiled plugins, in `cache_dir/compiled`.
+fn compiled_cache(cache_dir: Option<&Path>) -> anyhow::Result<Option<wasmtime::Cache>> {
+    let Some(dir) = cache_dir else {
+        return Ok(None);
+    };
+    // wasmtime's cache gets a directory of its own: its clean-up removes whatever in its
+    // directory it did not write, such as the componentized plugins beside it.
+    let compiled = dir.join("compiled");
+    match std::fs::create_dir_all(&compiled) {
+        Ok(()) => {
+            let mut cc = wasmtime::CacheConfig::new();
+            cc.with_directory(compiled);
+            let cache = wasmtime::Cache::new(cc)
+                .map_err(|e| anyhow!("setting up the plugin cache: {e:#}"))?;
+            Ok(Some(cache))
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "plugin cache directory unusable for compiled code; plugins will be compiled at every start");
+            Ok(None)
         }
     }
-    Engine::new(&cfg).map_err(|e| anyhow!("cannot set up the WebAssembly engine: {e:#}"))
 }
 
 /// What loading one plugin gives: the plugin and its component, or its errors.

@@ -251,21 +251,28 @@ async fn an_endpoint_failing_its_health_check_stops_getting_traffic() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_on_503_stay_within_the_budget_and_never_replay_writes() {
-    let sick = Echo::start_named("sick").await;
-    sick.force_status(503);
-    let dir = tempfile::tempdir().unwrap();
+/// `retry` (two more attempts after a refused connection or a 503, within `budget`) and an
+/// `outlier` table that never ejects, so every endpoint stays in the rotation.
+fn retry_twice(budget: &str) -> (toml::Table, toml::Table) {
     let mut retry = toml::Table::new();
     retry.insert("attempts".into(), 2.into());
     retry.insert(
         "on".into(),
         toml::Value::Array(vec!["connect-failure".into(), "503".into()]),
     );
-    retry.insert("budget".into(), "20%".into());
+    retry.insert("budget".into(), budget.into());
     retry.insert("backoff".into(), "1ms".into());
     let mut no_eject = toml::Table::new();
     no_eject.insert("consecutive_failures".into(), 0.into());
+    (retry, no_eject)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_503_stay_within_the_budget_and_never_replay_writes() {
+    let sick = Echo::start_named("sick").await;
+    sick.force_status(503);
+    let dir = tempfile::tempdir().unwrap();
+    let (retry, no_eject) = retry_twice("20%");
     let cfg = ConfigBuilder::new()
         .upstream(
             "api",
@@ -353,16 +360,7 @@ async fn a_retried_request_carries_the_headers_of_its_first_attempt() {
     let mut files = toml::Table::new();
     files.insert("type".into(), "dir".into());
     files.insert("path".into(), secrets.display().to_string().into());
-    let mut retry = toml::Table::new();
-    retry.insert("attempts".into(), 2.into());
-    retry.insert(
-        "on".into(),
-        toml::Value::Array(vec!["connect-failure".into(), "503".into()]),
-    );
-    retry.insert("budget".into(), "100%".into());
-    retry.insert("backoff".into(), "1ms".into());
-    let mut no_eject = toml::Table::new();
-    no_eject.insert("consecutive_failures".into(), 0.into());
+    let (retry, no_eject) = retry_twice("100%");
     let cfg = ConfigBuilder::new()
         .secrets("files", files)
         .upstream(

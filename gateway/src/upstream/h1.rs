@@ -171,18 +171,16 @@ impl Conn {
             Ok(()) => io.flush().await,
             Err(e) => Err(e),
         };
-        if let Err(e) = written {
-            if kept {
-                return Err((Error::Stale(e), Some(req)));
-            }
-            if let Some(back) = back {
-                *back = Some(req.into_parts().0.headers);
-            }
-            return Err((Error::Write(e), None));
-        }
+        let written = match written {
+            Err(e) if kept => return Err((Error::Stale(e), Some(req))),
+            other => other,
+        };
         let (parts, _) = req.into_parts();
         if let Some(back) = back {
             *back = Some(parts.headers);
+        }
+        if let Err(e) = written {
+            return Err((Error::Write(e), None));
         }
         self.receive(parts.method, home)
             .await

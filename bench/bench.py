@@ -40,14 +40,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The `dist` build (fat LTO, one codegen unit, stripped) when scripts/bench.sh made it;
-# WARDEN_BIN names another.
+# The `dist` build (fat LTO, one codegen unit, stripped), profile-guided when
+# scripts/pgo.sh made it; WARDEN_BIN names another.
+PGO = ROOT / "target" / "pgo" / "use"
 WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
-    (p for p in (ROOT / "target" / "dist" / "warden", ROOT / "target" / "release" / "warden") if p.exists()),
+    (p for p in (PGO / "x86_64-unknown-linux-gnu" / "dist" / "warden",
+                 ROOT / "target" / "dist" / "warden",
+                 ROOT / "target" / "release" / "warden") if p.exists()),
     ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
 # The image's binary (scripts/image.sh), when built: idle RSS is reported for it too.
-IMAGE_BIN = ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden"
+IMAGE_BIN = next(
+    (p for p in (PGO / "x86_64-unknown-linux-musl" / "dist" / "warden",
+                 ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden") if p.exists()),
+    ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden")
 RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
@@ -722,6 +728,8 @@ def main() -> int:
                 (f"{b}-none", f"baseline {base.name}, no policy", dict(policy=False, binary=base)),
                 (f"{b}-pool", f"baseline {base.name}, network-isolation ×20 rules, pooled",
                  dict(policy=True, binary=base)),
+                (f"{b}-secret", f"baseline {base.name}, pooled chain + secret injection (dir)",
+                 dict(policy=True, secret=True, binary=base)),
             ]
         for key, label, kw in variants:
             p, port, admin, _ = start_warden(tmp, key, up, cpus=proxy_cpu, **kw)
@@ -734,7 +742,7 @@ def main() -> int:
         for t in targets:
             if t.key.startswith("w-") or is_baseline(t.key):
                 st, _ = http_get(t.port, "/__auth")
-                want = 200 if t.key == "w-secret" else 401
+                want = 200 if t.key.endswith("-secret") else 401
                 assert st == want, f"{t.key}: /__auth answered {st}, expected {want}"
 
         if args.only:
@@ -1004,6 +1012,7 @@ def report(targets: list[Target], startup: dict, args, elapsed: float, pinned: b
         b, name = baseline_prefix(i), Path(path).name
         print(f"- this build vs {name}, no policy: {over('w-none', f'{b}-none')}")
         print(f"- this build vs {name}, pooled chain: {over('w-pool', f'{b}-pool')}")
+        print(f"- this build vs {name}, chain + secret: {over('w-secret', f'{b}-secret')}")
     print()
     print("Inside Warden (its own metrics, whole run): plugin evaluation time per request "
           "(`warden_plugin_eval_duration_seconds` sum/count; per-request includes instantiate + configure), "

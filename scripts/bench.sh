@@ -5,8 +5,9 @@
 # Prints a markdown table of ratios (absolute numbers on a shared VM are noise), per-request
 # overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; < 5 minutes.
 #
-#   scripts/bench.sh                     build (dist profile) + run, defaults: 3 rounds, -c32 -d4s
-#   scripts/bench.sh --no-build ...      skip the builds
+#   scripts/bench.sh                     build (dist profile, profile-guided) + run, defaults: 3 rounds, -c32 -d4s
+#   scripts/bench.sh --no-pgo ...        the plain dist build instead (no training run; about a third of the build time)
+#   scripts/bench.sh --no-build ...      skip the builds (runs the profile-guided binary if there is one, else target/dist)
 #   scripts/bench.sh --rounds 5 --duration 5s --conns 64 --only nginx,w-pool --keep --no-pin
 #
 # Method and caveats: bench/bench.py (docstring) and BENCHMARKS.md.
@@ -14,7 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=1
-if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+pgo=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --no-build) build=0; shift ;;
+        --no-pgo) pgo=0; shift ;;
+        *) break ;;
+    esac
+done
 
 for tool in nginx haproxy wrk taskset python3 strip; do
     command -v "$tool" >/dev/null || { echo "missing $tool (scripts/setup.sh installs it)" >&2; exit 1; }
@@ -22,10 +30,19 @@ done
 
 if [[ $build == 1 ]]; then
     scripts/build-plugins.sh --no-test >&2
-    # The shipped build: fat LTO, one codegen unit, stripped (Cargo.toml, [profile.dist]).
-    cargo build --profile dist -p warden --bin warden >&2
+    # The shipped build: fat LTO, one codegen unit, stripped (Cargo.toml, [profile.dist]),
+    # compiled with the counts of a training run (scripts/pgo.sh).
+    if [[ $pgo == 1 ]]; then
+        WARDEN_BIN=$(scripts/pgo.sh)
+    else
+        cargo build --profile dist -p warden --bin warden >&2
+        WARDEN_BIN=target/dist/warden
+    fi
+    export WARDEN_BIN
     # The fixed-rate load generator (its own latencies do not need the long build).
     cargo build --release -p warden-tests --bin rate-load >&2
+elif [[ $pgo == 0 ]]; then
+    export WARDEN_BIN=target/dist/warden
 fi
 
 pid=

@@ -40,20 +40,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The `dist` build (fat LTO, one codegen unit, stripped), profile-guided when
-# scripts/pgo.sh made it; WARDEN_BIN names another.
 PGO = ROOT / "target" / "pgo" / "use"
-WARDEN = Path(os.environ.get("WARDEN_BIN") or next(
-    (p for p in (PGO / "x86_64-unknown-linux-gnu" / "dist" / "warden",
-                 ROOT / "target" / "dist" / "warden",
-                 ROOT / "target" / "release" / "warden") if p.exists()),
-    ROOT / "target" / "release" / "warden"))
+
+
+def newest(*paths: Path) -> Path:
+    """The most recently built of `paths` (a profile-guided build and a plain one can both
+    be there, and the older one is stale), or the first when none exists."""
+    built = [p for p in paths if p.exists()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else paths[0]
+
+
+# The `dist` build (fat LTO, one codegen unit, stripped; profile-guided when scripts/pgo.sh
+# made it), else the release build; WARDEN_BIN names another.
+DIST = (PGO / "x86_64-unknown-linux-gnu" / "dist" / "warden", ROOT / "target" / "dist" / "warden")
+WARDEN = Path(os.environ.get("WARDEN_BIN") or (
+    newest(*DIST) if any(p.exists() for p in DIST) else ROOT / "target" / "release" / "warden"))
 RATE_LOAD = ROOT / "target" / "release" / "rate-load"
-# The image's binary (scripts/image.sh), when built: idle RSS is reported for it too.
-IMAGE_BIN = next(
-    (p for p in (PGO / "x86_64-unknown-linux-musl" / "dist" / "warden",
-                 ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden") if p.exists()),
-    ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden")
+# The image's binary (scripts/image.sh, profile-guided or `--no-pgo`), when built: idle RSS
+# is reported for it too.
+IMAGE_BIN = newest(PGO / "x86_64-unknown-linux-musl" / "dist" / "warden",
+                   ROOT / "target" / "x86_64-unknown-linux-musl" / "dist" / "warden")
 RATE_TARGETS = ("direct", "nginx", "haproxy", "w-none", "w-pool", "w-secret")
 PLUGIN = ROOT / "plugins" / "target" / "wasm32-unknown-unknown" / "release" / "network_isolation.wasm"
 SECRET = "bench-secret-4f1c9a"
@@ -651,7 +657,7 @@ def main() -> int:
     ap.add_argument("--no-conn-memory", action="store_true", help="skip the 5000 idle connections measure")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 workers measure")
     ap.add_argument("--baseline", action="append", default=[],
-                    help="another warden binary to run as b-none/b-pool (A/B); repeat for b2-, b3-, ...")
+                    help="another warden binary to run as b-none/b-pool/b-secret (A/B); repeat for b2-, b3-, ...")
     args = ap.parse_args()
 
     for tool in ("nginx", "haproxy", "wrk", "taskset"):

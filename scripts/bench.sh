@@ -3,11 +3,14 @@
 # (no policy / access log on / policy chain pooled / per-request / + secret injection /
 # tracing unsampled and sampled into a span sink).
 # Prints a markdown table of ratios (absolute numbers on a shared VM are noise), per-request
-# overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; < 5 minutes.
+# overheads, start-up time, RSS and binary size. Loopback (127.0.0.1) only; the harness
+# takes about 6 minutes, the default profile-guided build about 30 before it.
 #
 #   scripts/bench.sh                     build (dist profile, profile-guided) + run, defaults: 3 rounds, -c32 -d4s
 #   scripts/bench.sh --no-pgo ...        the plain dist build instead (no training run; about a third of the build time)
-#   scripts/bench.sh --no-build ...      skip the builds (runs the profile-guided binary if there is one, else target/dist)
+#   scripts/bench.sh --no-build ...      skip the builds (runs $WARDEN_BIN if set, else the newest of the
+#                                        profile-guided binary and target/dist)
+# --no-build and --no-pgo come before the harness's own options.
 #   scripts/bench.sh --rounds 5 --duration 5s --conns 64 --only nginx,w-pool --keep --no-pin
 #
 # Method and caveats: bench/bench.py (docstring) and BENCHMARKS.md.
@@ -42,7 +45,7 @@ if [[ $build == 1 ]]; then
     # The fixed-rate load generator (its own latencies do not need the long build).
     cargo build --release -p warden-tests --bin rate-load >&2
 elif [[ $pgo == 0 ]]; then
-    export WARDEN_BIN=target/dist/warden
+    export WARDEN_BIN=${WARDEN_BIN:-target/dist/warden}
 fi
 
 pid=

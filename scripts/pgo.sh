@@ -9,11 +9,12 @@
 #
 # Steps: an instrumented build (target/pgo/gen), bench/pgo_train.py driving it over
 # loopback (no policy, the network-isolation chain, the chain plus a secret; HTTP/1.1,
-# bodies, h2c), the counts merged with llvm-profdata (rustup's llvm-tools, added here),
-# then the build that uses them (target/pgo/use). Two full builds: about 30 minutes on
-# two cores. Prints the path of the binary.
+# bodies, h2c, TLS termination), the counts merged with llvm-profdata (rustup's
+# llvm-tools, added here), then the build that uses them (target/pgo/use). Two full
+# builds: about 30 minutes on two cores. Prints the path of the binary on stdout (and
+# nothing else there: scripts/bench.sh and scripts/image.sh read it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd -- "$(dirname "$0")/.." >/dev/null
 
 target=x86_64-unknown-linux-gnu
 while [[ $# -gt 0 ]]; do
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
         *) echo "usage: scripts/pgo.sh [--target x86_64-unknown-linux-gnu|x86_64-unknown-linux-musl]" >&2; exit 2 ;;
     esac
 done
-for tool in nginx wrk curl python3; do
+for tool in nginx wrk curl h2load openssl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 if [[ $target == *musl ]]; then
@@ -46,11 +47,11 @@ mkdir -p "$raw"
 
 # --target keeps RUSTFLAGS off build scripts and proc macros: only the gateway is
 # instrumented, and only it is built from the counts.
-RUSTFLAGS="-Cprofile-generate=$raw" \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" \
     cargo build --profile dist --target "$target" --target-dir "$root/gen" -p warden --bin warden >&2
 LLVM_PROFILE_FILE="$raw/warden-%p-%m.profraw" \
     python3 bench/pgo_train.py "$root/gen/$target/dist/warden" >&2
-"$profdata" merge -o "$data" "$raw"/*.profraw
-RUSTFLAGS="-Cprofile-use=$data" \
+"$profdata" merge -o "$data" "$raw"/*.profraw >&2
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$data" \
     cargo build --profile dist --target "$target" --target-dir "$root/use" -p warden --bin warden >&2
 echo "$root/use/$target/dist/warden"

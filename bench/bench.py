@@ -380,8 +380,12 @@ def warden_conf(
     workers: int | None = 1,
     cache_dir: Path | None = None,
     otlp: tuple[int, float] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> str:
     out = ["[gateway]", f'listen = "127.0.0.1:{port}"']
+    if tls:
+        cert, key = tls
+        out.append(f'tls = {{ cert_file = "{cert}", key_file = "{key}" }}')
     if workers:
         out.append(f"worker_threads = {workers}")
     out += ["", "[admin]", f'listen = "127.0.0.1:{admin}"', ""]

@@ -84,11 +84,8 @@ def tls_leg(tmp: Path, up: int, binary: Path) -> tuple[subprocess.Popen, Path, s
          "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)])
     port, admin = bench.free_ports(2)
-    conf = bench.warden_conf(tmp, port, admin, up, policy=True, secret=True)
-    listen = f'listen = "127.0.0.1:{port}"'
-    conf = conf.replace(listen, f'{listen}\ntls = {{ cert_file = "{cert}", key_file = "{key}" }}', 1)
     cfg = tmp / "pgo-tls.toml"
-    cfg.write_text(conf)
+    cfg.write_text(bench.warden_conf(tmp, port, admin, up, policy=True, secret=True, tls=(cert, key)))
     logf = tmp / "pgo-tls.log"
     env = dict(os.environ, RUST_LOG="warn")
     with open(logf, "wb") as f:
@@ -116,6 +113,10 @@ def drive_tls(p: subprocess.Popen, url: str) -> None:
         curl_ok("-k", url)
 
 
+def show_log(logf: Path) -> None:
+    print(logf.read_text(errors="replace")[-2000:], file=sys.stderr)
+
+
 def stop(name: str, p: subprocess.Popen, logf: Path) -> bool:
     """SIGTERM, and wait for a normal exit: the profile runtime writes the counts then."""
     p.send_signal(signal.SIGTERM)
@@ -127,7 +128,7 @@ def stop(name: str, p: subprocess.Popen, logf: Path) -> bool:
         return False
     bench.CHILDREN.remove(p)
     if rc != 0:
-        print(logf.read_text(errors="replace")[-2000:], file=sys.stderr)
+        show_log(logf)
         print(f"{name}: Warden exited with {rc}", file=sys.stderr)
         return False
     print(f"trained: {name}", file=sys.stderr)
@@ -165,7 +166,7 @@ def main() -> int:
             try:
                 drive(port, bodies=not kw["policy"])
             except Exception:
-                print(logf.read_text(errors="replace")[-2000:], file=sys.stderr)
+                show_log(logf)
                 raise
             if not stop(name, p, logf):
                 return 1
@@ -173,7 +174,7 @@ def main() -> int:
         try:
             drive_tls(p, url)
         except Exception:
-            print(logf.read_text(errors="replace")[-2000:], file=sys.stderr)
+            show_log(logf)
             raise
         return 0 if stop("tls", p, logf) else 1
     finally:
